@@ -1,0 +1,79 @@
+# azprov: MicroPython DPS provisioning client. `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+MP      := $(VENV)/bin/micropython
+STAMP   := $(VENV)/.installed
+UMQTT   := build/lib/umqtt/simple.py
+APT_STAMP := build/.apt-installed
+# Debian packages the tests use (a real MQTT broker for the TLS/MQTT peer test).
+APT_PACKAGES := mosquitto
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+PORT ?=
+FIRMWARE ?=
+CHIP ?= esp32
+PROVISIONING ?=
+
+.PHONY: help setup system-deps build run test bench flash deploy monitor clean distclean
+
+help:
+	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
+	@echo "make test    - the whole test suite"
+	@echo "make bench   - heap, footprint, speed and fleet measurements"
+	@echo "make build   - compile firmware/ to .mpy (build/mpy) with a size table"
+	@echo "make flash PORT=/dev/ttyUSB0 FIRMWARE=esp32.bin [CHIP=esp32]"
+	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json"
+	@echo "make monitor PORT=/dev/ttyUSB0"
+
+$(STAMP): requirements.txt requirements.lock
+	$(PYTHON3) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check pybind11==3.1.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	touch $@
+
+$(UMQTT): $(STAMP) host_tools/umqtt_fetch.py
+	$(PY) -m host_tools fetch-umqtt --dest build/lib
+
+$(APT_STAMP):
+	@mkdir -p build
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing Debian packages: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+	touch $@
+
+setup: $(STAMP) $(UMQTT)
+
+system-deps: $(APT_STAMP)
+
+build: setup
+	$(PY) -m host_tools build
+
+run: setup
+	$(PY) -m host_tools demo
+
+test: setup system-deps
+	$(PY) -m pytest
+
+bench: setup system-deps
+	$(PY) -m host_tools bench
+
+flash: setup
+	$(PY) -m host_tools flash --port "$(PORT)" --chip "$(CHIP)" --firmware "$(FIRMWARE)"
+
+deploy: setup
+	$(PY) -m host_tools deploy --port "$(PORT)" $(if $(PROVISIONING),--provisioning "$(PROVISIONING)")
+
+monitor: setup
+	$(PY) -m host_tools monitor --port "$(PORT)"
+
+clean:
+	rm -rf build run .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)
