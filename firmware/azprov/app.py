@@ -1,0 +1,116 @@
+# The device's job from power-on: provisioning file -> (cached assignment | DPS registration) -> stored trust
+# bundle -> verified gateway -> acknowledged telemetry. Each step is logged so a person can follow it.
+import gc
+import json
+import time
+
+from azprov import config as config_file
+from azprov import errors, log
+from azprov.errors import ProvisioningError
+from azprov.store import Store
+
+
+def _log_failure(exc):
+    log.error("failed", *exc.fields())
+
+
+def provision(cfg, store):
+    """Registers with DPS, stores assignment and trust bundle, returns the committed state."""
+    from azprov import bundle as trust_bundle
+    from azprov.provision import Session
+
+    registration = Session(cfg).register()
+    log.info("registered", ("hub", registration["assignedHub"]), ("device_id", registration["deviceId"]),
+             ("substatus", registration.get("substatus") or "-"))
+    gc.collect()
+    parsed = trust_bundle.parse(registration.get("trustBundle"))
+    assignment = {
+        "registration_id": cfg["registration_id"],
+        "assigned_hub": registration["assignedHub"],
+        "device_id": registration["deviceId"],
+        "substatus": registration.get("substatus"),
+        "payload": registration.get("payload"),
+    }
+    del registration
+    gc.collect()
+    if assignment["payload"] is not None:
+        log.info("returned_payload", ("json", json.dumps(assignment["payload"])))
+    written = store.save(assignment, parsed)
+    if parsed is None:
+        log.info("trust_bundle_absent", ("written", written))
+    else:
+        log.info("trust_bundle_stored", ("certificates", len(parsed["certificates"])), ("id", parsed["id"]),
+                 ("etag", parsed["etag"]), ("written", written))
+        for cert in parsed["certificates"]:
+            log.info("trust_bundle_cert", ("sha256", cert["sha256"]), ("subject", cert["subject"] or "-"),
+                     ("not_after", cert["not_after"] or "-"))
+    parsed = None
+    gc.collect()
+    return store.load()
+
+
+def _cached_state(cfg, store):
+    if cfg["force_reprovision"]:
+        log.info("reprovision_requested")
+        return None
+    try:
+        state = store.load()
+    except ProvisioningError as exc:
+        log.warning("stored_state_unusable", ("reason", exc.message))
+        return None
+    if state is None:
+        return None
+    if state["assignment"].get("registration_id") != cfg["registration_id"]:
+        log.info("stored_state_for_other_registration")
+        return None
+    return state
+
+
+def _trust_for_gateway(cfg, store, state):
+    if state["trust_bundle"] is not None:
+        return (store.trust_bundle_pem(),)
+    if cfg["gateway_host"]:
+        log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
+    from azprov.provision import read_text
+
+    return (read_text(cfg["dps_ca_file"], "dps_ca_file"),)
+
+
+def _telemetry_payload(cfg, sequence):
+    return json.dumps({"registrationId": cfg["registration_id"], "sequence": sequence,
+                       "heapFree": gc.mem_free(), "uptimeMs": time.ticks_ms()})
+
+
+def run(cfg, store, make_payload=_telemetry_payload):
+    from azprov.gateway import Gateway
+
+    state = _cached_state(cfg, store)
+    if state is None:
+        state = provision(cfg, store)
+    else:
+        log.info("using_cached_assignment", ("hub", state["assignment"]["assigned_hub"]),
+                 ("device_id", state["assignment"]["device_id"]))
+    log.debug("step", ("name", "gateway"))
+    gateway = Gateway(cfg, state["assignment"], _trust_for_gateway(cfg, store, state))
+    try:
+        for sequence in range(cfg["telemetry_count"]):
+            if sequence:
+                time.sleep(cfg["telemetry_interval_s"])
+                gateway.renew_if_due()
+            gateway.send(make_payload(cfg, sequence))
+            log.info("telemetry_acknowledged", ("device_id", gateway.device_id), ("sequence", sequence))
+    finally:
+        gateway.close()
+    return 0
+
+
+def main(path="provisioning.json"):
+    """Runs the whole flow; returns 0 when every step happened, 1 after logging a classified error."""
+    try:
+        cfg = config_file.load(path)
+        log.set_level(cfg["log_level"])
+        log.info("config_loaded", ("registration_id", cfg["registration_id"]), ("dps_host", cfg["dps_host"]))
+        return run(cfg, Store(cfg["storage_dir"]))
+    except ProvisioningError as exc:
+        _log_failure(exc)
+        return 1

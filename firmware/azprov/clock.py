@@ -1,0 +1,25 @@
+# Unix time whatever the port's epoch, and a guard against signing with a clock that was never set.
+import time
+
+from micropython import const
+
+# ESP32 and most bare-metal ports count from 2000-01-01; the Unix port from 1970-01-01.
+_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+# The firmware cannot have been built before this moment (2026-11-01T00:00:00Z): a clock earlier than this was
+# never set (an ESP32 wakes near 2000-01-01 until NTP runs), and tokens or certificate checks would be wrong.
+RELEASED = const(1793491200)
+
+
+def unix_time():
+    return int(time.time()) + _EPOCH_OFFSET
+
+
+def require_set_clock():
+    now = unix_time()
+    if now < RELEASED:
+        from azprov.errors import CLOCK, ProvisioningError
+
+        raise ProvisioningError(CLOCK, "device clock is not set (unix time %d is before the firmware release); "
+                                "sync it (ntptime) before signing or verifying certificates" % now)
+    return now

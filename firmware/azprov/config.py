@@ -1,0 +1,117 @@
+# The provisioning file: read, check every field, fill in defaults. An error names the field and nothing is
+# written anywhere before the whole file is known to be good.
+import json
+
+from micropython import const
+
+from azprov import errors
+from azprov.encoding import b64decode
+from azprov.errors import ProvisioningError
+
+_MAX_FILE_BYTES = const(8192)
+_REG_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# name -> (type, default); _REQUIRED has no default.
+_REQUIRED = object()
+_FIELDS = {
+    "dps_host": (str, _REQUIRED),
+    "dps_port": (int, 8883),
+    "id_scope": (str, _REQUIRED),
+    "registration_id": (str, _REQUIRED),
+    "symmetric_key": (str, _REQUIRED),
+    "dps_ca_file": (str, _REQUIRED),
+    "payload": (None, None),
+    "gateway_host": (str, None),
+    "gateway_port": (int, 8883),
+    "storage_dir": (str, "azprov_state"),
+    "log_level": (str, "info"),
+    "sas_ttl_s": (int, 3600),
+    "force_reprovision": (bool, False),
+    "wifi": (dict, None),
+    "telemetry_count": (int, 1),
+    "telemetry_interval_s": (int, 10),
+    "registration_timeout_s": (int, 120),
+    "max_gateway_failures": (int, 3),
+}
+
+
+def _error(path, field, message):
+    return ProvisioningError(errors.CONFIGURATION, "%s: %s %s" % (path, field, message))
+
+
+def _directory_of(path):
+    cut = path.rfind("/")
+    return path[:cut] if cut > 0 else ("/" if cut == 0 else "")
+
+
+def resolve(base, path):
+    if path.startswith("/") or not base:
+        return path
+    return base.rstrip("/") + "/" + path
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            text = f.read(_MAX_FILE_BYTES + 1)
+    except OSError:
+        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file cannot be read" % path)
+    except UnicodeError:
+        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is not UTF-8" % path)
+    if len(text) > _MAX_FILE_BYTES:
+        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is larger than %d bytes"
+                                % (path, _MAX_FILE_BYTES))
+    return parse(text, path)
+
+
+def parse(text, path="provisioning file"):
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeError):
+        raise ProvisioningError(errors.CONFIGURATION, "%s: not valid JSON" % path)
+    if not isinstance(raw, dict):
+        raise ProvisioningError(errors.CONFIGURATION, "%s: must be a JSON object" % path)
+    config = {}
+    for name, (kind, default) in _FIELDS.items():
+        value = raw.get(name)
+        if value is None:
+            if default is _REQUIRED:
+                raise _error(path, name, "is required")
+            config[name] = default
+            continue
+        # bool is a subclass of int: a port of `true` is a mistake, not 1.
+        if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise _error(path, name, "must be " + {str: "a string", int: "a whole number", bool: "true or false",
+                                                   dict: "an object"}[kind])
+        config[name] = value
+    for name in ("dps_host", "id_scope", "registration_id", "symmetric_key", "dps_ca_file", "storage_dir"):
+        if not config[name].strip():
+            raise _error(path, name, "must not be empty")
+    for name in ("dps_port", "gateway_port"):
+        if not 0 < config[name] < 65536:
+            raise _error(path, name, "must be between 1 and 65535")
+    reg_id = config["registration_id"]
+    if len(reg_id) > 128 or any(c not in _REG_ID_CHARS for c in reg_id) or reg_id[-1] in "._:":
+        raise _error(path, "registration_id", "must be up to 128 letters, digits or -._: and end in a letter, "
+                     "digit or -")
+    try:
+        key = b64decode(config["symmetric_key"])
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        # The key itself is never echoed.
+        raise _error(path, "symmetric_key", "must be a base64 key of at least 16 bytes")
+    if config["log_level"] not in LOG_LEVELS:
+        raise _error(path, "log_level", "must be one of " + ", ".join(LOG_LEVELS))
+    if not 5 <= config["sas_ttl_s"] <= 86400 * 366:
+        raise _error(path, "sas_ttl_s", "must be between 5 and 31622400 seconds")
+    for name in ("telemetry_count", "telemetry_interval_s", "registration_timeout_s", "max_gateway_failures"):
+        if config[name] < 0:
+            raise _error(path, name, "must not be negative")
+    if config["gateway_host"] is not None and not config["gateway_host"].strip():
+        raise _error(path, "gateway_host", "must not be empty")
+    base = _directory_of(path)
+    config["dps_ca_file"] = resolve(base, config["dps_ca_file"])
+    config["storage_dir"] = resolve(base, config["storage_dir"])
+    return config

@@ -1,0 +1,230 @@
+# The DPS registration exchange over MQTT, without any I/O: topic and payload builders, a response parser and a
+# state machine. The shell (azprov.provision) owns the socket and the clock; this module only takes bytes and
+# returns decisions, so every branch is testable in milliseconds.
+import json
+
+from micropython import const
+
+from azprov import errors
+from azprov.errors import ProvisioningError
+
+API_VERSION = "2021-11-01-preview"
+RESPONSE_FILTER = "$dps/registrations/res/#"
+_RESPONSE_PREFIX = "$dps/registrations/res/"
+_REGISTER_TOPIC = "$dps/registrations/PUT/iotdps-register/?$rid="
+_POLL_TOPIC = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid="
+
+# Used when a 202 carries no retry-after (the SDKs wait 1-3 s).
+DEFAULT_POLL_S = const(2)
+# Backoff for 429/5xx without retry-after: 2, 4, 8 ... capped.
+_BACKOFF_BASE_S = const(2)
+_BACKOFF_CAP_S = const(60)
+DEFAULT_MAX_ATTEMPTS = const(10)
+DEFAULT_MAX_POLLS = const(60)
+
+
+def username(id_scope, registration_id, client_version=None):
+    name = "%s/registrations/%s/api-version=%s" % (id_scope, registration_id, API_VERSION)
+    if client_version:
+        name += "&ClientVersion=" + client_version
+    return name
+
+
+def register_body(registration_id, payload=None):
+    return json.dumps({"registrationId": registration_id, "payload": payload}).encode()
+
+
+def _text(value):
+    return value.decode() if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+
+def parse_topic(topic):
+    """Returns (status, rid, retry_after) for a DPS response topic, None for any other topic.
+    Query parameters may come in any order; retry-after in any case."""
+    topic = _text(topic)
+    if not topic.startswith(_RESPONSE_PREFIX):
+        return None
+    rest = topic[len(_RESPONSE_PREFIX):]
+    status_text, _, query = rest.partition("/")
+    try:
+        status = int(status_text)
+    except ValueError:
+        raise ProvisioningError(errors.MALFORMED_RESPONSE, "response topic has no status code")
+    if query.startswith("?"):
+        query = query[1:]
+    rid = None
+    retry_after = None
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        key = key.lower()
+        if key == "$rid":
+            rid = value
+        elif key == "retry-after":
+            try:
+                retry_after = int(value)
+            except ValueError:
+                raise ProvisioningError(errors.MALFORMED_RESPONSE, "retry-after is not a whole number")
+            if retry_after < 0:
+                raise ProvisioningError(errors.MALFORMED_RESPONSE, "retry-after is negative")
+    return status, rid, retry_after
+
+
+def _json_object(body, what):
+    if not body:
+        return None
+    try:
+        value = json.loads(_text(body))
+    except (ValueError, UnicodeError):
+        raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not valid JSON")
+    if not isinstance(value, dict):
+        raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not a JSON object")
+    return value
+
+
+def _string_field(obj, name, where, required=True):
+    value = obj.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s.%s is missing or not a string" % (where, name))
+    return value
+
+
+def service_error(status, body, retry_after=None):
+    """The classified error for a status >= 400, carrying the service's errorCode, trackingId and message."""
+    try:
+        info = _json_object(body, "error body") or {}
+    except ProvisioningError:
+        info = {}
+    code = info.get("errorCode")
+    tracking = info.get("trackingId")
+    message = info.get("message")
+    if not isinstance(message, str) or not message:
+        message = "DPS answered status %d" % status
+    if status == 401:
+        kind = errors.AUTHENTICATION
+    elif status == 404:
+        kind = errors.NOT_FOUND
+    elif status == 429:
+        kind = errors.THROTTLED
+    elif status >= 500:
+        kind = errors.SERVICE_UNAVAILABLE
+    else:
+        kind = errors.BAD_REQUEST
+    return ProvisioningError(kind, message, status=status, error_code=code if isinstance(code, int) else None,
+                             tracking_id=tracking if isinstance(tracking, str) else None, retry_after=retry_after)
+
+
+class Registration:
+    """One registration, from the register request to an assignment or a classified error.
+
+    start() gives the first request; each response goes to on_message(), which returns None (keep waiting) or the
+    next request as (delay_s, topic, body); when `done` is true, `result` holds the registrationState (a dict) with
+    `operation_id`. Final errors are raised as ProvisioningError. A request is (delay_s, topic, body)."""
+
+    def __init__(self, registration_id, payload=None, max_attempts=DEFAULT_MAX_ATTEMPTS,
+                 max_polls=DEFAULT_MAX_POLLS, random=None):
+        self.registration_id = registration_id
+        self.payload = payload
+        self.max_attempts = max_attempts
+        self.max_polls = max_polls
+        self._random = random
+        self._next_rid = 0
+        self.rid = None
+        self.operation_id = None
+        self.transient_failures = 0
+        self.polls = 0
+        self.requests = 0
+        self.done = False
+        self.result = None
+        self._last = None
+
+    def _request(self, delay_s, operation_id=None):
+        self._next_rid += 1
+        self.rid = str(self._next_rid)
+        self.requests += 1
+        if operation_id is None:
+            request = (delay_s, _REGISTER_TOPIC + self.rid, register_body(self.registration_id, self.payload))
+        else:
+            request = (delay_s, "%s%s&operationId=%s" % (_POLL_TOPIC, self.rid, operation_id), b"")
+        self._last = operation_id
+        return request
+
+    def start(self):
+        return self._request(0)
+
+    def resume(self):
+        """The request to send on a new connection after the old one dropped: poll the operation DPS already
+        accepted, or register again (registering twice is safe: DPS returns the same assignment)."""
+        return self._request(0, self.operation_id)
+
+    def _jittered(self, seconds):
+        # Spread retries of many devices told the same retry-after over up to half as long again.
+        if self._random is None or seconds <= 0:
+            return seconds
+        return seconds + seconds * 0.5 * self._random()
+
+    def _retry_transient(self, status, body, retry_after):
+        self.transient_failures += 1
+        if self.transient_failures >= self.max_attempts:
+            raise service_error(status, body, retry_after)
+        if retry_after is None:
+            retry_after = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S << min(self.transient_failures - 1, 5))
+        return self._request(self._jittered(retry_after), self._last)
+
+    def on_message(self, topic, body):
+        parsed = parse_topic(topic)
+        if parsed is None or self.done:
+            return None
+        status, rid, retry_after = parsed
+        if rid != self.rid:
+            return None  # a late answer to a request we already gave up on
+        if status == 429 or status >= 500:
+            return self._retry_transient(status, body, retry_after)
+        if status >= 400:
+            raise service_error(status, body, retry_after)
+        if status not in (200, 202):
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "unexpected status %d" % status, status=status)
+        reply = _json_object(body, "response body")
+        if reply is None:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "response body is empty", status=status)
+        state = reply.get("registrationState")
+        if state is not None and not isinstance(state, dict):
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "registrationState is not an object", status=status)
+        op_status = reply.get("status")
+        if op_status is None and state is not None:
+            op_status = state.get("status")
+        if not isinstance(op_status, str):
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "response has no status", status=status)
+        operation_id = reply.get("operationId")
+        if operation_id is not None and not isinstance(operation_id, str):
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "operationId is not a string", status=status)
+        if operation_id:
+            self.operation_id = operation_id
+        if status == 202 or op_status in ("assigning", "unassigned"):
+            if not self.operation_id:
+                raise ProvisioningError(errors.MALFORMED_RESPONSE, "202 without operationId", status=status)
+            self.polls += 1
+            if self.polls > self.max_polls:
+                raise ProvisioningError(errors.TIMEOUT, "still assigning after %d polls" % self.max_polls)
+            delay = DEFAULT_POLL_S if retry_after is None else retry_after
+            return self._request(delay, self.operation_id)
+        state = state or {}
+        if op_status == "assigned":
+            where = "registrationState"
+            _string_field(state, "assignedHub", where)
+            _string_field(state, "deviceId", where)
+            _string_field(state, "substatus", where, required=False)
+            self.done = True
+            self.result = state
+            return None
+        if op_status == "failed":
+            code = state.get("errorCode")
+            message = state.get("errorMessage")
+            raise ProvisioningError(errors.ASSIGNMENT_FAILED,
+                                    message if isinstance(message, str) and message else "assignment failed",
+                                    status=status, error_code=code if isinstance(code, int) else None,
+                                    tracking_id=reply.get("trackingId") if isinstance(reply.get("trackingId"), str) else None)
+        if op_status == "disabled":
+            raise ProvisioningError(errors.DISABLED, "enrollment is disabled", status=status)
+        raise ProvisioningError(errors.MALFORMED_RESPONSE, "unknown registration status", status=status)

@@ -1,0 +1,92 @@
+# The IoT Hub leg, through an IoT Edge gateway (or straight to the assigned hub): TLS verified against the stored
+# trust bundle, the hub's MQTT user name and SAS, telemetry at QoS 1. The token is renewed before it expires by
+# reconnecting with a fresh one, as IoT Hub requires on MQTT.
+import time
+
+from micropython import const
+
+from azprov import errors, log, sas, transport
+from azprov.clock import require_set_clock
+from azprov.encoding import url_encode
+from azprov.errors import ProvisioningError
+
+HUB_API_VERSION = "2021-04-12"
+_IO_TIMEOUT_MS = const(15000)
+_KEEPALIVE_S = const(120)
+# Renew when this share of the token's lifetime has passed.
+_RENEW_AT_PERCENT = const(80)
+
+
+def username(hub, device_id):
+    return "%s/%s/?api-version=%s" % (hub, device_id, HUB_API_VERSION)
+
+
+def telemetry_topic(device_id, properties=None):
+    """devices/{id}/messages/events/ plus a percent-encoded property bag; `properties` is a list of (name, value)."""
+    topic = "devices/%s/messages/events/" % device_id
+    if properties:
+        topic += "&".join("%s=%s" % (url_encode(k) if not k.startswith("$.") else "$." + url_encode(k[2:]),
+                                     url_encode(v)) for k, v in properties)
+    return topic
+
+
+JSON_PROPERTIES = (("$.ct", "application/json"), ("$.ce", "utf-8"))
+
+
+class Gateway:
+    def __init__(self, config, assignment, ca_pem_texts):
+        self.config = config
+        self.hub = assignment["assigned_hub"]
+        self.device_id = assignment["device_id"]
+        self.host = config["gateway_host"] or self.hub
+        self.port = config["gateway_port"] if config["gateway_host"] else 8883
+        self._ca_pem_texts = ca_pem_texts
+        self._ctx = None
+        self.client = None
+        self.token_expiry = 0
+        self._renew_at = 0
+        self.connections = 0
+        self.renewals = 0
+
+    def connect(self):
+        if self._ctx is None:
+            self._ctx, count = transport.tls_context(self._ca_pem_texts)
+            log.debug("gateway_trust_loaded", ("certificates", count))
+        now = require_set_clock()
+        ttl = self.config["sas_ttl_s"]
+        self.token_expiry = now + ttl
+        self._renew_at = now + ttl * _RENEW_AT_PERCENT // 100
+        password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
+        self.connections += 1
+        self.client = transport.connect(
+            self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self._ctx,
+            _IO_TIMEOUT_MS, keepalive=_KEEPALIVE_S, context="gateway")
+        log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
+
+    def renew_if_due(self):
+        """Reconnects with a fresh token once most of the old one's lifetime has passed; True when it did."""
+        if self.client is None or require_set_clock() < self._renew_at:
+            return False
+        transport.disconnect(self.client)
+        self.client = None
+        self.connect()
+        self.renewals += 1
+        log.info("gateway_token_renewed", ("expires", self.token_expiry))
+        return True
+
+    def send(self, payload, properties=JSON_PROPERTIES):
+        """Publishes one telemetry message at QoS 1 and returns when the gateway acknowledged it."""
+        if self.client is None:
+            self.connect()
+        topic = telemetry_topic(self.device_id, properties)
+        try:
+            self.client.publish(topic.encode(), payload, qos=1)
+        except Exception as exc:
+            transport.close(self.client)
+            self.client = None
+            raise transport.classify(exc, "telemetry")
+
+    def close(self):
+        if self.client is not None:
+            transport.disconnect(self.client)
+            self.client = None

@@ -1,0 +1,56 @@
+# PEM certificates: normalise, split, and convert to DER. MicroPython's TLS needs DER, one certificate per
+# load_verify_locations() call (a concatenation silently loads only the first).
+from azprov.encoding import b64decode
+
+_BEGIN = "-----BEGIN CERTIFICATE-----"
+_END = "-----END CERTIFICATE-----"
+
+
+class PemError(ValueError):
+    pass
+
+
+def split(text):
+    """Yields (pem_block, der) for every certificate in `text`; pem_block has "\n" line endings and a final
+    newline whatever the input used. Raises PemError naming the problem."""
+    lines = None
+    body = None
+    count = 0
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        if line == _BEGIN:
+            if lines is not None:
+                raise PemError("certificate %d has no END line" % (count + 1))
+            lines = [line]
+            body = []
+        elif line == _END:
+            if lines is None:
+                raise PemError("END line without BEGIN")
+            lines.append(line)
+            count += 1
+            try:
+                der = b64decode("".join(body))
+            except ValueError:
+                raise PemError("certificate %d is not valid base64" % count)
+            # A DER certificate is an ASN.1 SEQUENCE with a multi-byte length.
+            if len(der) < 64 or der[0] != 0x30 or der[1] not in (0x81, 0x82, 0x83):
+                raise PemError("certificate %d is not a DER certificate" % count)
+            yield "\n".join(lines) + "\n", der
+            lines = None
+            body = None
+        elif lines is not None:
+            lines.append(line)
+            body.append(line)
+        else:
+            raise PemError("text outside a certificate block")
+    if lines is not None:
+        raise PemError("certificate %d has no END line" % (count + 1))
+    if count == 0:
+        raise PemError("no certificate found")
+
+
+def der_certificates(text):
+    for _, der in split(text):
+        yield der

@@ -1,0 +1,139 @@
+# The thin shell around azprov.dps: owns the MQTT connection, the clock and the deadline. It reconnects when the
+# connection drops and resumes the registration (poll the operation DPS accepted, or register again).
+import time
+
+from micropython import const
+
+from azprov import dps, errors, log, sas, transport
+from azprov.clock import require_set_clock
+from azprov.errors import ProvisioningError
+
+_IO_TIMEOUT_MS = const(15000)
+_KEEPALIVE_S = const(60)
+_MAX_RECONNECTS = const(5)
+
+
+def _random():
+    # Jitter source for retries; os.urandom exists on every port we target.
+    import os
+
+    return os.urandom(1)[0] / 256
+
+
+def _remaining_ms(deadline):
+    return time.ticks_diff(deadline, time.ticks_ms())
+
+
+def _sleep_within(seconds, deadline):
+    if seconds <= 0:
+        return
+    if seconds * 1000 >= _remaining_ms(deadline):
+        raise ProvisioningError(errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds,
+                                retry_after=int(seconds))
+    time.sleep_ms(int(seconds * 1000))
+
+
+def read_text(path, what):
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeError):
+        raise ProvisioningError(errors.CONFIGURATION, "%s %s cannot be read" % (what, path))
+
+
+class Session:
+    """One DPS registration for a loaded provisioning file (azprov.config)."""
+
+    def __init__(self, config, client_version="azprov/0.1"):
+        self.config = config
+        self.client_version = client_version
+        self.connections = 0
+        self._inbox = []
+        self._ctx = None
+
+    def _on_message(self, topic, body):
+        self._inbox.append((topic, body))
+
+    def _connect(self, deadline):
+        cfg = self.config
+        if self._ctx is None:
+            self._ctx, _ = transport.tls_context((read_text(cfg["dps_ca_file"], "dps_ca_file"),))
+        expiry = require_set_clock() + cfg["sas_ttl_s"]
+        password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
+        timeout = max(1, min(_IO_TIMEOUT_MS, _remaining_ms(deadline)))
+        log.debug("dps_connecting", ("host", cfg["dps_host"]), ("port", cfg["dps_port"]))
+        self.connections += 1
+        client = transport.connect(
+            cfg["registration_id"], cfg["dps_host"], cfg["dps_port"],
+            dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version), password,
+            self._ctx, timeout, keepalive=_KEEPALIVE_S, on_message=self._on_message, context="DPS")
+        del password
+        try:
+            client.subscribe(dps.RESPONSE_FILTER, qos=1)
+        except Exception as exc:
+            transport.close(client)
+            raise transport.classify(exc, "DPS subscribe")
+        log.info("dps_connected", ("host", cfg["dps_host"]), ("api_version", dps.API_VERSION))
+        return client
+
+    def register(self):
+        """Registers and returns the registrationState dict of an `assigned` result; raises ProvisioningError."""
+        cfg = self.config
+        deadline = time.ticks_add(time.ticks_ms(), cfg["registration_timeout_s"] * 1000)
+        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random)
+        request = reg.start()
+        client = None
+        reconnects = 0
+        try:
+            while True:
+                try:
+                    if client is None:
+                        client = self._connect(deadline)
+                    delay, topic, body = request
+                    _sleep_within(delay, deadline)
+                    log.debug("dps_request", ("topic", topic))
+                    client.publish(topic.encode(), body, qos=1)
+                    request = self._await_decision(client, reg, deadline)
+                    if request is None:
+                        return reg.result
+                except ProvisioningError as exc:
+                    if exc.kind not in (errors.NETWORK, errors.TIMEOUT) or exc.retry_after is not None:
+                        raise
+                    if _remaining_ms(deadline) <= 0 or reconnects >= _MAX_RECONNECTS:
+                        raise
+                    reconnects += 1
+                    log.warning("dps_connection_lost", ("reason", exc.message), ("reconnect", reconnects))
+                    if client is not None:
+                        transport.close(client)
+                    client = None
+                    self._inbox = []
+                    request = reg.resume()
+                    _sleep_within(min(reconnects, 3), deadline)
+                except Exception as exc:
+                    raise transport.classify(exc, "DPS")
+        finally:
+            if client is not None:
+                transport.disconnect(client)
+            self._inbox = []
+
+    def _await_decision(self, client, reg, deadline):
+        while True:
+            while self._inbox:
+                topic, body = self._inbox.pop(0)
+                request = reg.on_message(topic, body)
+                if reg.done:
+                    return None
+                if request is not None:
+                    status = dps.parse_topic(topic)[0]
+                    log.info("dps_status", ("status", status), ("next_in_s", request[0]))
+                    return request
+            remaining = _remaining_ms(deadline)
+            if remaining <= 0:
+                raise ProvisioningError(errors.TIMEOUT, "no DPS answer before the registration deadline")
+            try:
+                client.sock.wait_readable(min(remaining, 1000))
+                client.check_msg()
+            except ProvisioningError:
+                raise
+            except Exception as exc:
+                raise transport.classify(exc, "DPS")

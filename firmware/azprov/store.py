@@ -1,0 +1,162 @@
+# What the device keeps in flash: the trust bundle as one PEM file and state.json, the single commit record
+# (assignment + bundle metadata). A crash at any point leaves either the complete old state or the complete new
+# one: the PEM is written beside the old one, state.json is replaced atomically (temp file + rename, atomic on
+# littlefs), and only then is the new PEM moved into place. At load time a state.json whose pem_sha256 matches the
+# staged PEM finishes that last step.
+import hashlib
+import binascii
+import json
+import os
+
+from micropython import const
+
+from azprov import errors
+from azprov.errors import ProvisioningError
+
+STATE = "state.json"
+PEM = "trust_bundle.pem"
+_STAGED = ".new"
+_TMP = ".tmp"
+_CHUNK = const(512)
+_MAX_STATE_BYTES = const(16384)
+FORMAT_VERSION = const(1)
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def makedirs(path):
+    built = ""
+    for part in path.split("/"):
+        built = built + "/" + part if built or path.startswith("/") else part
+        if part and not _exists(built):
+            os.mkdir(built)
+
+
+def write_atomic(path, data):
+    tmp = path + _TMP
+    with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb") as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                digest.update(view[:n])
+    except OSError:
+        return None
+    return binascii.hexlify(digest.digest()).decode()
+
+
+def _corrupt(message):
+    return ProvisioningError(errors.STORAGE, "stored state: " + message)
+
+
+def _check_state(state):
+    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        raise _corrupt("state.json has an unknown format")
+    assignment = state.get("assignment")
+    if not isinstance(assignment, dict):
+        raise _corrupt("state.json has no assignment")
+    for name in ("assigned_hub", "device_id"):
+        if not isinstance(assignment.get(name), str) or not assignment[name]:
+            raise _corrupt("assignment." + name + " is missing")
+    bundle = state.get("trust_bundle")
+    if bundle is not None:
+        if not isinstance(bundle, dict) or not isinstance(bundle.get("pem_sha256"), str) \
+                or not isinstance(bundle.get("etag"), str) or not isinstance(bundle.get("certificates"), list):
+            raise _corrupt("trust_bundle metadata is incomplete")
+
+
+class Store:
+    def __init__(self, directory):
+        self.directory = directory.rstrip("/") or "/"
+        self.state_path = self.directory + "/" + STATE
+        self.pem_path = self.directory + "/" + PEM
+        self.writes = 0  # files written by this instance: how tests and the benchmark see "no flash write"
+
+    def load(self):
+        """The committed state (a dict) or None on a fresh device. Finishes an interrupted commit; raises a STORAGE
+        error when the files are corrupt or disagree (the caller registers again)."""
+        try:
+            with open(self.state_path, "rb") as f:
+                text = f.read(_MAX_STATE_BYTES + 1)
+        except OSError:
+            return None
+        if len(text) > _MAX_STATE_BYTES:
+            raise _corrupt("state.json is too large")
+        try:
+            state = json.loads(text)
+        except (ValueError, UnicodeError):
+            raise _corrupt("state.json is not valid JSON")
+        _check_state(state)
+        staged = self.pem_path + _STAGED
+        bundle = state["trust_bundle"]
+        if bundle is None:
+            _remove(self.pem_path)
+            _remove(staged)
+            return state
+        if file_sha256(self.pem_path) == bundle["pem_sha256"]:
+            _remove(staged)
+            return state
+        if file_sha256(staged) == bundle["pem_sha256"]:
+            os.rename(staged, self.pem_path)
+            return state
+        raise _corrupt("trust_bundle.pem does not match state.json")
+
+    def trust_bundle_pem(self):
+        with open(self.pem_path) as f:
+            return f.read()
+
+    def save(self, assignment, bundle):
+        """Commits an assignment and a parsed bundle (azprov.bundle.parse; None removes the stored bundle).
+        Returns False, writing nothing, when the stored state already says the same."""
+        meta = None
+        if bundle is not None:
+            meta = {key: bundle[key] for key in ("id", "etag", "pem_sha256", "certificates")}
+        state = {"version": FORMAT_VERSION, "assignment": assignment, "trust_bundle": meta}
+        try:
+            current = self.load()
+        except ProvisioningError:
+            current = None
+        if current == state:
+            return False
+        try:
+            makedirs(self.directory)
+            if meta is not None and file_sha256(self.pem_path) != meta["pem_sha256"]:
+                with open(self.pem_path + _STAGED, "w") as f:
+                    f.write(bundle["pem"])
+                self.writes += 1
+            write_atomic(self.state_path, json.dumps(state))
+            self.writes += 1
+            if meta is None:
+                _remove(self.pem_path)
+            elif _exists(self.pem_path + _STAGED):
+                os.rename(self.pem_path + _STAGED, self.pem_path)
+        except OSError as exc:
+            raise ProvisioningError(errors.STORAGE, "cannot write %s: %s" % (self.directory, exc))
+        return True
+
+    def clear(self):
+        for name in (STATE, PEM, PEM + _STAGED, STATE + _TMP):
+            _remove(self.directory + "/" + name)

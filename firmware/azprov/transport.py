@@ -1,0 +1,221 @@
+# TLS and MQTT plumbing shared by the DPS and gateway legs.
+#
+# umqtt.simple exists in two shapes: 1.3.4 (the PyPI release) wraps its socket with `ussl.wrap_socket(sock,
+# **ssl_params)`, 1.6 and later (frozen into ESP32 firmware) call `ssl.wrap_socket(sock, server_hostname=...)` on
+# the object passed as `ssl`. We pass an object that serves both, so the same SSLContext (CERT_REQUIRED, host
+# name checked) is used whichever is installed. Every read and write then goes through DeadlineSocket, because
+# umqtt's wait_msg() switches the socket back to blocking mode, which would let a silent peer hang us forever.
+import select
+import socket
+import ssl
+import sys
+import time
+
+from micropython import const
+
+from azprov import errors
+from azprov.errors import ProvisioningError
+from azprov.pem import der_certificates
+
+_POLL_SLICE_MS = const(50)
+DEFAULT_MAX_PACKET = const(16384)
+
+
+def tls_context(pem_texts):
+    """A client context that trusts exactly the certificates in `pem_texts` (each loaded as DER, one by one) and
+    requires a valid chain and a matching host name. Returns (context, number_of_certificates)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    count = 0
+    for text in pem_texts:
+        for der in der_certificates(text):
+            ctx.load_verify_locations(cadata=der)
+            count += 1
+    if not count:
+        raise ProvisioningError(errors.CONFIGURATION, "no CA certificate to verify the server with")
+    return ctx, count
+
+
+class DeadlineSocket:
+    """A TLS stream where every blocking read or write gives up after `timeout_ms` with OSError(ETIMEDOUT), and a
+    packet larger than `max_packet` is refused before memory is spent on it."""
+
+    def __init__(self, tls, timeout_ms, max_packet):
+        self._tls = tls
+        self._timeout_ms = timeout_ms
+        self._max_packet = max_packet
+        self._blocking = True
+        tls.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(tls, select.POLLIN)
+
+    def setblocking(self, flag):
+        self._blocking = flag
+
+    def wait_readable(self, timeout_ms):
+        return bool(self._poll.poll(timeout_ms))
+
+    def _wait(self, deadline, events):
+        remaining = time.ticks_diff(deadline, time.ticks_ms())
+        if remaining <= 0:
+            raise OSError(110)  # ETIMEDOUT
+        self._poll.modify(self._tls, events)
+        self._poll.poll(min(remaining, _POLL_SLICE_MS))
+
+    def read(self, n):
+        if n > self._max_packet:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit"
+                                    % (n, self._max_packet))
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
+        while got < n:
+            count = self._tls.readinto(view[got:])
+            if count is None:
+                if not self._blocking and not got:
+                    return None
+                self._wait(deadline, select.POLLIN)
+            elif count == 0:
+                if got:
+                    raise OSError(104)  # ECONNRESET: the peer closed in the middle of a packet
+                return b""
+            else:
+                got += count
+        return buf
+
+    def write(self, data, length=None):
+        if isinstance(data, str):
+            data = data.encode()
+        view = memoryview(data)
+        if length is not None:
+            view = view[:length]
+        sent = 0
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
+        while sent < len(view):
+            count = self._tls.write(view[sent:])
+            if count is None:
+                self._wait(deadline, select.POLLOUT)
+            else:
+                sent += count
+        return sent
+
+    def close(self):
+        try:
+            self._poll.unregister(self._tls)
+        except (OSError, ValueError):
+            pass
+        self._tls.close()
+
+
+class _TimedContext:
+    # What umqtt.simple >= 1.6 receives as `ssl`: bounds the handshake and hands back a DeadlineSocket.
+    def __init__(self, ctx, timeout_ms, max_packet):
+        self._ctx = ctx
+        self._timeout_ms = timeout_ms
+        self._max_packet = max_packet
+
+    def wrap_socket(self, sock, server_hostname=None, **_ignored):
+        sock.settimeout(self._timeout_ms / 1000)
+        tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
+        return DeadlineSocket(tls, self._timeout_ms, self._max_packet)
+
+
+class _BoundedSockets:
+    # Stands in for the `socket` module inside umqtt.simple while it connects, so that the TCP connect itself is
+    # bounded too (1.3.4 sets no timeout before connecting).
+    def __init__(self, timeout_ms):
+        self._timeout_s = timeout_ms / 1000
+
+    def socket(self, *args):
+        sock = socket.socket(*args)
+        sock.settimeout(self._timeout_s)
+        return sock
+
+    def getaddrinfo(self, *args):
+        return socket.getaddrinfo(*args)
+
+
+class _LegacySsl:
+    # What umqtt.simple 1.3.4 finds as `ussl` while it connects.
+    @staticmethod
+    def wrap_socket(sock, context=None, server_hostname=None, **_ignored):
+        return context.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def classify(exc, context):
+    """The ProvisioningError for an exception raised by socket, TLS or umqtt code while doing `context`."""
+    if isinstance(exc, ProvisioningError):
+        return exc
+    if isinstance(exc, OSError):
+        code = exc.args[0] if exc.args else None
+        if code == 110 or code == 116:  # ETIMEDOUT (Linux errno / lwIP errno)
+            return ProvisioningError(errors.TIMEOUT, "%s: no answer in time" % context)
+        return ProvisioningError(errors.NETWORK, "%s: connection failed (%s)" % (context, code))
+    if isinstance(exc, ValueError):
+        # mbedTLS reports verification failures as ValueError with its own text (wrong CA, host name mismatch).
+        return ProvisioningError(errors.TLS_VERIFICATION, "%s: server certificate rejected: %s" % (context, exc))
+    if isinstance(exc, MemoryError):
+        return ProvisioningError(errors.MALFORMED_RESPONSE, "%s: message too large for free memory" % context)
+    return ProvisioningError(errors.MALFORMED_RESPONSE, "%s: malformed MQTT packet (%s)"
+                             % (context, type(exc).__name__))
+
+
+def _connack_error(code, context):
+    # MQTT 3.1.1 CONNACK: 4 bad user name or password, 5 not authorized; 1-3 are protocol/server problems.
+    if code in (4, 5):
+        return ProvisioningError(errors.AUTHENTICATION, "%s: refused at CONNACK (code %d)" % (context, code),
+                                 status=code)
+    if code == 3:
+        return ProvisioningError(errors.SERVICE_UNAVAILABLE, "%s: server unavailable (CONNACK 3)" % context,
+                                 status=code)
+    return ProvisioningError(errors.BAD_REQUEST, "%s: refused at CONNACK (code %s)" % (context, code), status=code)
+
+
+def connect(client_id, host, port, user, password, ctx, timeout_ms, keepalive=0, on_message=None,
+            max_packet=DEFAULT_MAX_PACKET, context="connect"):
+    """A connected umqtt.simple MQTTClient over verified TLS, or a classified ProvisioningError."""
+    import umqtt.simple as umqtt
+    from umqtt.simple import MQTTClient, MQTTException
+
+    timed = _TimedContext(ctx, timeout_ms, max_packet)
+    client = MQTTClient(client_id, host, port=port, user=user, password=password, keepalive=keepalive, ssl=timed)
+    client.ssl_params = {"context": timed, "server_hostname": host}
+    if on_message is not None:
+        client.set_callback(on_message)
+    previous = sys.modules.get("ussl")
+    sys.modules["ussl"] = _LegacySsl
+    umqtt.socket = _BoundedSockets(timeout_ms)
+    try:
+        client.connect()
+    except MQTTException as exc:
+        close(client)
+        raise _connack_error(exc.args[0] if exc.args else None, context)
+    except Exception as exc:
+        close(client)
+        raise classify(exc, context)
+    finally:
+        umqtt.socket = socket
+        if previous is None:
+            del sys.modules["ussl"]
+        else:
+            sys.modules["ussl"] = previous
+    return client
+
+
+def close(client):
+    sock = getattr(client, "sock", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except Exception:
+            pass
+    client.sock = None
+
+
+def disconnect(client):
+    try:
+        client.disconnect()
+    except Exception:
+        pass
+    close(client)

@@ -1,0 +1,89 @@
+# Trust bundle parsing: every certificate kept, PEM normalised, thumbprints checked, bad input classified.
+import json
+
+from azprov import bundle, errors
+from azprov.errors import ProvisioningError
+from azprov.pem import PemError, der_certificates, split
+from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, CERT_C
+
+
+def _entry(pem, sha256=None, crlf=True):
+    text = pem.replace("\n", "\r\n") if crlf else pem
+    meta = {"subjectName": "CN=fixture", "issuerName": "CN=fixture", "sha1Thumbprint": "AB" * 20,
+            "serialNumber": "6620A198A418AD45", "notBeforeUtc": "2019-08-24T14:15:22Z",
+            "notAfterUtc": "2039-08-24T14:15:22Z", "version": 3}
+    if sha256:
+        meta["sha256Thumbprint"] = sha256
+    return {"certificate": text, "metadata": meta}
+
+
+def _bundle(*entries):
+    return {"certificates": list(entries), "id": "TestTrustBundle-1", "createdDateTime": "2021-09-08T04:19:05",
+            "lastModifiedDateTime": "2021-09-08T04:19:05", "etag": '"5301e830-0000-0300-0000-613864190000"'}
+
+
+def _raises(fn, *args):
+    try:
+        fn(*args)
+    except ProvisioningError as exc:
+        assert exc.kind == errors.MALFORMED_RESPONSE
+        return exc
+    raise AssertionError("accepted")
+
+
+def test_null_bundle():
+    assert bundle.parse(None) is None
+
+
+def test_three_certificates_crlf_and_lf_kept_and_normalised():
+    parsed = bundle.parse(_bundle(_entry(CERT_A, CERT_A_SHA256), _entry(CERT_B, crlf=False), _entry(CERT_C)))
+    assert len(parsed["certificates"]) == 3
+    assert "\r" not in parsed["pem"]
+    assert parsed["pem"] == CERT_A + CERT_B + CERT_C
+    assert parsed["certificates"][0]["sha256"] == CERT_A_SHA256
+    assert parsed["certificates"][1]["sha256"] == CERT_B_SHA256
+    assert parsed["etag"] == '"5301e830-0000-0300-0000-613864190000"'
+    assert parsed["certificates"][0]["not_after"] == "2039-08-24T14:15:22Z"
+    assert len(list(der_certificates(parsed["pem"]))) == 3
+
+
+def test_lower_case_thumbprint_accepted():
+    assert bundle.parse(_bundle(_entry(CERT_A, CERT_A_SHA256.lower())))
+
+
+def test_thumbprint_mismatch_rejected():
+    exc = _raises(bundle.parse, _bundle(_entry(CERT_A, CERT_B_SHA256)))
+    assert "sha256Thumbprint" in exc.message
+
+
+def test_structural_errors():
+    for bad in ("x", {}, {"certificates": []}, {"certificates": [{}], "id": "i", "etag": "e"},
+                {"certificates": [_entry(CERT_A)], "etag": "e"},
+                {"certificates": [{"certificate": 5}], "id": "i", "etag": "e"},
+                {"certificates": [{"certificate": CERT_A, "metadata": "m"}], "id": "i", "etag": "e"}):
+        _raises(bundle.parse, bad)
+
+
+def test_bad_pem_rejected():
+    body = CERT_A.split("\n")
+    broken_b64 = "\n".join([body[0], "!!!!" + body[1][4:]] + body[2:])
+    truncated = "\n".join(body[:3])
+    two_in_one = CERT_A + CERT_B
+    for text in (broken_b64, truncated, "hello", "", two_in_one,
+                 "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"):
+        _raises(bundle.parse, _bundle({"certificate": text}))
+
+
+def test_split_errors_name_problem():
+    try:
+        list(split("-----END CERTIFICATE-----"))
+    except PemError as exc:
+        assert "END" in str(exc)
+    else:
+        raise AssertionError("accepted")
+
+
+def test_bundle_json_round_trip_from_service_shape():
+    text = json.dumps({"trustBundle": _bundle(_entry(CERT_B, CERT_B_SHA256))})
+    parsed = bundle.parse(json.loads(text)["trustBundle"])
+    assert parsed["pem"] == CERT_B

@@ -1,0 +1,63 @@
+# The provisioning file: good files load with defaults; each bad field gives an error that names it.
+import json
+
+from azprov import config, errors
+from azprov.errors import ProvisioningError
+
+GOOD = {"dps_host": "global.azure-devices-provisioning.net", "id_scope": "0ne00000001",
+        "registration_id": "sensor-001", "symmetric_key": "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=",
+        "dps_ca_file": "certs/dps-root.pem"}
+
+
+def _with(**changes):
+    doc = dict(GOOD)
+    for key, value in changes.items():
+        if value is ...:
+            del doc[key]
+        else:
+            doc[key] = value
+    return json.dumps(doc)
+
+
+def _error(text):
+    try:
+        config.parse(text, "/flash/provisioning.json")
+    except ProvisioningError as exc:
+        assert exc.kind == errors.CONFIGURATION
+        return exc.message
+    raise AssertionError("accepted: " + text)
+
+
+def test_good_file_with_defaults_and_relative_paths():
+    cfg = config.parse(_with(), "/flash/provisioning.json")
+    assert cfg["dps_port"] == 8883 and cfg["gateway_host"] is None and cfg["log_level"] == "info"
+    assert cfg["dps_ca_file"] == "/flash/certs/dps-root.pem"
+    assert cfg["storage_dir"] == "/flash/azprov_state"
+    assert config.parse(_with(), "provisioning.json")["dps_ca_file"] == "certs/dps-root.pem"
+
+
+def test_each_bad_field_is_named():
+    cases = [
+        (_with(dps_host=...), "dps_host"), (_with(id_scope=""), "id_scope"), (_with(dps_port="8883"), "dps_port"),
+        (_with(dps_port=70000), "dps_port"), (_with(dps_port=True), "dps_port"),
+        (_with(registration_id="bad id!"), "registration_id"), (_with(registration_id="x" * 129), "registration_id"),
+        (_with(symmetric_key="not base64!"), "symmetric_key"), (_with(symmetric_key="c2hvcnQ="), "symmetric_key"),
+        (_with(symmetric_key=123), "symmetric_key"), (_with(log_level="loud"), "log_level"),
+        (_with(gateway_host=""), "gateway_host"), (_with(gateway_port=0), "gateway_port"),
+        (_with(sas_ttl_s=1), "sas_ttl_s"), (_with(force_reprovision="yes"), "force_reprovision"),
+        (_with(wifi="ssid"), "wifi"), (_with(dps_ca_file=...), "dps_ca_file"),
+    ]
+    for text, field in cases:
+        message = _error(text)
+        assert field in message, (field, message)
+        assert "/flash/provisioning.json" in message
+
+
+def test_key_never_echoed_in_errors():
+    message = _error(_with(symmetric_key="c2hvcnQ="))
+    assert "c2hvcnQ" not in message
+
+
+def test_not_json_or_not_object():
+    assert "JSON" in _error("{oops")
+    assert "object" in _error("[1]")

@@ -1,0 +1,131 @@
+# Flash storage: commit, reload, no write when nothing changed, roll forward after an interrupted commit,
+# corruption detected, and nothing half-written.
+import os
+
+from azprov import bundle, errors, store
+from azprov.errors import ProvisioningError
+from fixtures import CERT_A, CERT_B, CERT_C
+
+_DIR = "azprov_test_store"
+
+
+def _clean():
+    s = store.Store(_DIR)
+    s.clear()
+    try:
+        os.rmdir(_DIR)
+    except OSError:
+        pass
+    return store.Store(_DIR)
+
+
+def _assignment(hub="hub.azure-devices.net"):
+    return {"registration_id": "dev1", "assigned_hub": hub, "device_id": "dev1", "substatus": "initialAssignment",
+            "payload": None}
+
+
+def _parsed(etag, *pems):
+    return bundle.parse({"id": "tb", "etag": etag, "certificates": [{"certificate": p} for p in pems]})
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_fresh_device_has_no_state():
+    assert _clean().load() is None
+
+
+def test_commit_and_reload():
+    s = _clean()
+    assert s.save(_assignment(), _parsed("e1", CERT_A, CERT_B))
+    state = store.Store(_DIR).load()
+    assert state["assignment"]["assigned_hub"] == "hub.azure-devices.net"
+    assert state["trust_bundle"]["etag"] == "e1"
+    assert len(state["trust_bundle"]["certificates"]) == 2
+    assert _read(_DIR + "/trust_bundle.pem") == CERT_A + CERT_B
+    _clean()
+
+
+def test_unchanged_state_writes_nothing():
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    again = store.Store(_DIR)
+    assert again.save(_assignment(), _parsed("e1", CERT_A)) is False
+    assert again.writes == 0
+    _clean()
+
+
+def test_changed_etag_replaces_set():
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A, CERT_B))
+    assert s.save(_assignment(), _parsed("e2", CERT_C))
+    assert _read(_DIR + "/trust_bundle.pem") == CERT_C
+    assert [c["sha256"] for c in s.load()["trust_bundle"]["certificates"]] == \
+        [c["sha256"] for c in _parsed("x", CERT_C)["certificates"]]
+    _clean()
+
+
+def test_null_bundle_removes_stored_bundle():
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    s.save(_assignment(), None)
+    assert s.load()["trust_bundle"] is None
+    try:
+        os.stat(_DIR + "/trust_bundle.pem")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("bundle file left behind")
+    _clean()
+
+
+def test_interrupted_commit_rolls_forward():
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    new = _parsed("e2", CERT_B)
+    # Simulate a power cut after the commit point: state.json is new, the PEM is still only staged.
+    with open(_DIR + "/trust_bundle.pem.new", "w") as f:
+        f.write(new["pem"])
+    meta = {k: new[k] for k in ("id", "etag", "pem_sha256", "certificates")}
+    import json
+    store.write_atomic(_DIR + "/state.json", json.dumps({"version": 1, "assignment": _assignment(),
+                                                         "trust_bundle": meta}))
+    state = store.Store(_DIR).load()
+    assert state["trust_bundle"]["etag"] == "e2"
+    assert _read(_DIR + "/trust_bundle.pem") == CERT_B
+    _clean()
+
+
+def test_cut_before_commit_keeps_old_state():
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    with open(_DIR + "/trust_bundle.pem.new", "w") as f:
+        f.write(CERT_B[:100])  # partial staged file from a cut mid-write
+    state = store.Store(_DIR).load()
+    assert state["trust_bundle"]["etag"] == "e1"
+    assert _read(_DIR + "/trust_bundle.pem") == CERT_A
+    _clean()
+
+
+def test_corruption_detected():
+    for damage in ("pem", "state", "state_type"):
+        s = _clean()
+        s.save(_assignment(), _parsed("e1", CERT_A))
+        if damage == "pem":
+            with open(_DIR + "/trust_bundle.pem", "w") as f:
+                f.write(CERT_A[:-30])
+        elif damage == "state":
+            with open(_DIR + "/state.json", "w") as f:
+                f.write('{"version": 1, "assignm')
+        else:
+            with open(_DIR + "/state.json", "w") as f:
+                f.write('{"version": 1, "assignment": {"assigned_hub": 3}, "trust_bundle": null}')
+        try:
+            store.Store(_DIR).load()
+        except ProvisioningError as exc:
+            assert exc.kind == errors.STORAGE
+        else:
+            raise AssertionError("corruption not detected: " + damage)
+    _clean()
