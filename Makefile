@@ -29,10 +29,11 @@ help:
 	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json"
 	@echo "make monitor PORT=/dev/ttyUSB0"
 
-$(STAMP): requirements.txt requirements.lock
+$(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check pybind11==3.1.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 $(UMQTT): $(STAMP) host_tools/umqtt_fetch.py

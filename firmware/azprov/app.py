@@ -81,26 +81,61 @@ def _telemetry_payload(cfg, sequence):
                        "heapFree": gc.mem_free(), "uptimeMs": time.ticks_ms()})
 
 
+def _backoff_s(failures):
+    # Exponential backoff with jitter, so a fleet that lost its gateway does not come back in one wave.
+    import os
+
+    base = min(60, 1 << min(failures, 6))
+    return base / 2 + base / 2 * os.urandom(1)[0] / 256
+
+
 def run(cfg, store, make_payload=_telemetry_payload):
     from azprov.gateway import Gateway
 
     state = _cached_state(cfg, store)
-    if state is None:
+    fresh = state is None
+    if fresh:
         state = provision(cfg, store)
     else:
         log.info("using_cached_assignment", ("hub", state["assignment"]["assigned_hub"]),
                  ("device_id", state["assignment"]["device_id"]))
     log.debug("step", ("name", "gateway"))
     gateway = Gateway(cfg, state["assignment"], _trust_for_gateway(cfg, store, state))
+    count = cfg["telemetry_count"]  # 0: run until power-off
+    sequence = 0
+    failures = 0
     try:
-        for sequence in range(cfg["telemetry_count"]):
-            if sequence:
-                time.sleep(cfg["telemetry_interval_s"])
-                gateway.renew_if_due()
-            gateway.send(make_payload(cfg, sequence))
+        while not count or sequence < count:
+            try:
+                if sequence:
+                    gateway.idle(cfg["telemetry_interval_s"])
+                gateway.send(make_payload(cfg, sequence))
+            except ProvisioningError as exc:
+                failures += 1
+                stale = exc.kind in (errors.AUTHENTICATION, errors.TLS_VERIFICATION) \
+                    or failures >= cfg["max_gateway_failures"]
+                if stale and not fresh:
+                    # The cached assignment or trust bundle may be out of date: DPS knows the current ones.
+                    log.warning("reprovisioning", ("reason", exc.kind), ("failures", failures))
+                    gateway.close()
+                    state = provision(cfg, store)
+                    fresh = True
+                    failures = 0
+                    gateway = Gateway(cfg, state["assignment"], _trust_for_gateway(cfg, store, state))
+                    continue
+                if not exc.transient or failures >= cfg["max_gateway_failures"]:
+                    raise
+                delay = _backoff_s(failures)
+                log.warning("gateway_retry", ("reason", exc.kind), ("in_s", int(delay)), ("failures", failures))
+                time.sleep(delay)
+                continue
+            failures = 0
             log.info("telemetry_acknowledged", ("device_id", gateway.device_id), ("sequence", sequence))
+            sequence += 1
     finally:
         gateway.close()
+    log.info("done", ("messages", sequence), ("gateway_connections", gateway.connections),
+             ("token_renewals", gateway.renewals))
     return 0
 
 

@@ -29,7 +29,7 @@ _FIELDS = {
     "sas_ttl_s": (int, 3600),
     "force_reprovision": (bool, False),
     "wifi": (dict, None),
-    "telemetry_count": (int, 1),
+    "telemetry_count": (int, 1),  # 0: keep sending until power-off
     "telemetry_interval_s": (int, 10),
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),

@@ -15,6 +15,8 @@ _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(120)
 # Renew when this share of the token's lifetime has passed.
 _RENEW_AT_PERCENT = const(80)
+# MQTT servers drop a client silent for 1.5 keepalive periods; ping well before.
+_PING_EVERY_MS = const(_KEEPALIVE_S * 1000 // 2)
 
 
 def username(hub, device_id):
@@ -47,6 +49,7 @@ class Gateway:
         self._renew_at = 0
         self.connections = 0
         self.renewals = 0
+        self._last_ping = 0
 
     def connect(self):
         if self._ctx is None:
@@ -60,8 +63,38 @@ class Gateway:
         self.connections += 1
         self.client = transport.connect(
             self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self._ctx,
-            _IO_TIMEOUT_MS, keepalive=_KEEPALIVE_S, context="gateway")
+            _IO_TIMEOUT_MS, keepalive=_KEEPALIVE_S, on_message=self._on_cloud_message, context="gateway")
+        self._last_ping = time.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
+
+    def _on_cloud_message(self, topic, body):
+        # Nothing is subscribed; whatever the hub still sends is noted and dropped.
+        log.info("cloud_message_ignored", ("topic", bytes(topic).decode()), ("bytes", len(body)))
+
+    def idle(self, seconds):
+        """Waits `seconds` while keeping the connection alive: answers the server, pings before the keepalive runs
+        out, renews the token when due."""
+        end = time.ticks_add(time.ticks_ms(), int(seconds * 1000))
+        while True:
+            remaining = time.ticks_diff(end, time.ticks_ms())
+            if remaining <= 0:
+                return
+            self.renew_if_due()
+            if self.client is None:
+                self.connect()
+            since_ping = time.ticks_diff(time.ticks_ms(), self._last_ping)
+            wait = min(remaining, max(0, _PING_EVERY_MS - since_ping), 1000)
+            try:
+                if self.client.sock.wait_readable(wait):
+                    self.client.check_msg()
+                if time.ticks_diff(time.ticks_ms(), self._last_ping) >= _PING_EVERY_MS:
+                    self.client.ping()
+                    self._last_ping = time.ticks_ms()
+                    log.debug("gateway_ping")
+            except Exception as exc:
+                transport.close(self.client)
+                self.client = None
+                raise transport.classify(exc, "gateway")
 
     def renew_if_due(self):
         """Reconnects with a fresh token once most of the old one's lifetime has passed; True when it did."""

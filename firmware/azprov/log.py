@@ -24,7 +24,7 @@ def _format(name, value):
             return "<redacted>"
     text = value if isinstance(value, str) else str(value)
     if not text or " " in text or '"' in text:
-        text = '"' + text.replace('"', "'") + '"'
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 
 
