@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -74,6 +75,12 @@ class EmulatorProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+    def update_enrollments(self, doc: dict) -> None:
+        """Replaces the enrollment file; the running emulator picks the new one up on its next request."""
+        tmp = self.enrollments.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, self.enrollments)
 
     def _records(self, path: Path) -> list[dict]:
         if not path.exists():

@@ -28,6 +28,8 @@ class ProvisioningError(Exception):
         self.error_code = error_code
         self.tracking_id = tracking_id
         self.retry_after = retry_after
+        # True when this is the service's answer (judged final by the protocol core), not a transport failure.
+        self.answered = False
 
     @property
     def transient(self):

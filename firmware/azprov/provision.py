@@ -67,7 +67,6 @@ class Session:
             cfg["registration_id"], cfg["dps_host"], cfg["dps_port"],
             dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version), password,
             self._ctx, timeout, keepalive=_KEEPALIVE_S, on_message=self._on_message, context="DPS")
-        del password
         try:
             client.subscribe(dps.RESPONSE_FILTER, qos=1)
         except Exception as exc:
@@ -89,15 +88,13 @@ class Session:
                 try:
                     if client is None:
                         client = self._connect(deadline)
-                    delay, topic, body = request
-                    _sleep_within(delay, deadline)
-                    log.debug("dps_request", ("topic", topic))
-                    client.publish(topic.encode(), body, qos=1)
-                    request = self._await_decision(client, reg, deadline)
+                    request = self._exchange(client, reg, request, deadline)
                     if request is None:
                         return reg.result
                 except ProvisioningError as exc:
-                    if exc.kind not in (errors.NETWORK, errors.TIMEOUT) or exc.retry_after is not None:
+                    # The service's own answers were judged by the state machine; what is left to retry here is
+                    # a connection that failed or went quiet, or a server that was briefly unavailable.
+                    if exc.answered or not exc.transient or exc.retry_after is not None:
                         raise
                     if _remaining_ms(deadline) <= 0 or reconnects >= _MAX_RECONNECTS:
                         raise
@@ -109,18 +106,33 @@ class Session:
                     self._inbox = []
                     request = reg.resume()
                     _sleep_within(min(reconnects, 3), deadline)
-                except Exception as exc:
-                    raise transport.classify(exc, "DPS")
         finally:
             if client is not None:
                 transport.disconnect(client)
             self._inbox = []
 
+    def _exchange(self, client, reg, request, deadline):
+        """Sends one request and waits for the answer that decides what comes next (None: registration done)."""
+        delay, topic, body = request
+        _sleep_within(delay, deadline)
+        log.debug("dps_request", ("topic", topic))
+        try:
+            client.publish(topic.encode(), body, qos=1)
+            return self._await_decision(client, reg, deadline)
+        except ProvisioningError:
+            raise
+        except Exception as exc:
+            raise transport.classify(exc, "DPS")
+
     def _await_decision(self, client, reg, deadline):
         while True:
             while self._inbox:
                 topic, body = self._inbox.pop(0)
-                request = reg.on_message(topic, body)
+                try:
+                    request = reg.on_message(topic, body)
+                except ProvisioningError as exc:
+                    exc.answered = True
+                    raise
                 if reg.done:
                     return None
                 if request is not None:
@@ -130,10 +142,5 @@ class Session:
             remaining = _remaining_ms(deadline)
             if remaining <= 0:
                 raise ProvisioningError(errors.TIMEOUT, "no DPS answer before the registration deadline")
-            try:
-                client.sock.wait_readable(min(remaining, 1000))
-                client.check_msg()
-            except ProvisioningError:
-                raise
-            except Exception as exc:
-                raise transport.classify(exc, "DPS")
+            client.sock.wait_readable(min(remaining, 1000))
+            client.check_msg()
