@@ -1,0 +1,57 @@
+"""Runs the device-side test modules (tests/device/test_*.py) on the MicroPython Unix port against the compiled
+.mpy firmware, the same files and runner `host_tools test-device` uses on a board, and reports each device test as
+its own pytest case. (pytest also runs those modules under CPython directly.)"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from host_tools.unix_port import device_env, micropython_binary, stage_device_root
+
+DEVICE_TESTS = Path(__file__).resolve().parent / "device"
+_TEST_NAME = re.compile(r"^def (test_\w+)\(", re.M)
+
+
+def _cases():
+    for module in sorted(DEVICE_TESTS.glob("test_*.py")):
+        for name in _TEST_NAME.findall(module.read_text()):
+            yield pytest.param(module.stem, name, id=f"{module.stem}::{name}")
+
+
+@functools.cache
+def _run_module(module: str, root: str) -> dict[str, str]:
+    proc = subprocess.run([micropython_binary(), "-c", f"import runner; runner.run({module!r})"], cwd=root,
+                          env=device_env(), capture_output=True, text=True, timeout=120)
+    outcomes = {}
+    for line in proc.stdout.splitlines():
+        verdict, _, rest = line.partition(" ")
+        if verdict in ("PASS", "FAIL", "SKIP"):
+            name, _, why = rest.partition(":")
+            outcomes[name.strip()] = verdict + ((":" + why) if why else "")
+        elif verdict == "ERROR":
+            outcomes["__module__"] = line
+    outcomes["__output__"] = proc.stdout + proc.stderr
+    return outcomes
+
+
+@pytest.fixture(scope="session")
+def unix_board(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("unix-board")
+    stage_device_root(root, use_mpy=True)
+    for path in DEVICE_TESTS.glob("*.py"):
+        if path.name != "conftest.py":
+            shutil.copy2(path, root / path.name)
+    return str(root)
+
+
+@pytest.mark.parametrize("module, name", list(_cases()))
+def test_on_unix_port(unix_board, module, name):
+    outcomes = _run_module(module, unix_board)
+    assert "__module__" not in outcomes, outcomes["__output__"]
+    assert outcomes.get(name) == "PASS", outcomes["__output__"]
