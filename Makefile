@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 UMQTT   := build/lib/umqtt/simple.py
 APT_STAMP := build/.apt-installed
 # Debian packages the tests use (a real MQTT broker for the TLS/MQTT peer test).
-APT_PACKAGES := mosquitto
+APT_PACKAGES := mosquitto faketime
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PORT ?=
@@ -39,12 +39,13 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 $(UMQTT): $(STAMP) host_tools/umqtt_fetch.py
 	$(PY) -m host_tools fetch-umqtt --dest build/lib
 
-$(APT_STAMP):
+$(APT_STAMP): Makefile
 	@mkdir -p build
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
-		echo "installing Debian packages: $(APT_PACKAGES)"; \
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	touch $@
 

@@ -10,6 +10,10 @@ from azprov.errors import ProvisioningError
 from azprov.store import Store
 
 
+# DPS connections made by this boot (a list so provision() can add to it without a global statement).
+_dps_connections = [0]
+
+
 def _log_failure(exc):
     log.error("failed", *exc.fields())
 
@@ -19,7 +23,11 @@ def provision(cfg, store):
     from azprov import bundle as trust_bundle
     from azprov.provision import Session
 
-    registration = Session(cfg).register()
+    session = Session(cfg)
+    try:
+        registration = session.register()
+    finally:
+        _dps_connections[0] += session.connections
     log.info("registered", ("hub", registration["assignedHub"]), ("device_id", registration["deviceId"]),
              ("substatus", registration.get("substatus") or "-"))
     gc.collect()
@@ -134,8 +142,9 @@ def run(cfg, store, make_payload=_telemetry_payload):
             sequence += 1
     finally:
         gateway.close()
-    log.info("done", ("messages", sequence), ("gateway_connections", gateway.connections),
-             ("token_renewals", gateway.renewals))
+    log.info("done", ("messages", sequence), ("dps_connections", _dps_connections[0]),
+             ("gateway_connections", gateway.connections), ("renewals", gateway.renewals),
+             ("flash_writes", store.writes))
     return 0
 
 

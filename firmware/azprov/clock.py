@@ -4,7 +4,15 @@ import time
 from micropython import const
 
 # ESP32 and most bare-metal ports count from 2000-01-01; the Unix port from 1970-01-01.
-_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_SECONDS_1970_TO_2000 = const(946684800)
+
+
+def epoch_offset(epoch_year):
+    """Seconds to add to a port's time.time() to get Unix time, for a port whose epoch starts in `epoch_year`."""
+    return _SECONDS_1970_TO_2000 if epoch_year == 2000 else 0
+
+
+_EPOCH_OFFSET = epoch_offset(time.gmtime(0)[0])
 
 # The firmware cannot have been built before this moment (2026-11-01T00:00:00Z): a clock earlier than this was
 # never set (an ESP32 wakes near 2000-01-01 until NTP runs), and tokens or certificate checks would be wrong.

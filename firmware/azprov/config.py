@@ -33,6 +33,7 @@ _FIELDS = {
     "telemetry_interval_s": (int, 10),
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),
+    "mqtt_keepalive_s": (int, 120),
 }
 
 
@@ -106,6 +107,8 @@ def parse(text, path="provisioning file"):
         raise _error(path, "log_level", "must be one of " + ", ".join(LOG_LEVELS))
     if not 5 <= config["sas_ttl_s"] <= 86400 * 366:
         raise _error(path, "sas_ttl_s", "must be between 5 and 31622400 seconds")
+    if not 2 <= config["mqtt_keepalive_s"] <= 1740:  # IoT Hub's ceiling is 29 minutes
+        raise _error(path, "mqtt_keepalive_s", "must be between 2 and 1740 seconds")
     for name in ("telemetry_count", "telemetry_interval_s", "registration_timeout_s", "max_gateway_failures"):
         if config[name] < 0:
             raise _error(path, name, "must not be negative")

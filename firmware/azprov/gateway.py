@@ -12,11 +12,8 @@ from azprov.errors import ProvisioningError
 
 HUB_API_VERSION = "2021-04-12"
 _IO_TIMEOUT_MS = const(15000)
-_KEEPALIVE_S = const(120)
 # Renew when this share of the token's lifetime has passed.
 _RENEW_AT_PERCENT = const(80)
-# MQTT servers drop a client silent for 1.5 keepalive periods; ping well before.
-_PING_EVERY_MS = const(_KEEPALIVE_S * 1000 // 2)
 
 
 def username(hub, device_id):
@@ -50,6 +47,9 @@ class Gateway:
         self.connections = 0
         self.renewals = 0
         self._last_ping = 0
+        self.keepalive_s = config["mqtt_keepalive_s"]
+        # MQTT servers drop a client silent for 1.5 keepalive periods; ping at half of it.
+        self._ping_every_ms = self.keepalive_s * 500
 
     def connect(self):
         if self._ctx is None:
@@ -63,7 +63,7 @@ class Gateway:
         self.connections += 1
         self.client = transport.connect(
             self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self._ctx,
-            _IO_TIMEOUT_MS, keepalive=_KEEPALIVE_S, on_message=self._on_cloud_message, context="gateway")
+            _IO_TIMEOUT_MS, keepalive=self.keepalive_s, on_message=self._on_cloud_message, context="gateway")
         self._last_ping = time.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
 
@@ -83,11 +83,11 @@ class Gateway:
             if self.client is None:
                 self.connect()
             since_ping = time.ticks_diff(time.ticks_ms(), self._last_ping)
-            wait = min(remaining, max(0, _PING_EVERY_MS - since_ping), 1000)
+            wait = min(remaining, max(0, self._ping_every_ms - since_ping), 1000)
             try:
                 if self.client.sock.wait_readable(wait):
                     self.client.check_msg()
-                if time.ticks_diff(time.ticks_ms(), self._last_ping) >= _PING_EVERY_MS:
+                if time.ticks_diff(time.ticks_ms(), self._last_ping) >= self._ping_every_ms:
                     self.client.ping()
                     self._last_ping = time.ticks_ms()
                     log.debug("gateway_ping")
