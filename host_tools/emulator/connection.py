@@ -1,0 +1,231 @@
+"""Plumbing shared by both endpoints: accept TCP, do the TLS handshake ourselves (so failures are counted),
+read MQTT packets with deadlines, serialise writes, and make sure nothing a client does can take the server
+down: every per-connection error is logged and ends only that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from urllib.parse import unquote
+
+from host_tools.emulator import mqtt_codec as mqtt
+from host_tools.emulator.records import Stats
+
+CONNECT_TIMEOUT_S = 10.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+READ_CHUNK = 16 * 1024
+
+
+class ConnectionDropped(Exception):
+    """The server decided to drop the connection (policy, not an error); the message says why."""
+
+
+class MqttSession:
+    """One client connection: a packet reader over an asyncio stream plus a write lock."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, endpoint: str, peer: str,
+                 max_packet: int = mqtt.DEFAULT_MAX_PACKET):
+        self.reader, self.writer = reader, writer
+        self.endpoint, self.peer = endpoint, peer
+        self.client_id: str | None = None
+        self.state = None  # the endpoint's per-connection state, once CONNECT was accepted
+        self._packets = mqtt.PacketReader(max_packet)
+        self._write_lock = asyncio.Lock()
+        self._next_packet_id = 0
+        self.closed = False
+        self.close_reason: str | None = None
+
+    def __str__(self):
+        return f"{self.endpoint} {self.client_id or '?'}@{self.peer}"
+
+    async def read_packet(self, timeout: float | None) -> mqtt.Packet | None:
+        """The next packet; None when the client closed. Raises TimeoutError when `timeout` passes first."""
+        async with asyncio.timeout(timeout):
+            while True:
+                packet = self._packets.next_packet()
+                if packet is not None:
+                    return packet
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    if self._packets.buffered:
+                        raise mqtt.MqttProtocolError(f"connection closed inside a packet ({self._packets.buffered} "
+                                                     "bytes buffered)")
+                    return None
+                self._packets.feed(data)
+
+    async def first_byte(self, timeout: float | None) -> int | None:
+        """The first byte the client sent (without consuming it); None when it closed before sending any."""
+        async with asyncio.timeout(timeout):
+            while not self._packets.buffered:
+                data = await self.reader.read(READ_CHUNK)
+                if not data:
+                    return None
+                self._packets.feed(data)
+        return self._packets.peek()
+
+    async def send(self, packet: mqtt.Packet) -> None:
+        await self.send_bytes(mqtt.encode(packet))
+
+    async def send_bytes(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionDropped("connection already closed")
+        async with self._write_lock:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    def next_packet_id(self) -> int:
+        self._next_packet_id = self._next_packet_id % 0xFFFF + 1
+        return self._next_packet_id
+
+    def close(self, reason: str = "closed") -> None:
+        """Close now (from any task). Bytes already written are flushed before the TLS close."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        try:
+            self.writer.close()
+        except Exception:  # the transport may already be gone
+            pass
+
+    def abort(self, reason: str) -> None:
+        """Cut the connection without flushing (like a network failure)."""
+        self.closed = True
+        self.close_reason = reason
+        transport = self.writer.transport
+        if transport is not None:
+            transport.abort()
+
+
+def parse_query(text: str) -> dict[str, str]:
+    """`a=1&b=2` -> {'a': '1', 'b': '2'} (values percent-decoded; order and case of names kept as sent)."""
+    params: dict[str, str] = {}
+    for part in text.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        params[unquote(name)] = unquote(value)
+    return params
+
+
+class Endpoint:
+    """Base of the DPS and gateway endpoints: owns the listening server and the live sessions."""
+
+    name = "endpoint"
+
+    def __init__(self, ctx, ssl_context: ssl.SSLContext):
+        self.ctx = ctx
+        self.ssl_context = ssl_context
+        self.log = logging.getLogger(f"host_tools.emulator.{self.name}")
+        self.sessions: set[MqttSession] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    @property
+    def stats(self) -> Stats:
+        return self.ctx.stats
+
+    async def listen(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._accept, host, port, limit=READ_CHUNK * 4)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        self.stats.incr(self.name, "connections")
+        self.stats.incr(self.name, "active")
+        session = None
+        try:
+            try:
+                await writer.start_tls(self.ssl_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+            except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+                # Typical cause: the client does not trust our certificate or name (it says so in an alert).
+                self.stats.incr(self.name, "tls_failures")
+                self.log.info("%s: TLS handshake with %s failed: %s", self.name, peer, _short(exc))
+                writer.transport.abort()
+                return
+            session = MqttSession(reader, writer, self.name, peer)
+            self.sessions.add(session)
+            await self.serve(session)
+        except ConnectionDropped as exc:
+            self.stats.incr(self.name, "dropped")
+            self.log.info("%s: dropping the connection: %s", session, exc)
+        except mqtt.MqttProtocolError as exc:
+            self.stats.incr(self.name, "dropped")
+            self.stats.incr(self.name, "protocol_errors")
+            self.log.warning("%s: protocol error, dropping the connection: %s", session, exc)
+        except TimeoutError:
+            self.stats.incr(self.name, "dropped")
+            self.log.info("%s: client silent past its deadline (CONNECT or 1.5x keep-alive), dropping", session)
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
+            self.log.debug("%s: connection lost: %s", session or peer, _short(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in the emulator: log it loudly, but keep serving everyone else
+            self.stats.incr(self.name, "internal_errors")
+            self.log.exception("%s: internal error while serving the connection", session or peer)
+        finally:
+            self.stats.incr(self.name, "active", -1)
+            if session is not None:
+                self.sessions.discard(session)
+                await self.on_session_end(session)
+                if session.close_reason and session.close_reason != "closed":
+                    self.log.debug("%s: closed (%s)", session, session.close_reason)
+                session.close()
+            else:
+                writer.close()
+
+    async def serve(self, session: MqttSession) -> None:
+        raise NotImplementedError
+
+    async def on_session_end(self, session: MqttSession) -> None:
+        """Hook for endpoint clean-up (cancel timers and response tasks)."""
+
+    async def first_connect(self, session: MqttSession) -> mqtt.Connect | None:
+        first = await session.first_byte(CONNECT_TIMEOUT_S)
+        if first is None:
+            return None
+        if first >> 4 != mqtt.CONNECT:
+            # Not MQTT at all (or not starting with CONNECT): no need to wait for a packet that never ends.
+            raise mqtt.MqttProtocolError(f"first byte {first:#04x} does not start a CONNECT packet")
+        packet = await session.read_packet(CONNECT_TIMEOUT_S)
+        if packet is None:
+            return None
+        if not isinstance(packet, mqtt.Connect):
+            raise mqtt.MqttProtocolError(f"first packet is {type(packet).__name__}, not CONNECT")
+        return packet
+
+    async def refuse(self, session: MqttSession, code: int, why: str) -> None:
+        self.stats.incr(self.name, "refused")
+        self.log.info("%s: CONNACK %d (%s)", session, code, why)
+        await session.send(mqtt.ConnAck(return_code=code))
+        session.close("refused")
+
+    def keepalive_timeout(self, connect: mqtt.Connect) -> float | None:
+        # MQTT 3.1.1 section 3.1.2.10: the server may drop a client silent for 1.5x its keep-alive.
+        return connect.keepalive * 1.5 if connect.keepalive else None
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions):
+            session.abort("emulator stopping")
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+    def drop_all(self, reason: str) -> int:
+        sessions = list(self.sessions)
+        for session in sessions:
+            self.stats.incr(self.name, "dropped")
+            self.log.info("%s: dropping the connection: %s", session, reason)
+            session.abort(reason)
+        return len(sessions)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "..."

@@ -1,0 +1,112 @@
+"""State shared by the DPS and gateway endpoints: enrollments, faults, assignments, records and counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from host_tools.emulator.enrollments import Enrollment, EnrollmentStore
+from host_tools.emulator.faults import FaultBook, FaultSet, RateLimiter, validate_faults
+from host_tools.emulator.records import JsonlLog, Stats
+from host_tools.emulator.trust_bundle import TrustBundleRegistry
+
+
+@dataclass
+class Assignment:
+    """What DPS assigned a device (kept in memory only: a restarted emulator starts with none)."""
+
+    registration_id: str
+    device_id: str
+    assigned_hub: str
+    device_key: str = field(repr=False)
+    enrollment: Enrollment = field(repr=False)
+    created: dt.datetime
+    last_updated: dt.datetime
+    generation_id: str
+
+
+@dataclass
+class DeviceCredential:
+    """A way a device may authenticate at the gateway: its key, the hub it belongs to, its enrollment."""
+
+    device_id: str
+    assigned_hub: str
+    key: str = field(repr=False)
+    enrollment: Enrollment | None = field(repr=False)
+    source: str  # "registration" or "enrollment"
+
+
+class EmulatorContext:
+    def __init__(self, *, store: EnrollmentStore, pki, stats: Stats, registrations: JsonlLog, telemetry: JsonlLog,
+                 dps_hostname: str, gateway_hostname: str, faults: dict | None = None,
+                 rate_limit: float | None = None):
+        self.store = store
+        self.pki = pki
+        self.stats = stats
+        self.registrations = registrations
+        self.telemetry = telemetry
+        self.dps_hostname = dps_hostname
+        self.gateway_hostname = gateway_hostname
+        self.bundles = TrustBundleRegistry()
+        self.fault_book = FaultBook()
+        self._fault_generation = itertools.count(1)
+        self.global_faults: dict = {}
+        self.global_tag = "global:0"
+        self.set_faults(faults or {})
+        self.rate_limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.assignments: dict[str, Assignment] = {}  # by device id
+        self.operations: dict[str, Any] = {}  # DPS operation id -> operation
+        self.register_attempts: dict[str, int] = {}  # registration id -> register requests seen
+        self.twins: dict[str, dict] = {}  # device id -> reported properties
+        self.lock = threading.Lock()
+
+    # --- faults
+
+    def set_faults(self, faults: dict) -> None:
+        """Replace the global faults (validated); counters of the previous global set no longer apply."""
+        normalised = validate_faults(faults, "faults")
+        self.global_tag = f"global:{next(self._fault_generation)}"
+        self.global_faults = normalised
+
+    def faults_for(self, enrollment: Enrollment | None) -> FaultSet:
+        """Defaults < enrollment file's top-level faults < CLI/API faults < the enrollment's own faults."""
+        file_faults = self.store.current().faults
+        merged = {**file_faults, **self.global_faults}
+        origins_tag = self.global_tag
+        faults = FaultSet.combine(merged, origins_tag, enrollment.faults if enrollment else None,
+                                  f"enrollment:{enrollment.label}" if enrollment else "enrollment")
+        for name in file_faults:
+            if name not in self.global_faults and faults.origins.get(name) == origins_tag:
+                faults.origins[name] = "file"
+        return faults
+
+    # --- gateway identities
+
+    def gateway_credentials(self, device_id: str) -> list[DeviceCredential]:
+        """Every key/hub pair a device may present at the gateway.
+
+        A device DPS assigned in this run authenticates with the key and hub of that assignment. Otherwise, in
+        the default "enrolled" mode, any device its enrollments would assign is known too (so a device that
+        cached its assignment and skips DPS still reaches the gateway after an emulator restart)."""
+        assignment = self.assignments.get(device_id)
+        if assignment is not None:
+            return [DeviceCredential(device_id, assignment.assigned_hub, assignment.device_key,
+                                     assignment.enrollment, "registration")]
+        enrollments = self.store.current()
+        if enrollments.gateway_devices != "enrolled":
+            return []
+        found = []
+        for enrollment in enrollments.individual.values():
+            if enrollment.device_id_for(enrollment.name) == device_id and not enrollment.disabled \
+                    and enrollment.allocation_error is None:
+                found.append(DeviceCredential(device_id, enrollment.assigned_hub, enrollment.key, enrollment,
+                                              "enrollment"))
+        if device_id not in enrollments.individual:  # an individual enrollment shadows groups for its id
+            for group in enrollments.groups:
+                if not group.disabled and group.allocation_error is None:
+                    found.append(DeviceCredential(device_id, group.assigned_hub, group.device_key(device_id), group,
+                                                  "enrollment"))
+        return found

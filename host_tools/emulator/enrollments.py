@@ -1,0 +1,390 @@
+"""The enrollment file: what the emulated DPS knows (ID scope, enrollments, trust bundles, faults).
+
+Loading validates with jsonschema and then checks what a schema cannot (keys are base64, ids are unique,
+referenced trust bundles and certificate files exist); every error names the field, e.g.
+`individual[0].symmetric_key: is not valid base64`. `EnrollmentStore` re-reads the file when it changes on
+disk (so a test can rotate a trust bundle while the emulator runs) and keeps the last good version if an edit
+is invalid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from cryptography import x509
+
+from host_tools.emulator.faults import GLOBAL_ONLY, FaultError, validate_faults
+from host_tools.emulator.sas import derive_device_key
+
+log = logging.getLogger("host_tools.emulator.enrollments")
+
+DEFAULT_ID_SCOPE = "0ne00000001"
+DEFAULT_HUB = "azprov-hub.azure-devices.net"
+PKI_PREFIX = "pki:"
+PKI_NAMES = {"trust-root": "trust_root", "edge-ca": "edge_ca", "dps-root": "dps_root"}
+ALLOCATION_ERRORS = {
+    400207: "Custom allocation failed with status code: 400",
+    400208: "No IoT hub is available to assign the device to",
+    400209: "The IoT hub is not authorized for this enrollment",
+}
+SUBSTATUSES = ["initialAssignment", "deviceDataMigrated", "deviceDataReset", "reprovisionedToInitialAssignment"]
+
+_ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
+_HUB = {"type": "string", "pattern": r"^[A-Za-z0-9.-]{1,253}$"}
+_KEY = {"type": "string", "minLength": 4}
+_COMMON = {
+    "assigned_hub": _HUB,
+    "trust_bundle": {"type": ["string", "null"]},
+    "payload": {},
+    "disabled": {"type": "boolean"},
+    "allocation_fails": {"oneOf": [{"type": "boolean"}, {"enum": sorted(ALLOCATION_ERRORS)}]},
+    "substatus": {"enum": SUBSTATUSES},
+    "faults": {"type": "object"},  # checked by faults.validate_faults for a message naming the fault
+    "comment": {"type": "string"},
+}
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "azprov emulator enrollment file",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "$schema": {"type": "string"},
+        "comment": {"type": "string"},
+        "id_scope": {"type": "string", "pattern": r"^[A-Za-z0-9]{1,64}$"},
+        "settings": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"gateway_devices": {"enum": ["enrolled", "registered"]}},
+        },
+        "faults": {"type": "object"},
+        "trust_bundles": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z0-9._-]{1,128}$"},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["certificates"],
+                "properties": {"certificates": {"type": "array", "minItems": 1,
+                                                "items": {"type": "string", "minLength": 1}}},
+            },
+        },
+        "individual": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["registration_id", "symmetric_key", "assigned_hub"],
+                "properties": {"registration_id": _ID, "symmetric_key": _KEY, "device_id": _ID, **_COMMON},
+            },
+        },
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["group_id", "group_key", "assigned_hub"],
+                "properties": {"group_id": _ID, "group_key": _KEY, **_COMMON},
+            },
+        },
+    },
+}
+
+
+class EnrollmentError(ValueError):
+    """The enrollment file is invalid. `field` is the dotted path of the offending field ('' for the file)."""
+
+    def __init__(self, field: str, message: str, source: Path | None = None):
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field + ': ' if field else ''}{message}")
+        self.field = field
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    kind: str  # "individual" or "group"
+    name: str  # registration id (individual) or group id (group)
+    key: str = field(repr=False)  # symmetric key (individual) or group key (group): never in repr/logs
+    assigned_hub: str
+    device_id: str | None = None
+    trust_bundle: str | None = None
+    payload: Any = None
+    has_payload: bool = False
+    disabled: bool = False
+    allocation_error: int | None = None
+    substatus: str = "initialAssignment"
+    faults: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def device_key(self, registration_id: str) -> str:
+        """The key a device of this enrollment signs with (derived from the group key for a group)."""
+        return self.key if self.kind == "individual" else derive_device_key(self.key, registration_id)
+
+    def device_id_for(self, registration_id: str) -> str:
+        return self.device_id or registration_id
+
+
+@dataclass
+class Enrollments:
+    id_scope: str = DEFAULT_ID_SCOPE
+    faults: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    trust_bundles: dict[str, list[str]] = field(default_factory=dict)
+    individual: dict[str, Enrollment] = field(default_factory=dict)
+    groups: list[Enrollment] = field(default_factory=list)
+    source: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    @property
+    def gateway_devices(self) -> str:
+        return self.settings.get("gateway_devices", "enrolled")
+
+    def certificate_path(self, reference: str, pki=None) -> Path:
+        if reference.startswith(PKI_PREFIX):
+            attribute = PKI_NAMES[reference[len(PKI_PREFIX):]]
+            if pki is None:
+                raise EnrollmentError("", f"{reference} needs the emulator's PKI")
+            return Path(getattr(pki, attribute))
+        path = Path(reference)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def bundle_certificates(self, bundle_id: str, pki=None) -> list[x509.Certificate]:
+        """The bundle's certificates, read now (so a certificate file replaced on disk shows up at once)."""
+        certs: list[x509.Certificate] = []
+        for index, reference in enumerate(self.trust_bundles[bundle_id]):
+            where = f"trust_bundles.{bundle_id}.certificates[{index}]"
+            path = self.certificate_path(reference, pki)
+            try:
+                found = x509.load_pem_x509_certificates(path.read_bytes())
+            except OSError as exc:
+                raise EnrollmentError(where, f"cannot read {path} ({exc.strerror})", self.source) from exc
+            except ValueError as exc:
+                raise EnrollmentError(where, f"{path} holds no PEM certificate", self.source) from exc
+            certs.extend(found)
+        return certs
+
+
+def _field_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _check_base64_key(value: str, where: str, source):
+    text = value.strip() + "=" * (-len(value.strip()) % 4)
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise EnrollmentError(where, "is not valid base64", source) from None
+    if len(decoded) < 16:
+        raise EnrollmentError(where, f"decodes to {len(decoded)} bytes; use at least 16 (DPS keys are 32-64)", source)
+
+
+def parse_enrollments(document: Any, source: Path | None = None, pki=None, check_files: bool = True) -> Enrollments:
+    """Validate a decoded enrollment document. Raises EnrollmentError naming the field."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(document), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        path = _field_path(error.absolute_path)
+        message = error.message
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted(error.schema.get("properties", {}))
+            message += f"; allowed: {', '.join(allowed)}"
+        elif error.validator == "pattern":
+            message = f"{json.dumps(error.instance)} has characters or a length that are not allowed"
+        raise EnrollmentError(path, message, source)
+
+    result = Enrollments(id_scope=document.get("id_scope", DEFAULT_ID_SCOPE), source=source,
+                         settings=dict(document.get("settings", {})))
+    try:
+        result.faults = validate_faults(document.get("faults"), "faults")
+    except FaultError as exc:
+        raise EnrollmentError("", str(exc), source) from None
+
+    for bundle_id, spec in document.get("trust_bundles", {}).items():
+        for index, reference in enumerate(spec["certificates"]):
+            where = f"trust_bundles.{bundle_id}.certificates[{index}]"
+            if reference.startswith(PKI_PREFIX) and reference[len(PKI_PREFIX):] not in PKI_NAMES:
+                raise EnrollmentError(where, f"unknown PKI name {reference!r} (known: "
+                                             f"{', '.join(PKI_PREFIX + n for n in PKI_NAMES)})", source)
+        result.trust_bundles[bundle_id] = list(spec["certificates"])
+    if check_files:
+        for bundle_id in result.trust_bundles:
+            if pki is not None or not any(r.startswith(PKI_PREFIX) for r in result.trust_bundles[bundle_id]):
+                result.bundle_certificates(bundle_id, pki)
+            else:
+                for index, reference in enumerate(result.trust_bundles[bundle_id]):
+                    if not reference.startswith(PKI_PREFIX):
+                        where = f"trust_bundles.{bundle_id}.certificates[{index}]"
+                        if not result.certificate_path(reference).is_file():
+                            raise EnrollmentError(where, f"file {result.certificate_path(reference)} does not exist",
+                                                  source)
+
+    def common(entry: dict, where: str) -> dict:
+        bundle = entry.get("trust_bundle")
+        if bundle is not None and bundle not in result.trust_bundles:
+            raise EnrollmentError(f"{where}.trust_bundle", f"no trust bundle {bundle!r} in trust_bundles", source)
+        try:
+            faults = validate_faults(entry.get("faults"), f"{where}.faults")
+        except FaultError as exc:
+            raise EnrollmentError("", str(exc), source) from None
+        for name in GLOBAL_ONLY & set(faults):
+            raise EnrollmentError(f"{where}.faults.{name}", "can only be set globally", source)
+        fails = entry.get("allocation_fails", False)
+        return dict(
+            assigned_hub=entry["assigned_hub"], trust_bundle=bundle, payload=entry.get("payload"),
+            has_payload="payload" in entry, disabled=entry.get("disabled", False),
+            allocation_error=(400207 if fails is True else (fails or None)),
+            substatus=entry.get("substatus", "initialAssignment"), faults=faults,
+        )
+
+    device_ids: dict[str, str] = {}
+    for index, entry in enumerate(document.get("individual", [])):
+        where = f"individual[{index}]"
+        registration_id = entry["registration_id"]
+        _check_base64_key(entry["symmetric_key"], f"{where}.symmetric_key", source)
+        if registration_id in result.individual:
+            raise EnrollmentError(f"{where}.registration_id", f"{registration_id!r} is enrolled twice", source)
+        device_id = entry.get("device_id", registration_id)
+        if device_id in device_ids:
+            raise EnrollmentError(f"{where}.device_id", f"device id {device_id!r} is also used by "
+                                                        f"{device_ids[device_id]}", source)
+        device_ids[device_id] = where
+        result.individual[registration_id] = Enrollment(
+            kind="individual", name=registration_id, key=entry["symmetric_key"], device_id=entry.get("device_id"),
+            **common(entry, where))
+    group_ids = set()
+    for index, entry in enumerate(document.get("groups", [])):
+        where = f"groups[{index}]"
+        _check_base64_key(entry["group_key"], f"{where}.group_key", source)
+        if entry["group_id"] in group_ids:
+            raise EnrollmentError(f"{where}.group_id", f"{entry['group_id']!r} is defined twice", source)
+        group_ids.add(entry["group_id"])
+        result.groups.append(Enrollment(kind="group", name=entry["group_id"], key=entry["group_key"],
+                                        **common(entry, where)))
+    return result
+
+
+def load_enrollments(path: str | os.PathLike, pki=None) -> Enrollments:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EnrollmentError("", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from exc
+    return parse_enrollments(document, source=path.resolve(), pki=pki)
+
+
+class EnrollmentStore:
+    """The current enrollments, re-read when the file changes (checked on every use: a stat is cheap).
+
+    An invalid edit while running is logged and ignored: the last good version stays in force, and the error
+    is kept in `last_error` so a test can assert on it."""
+
+    def __init__(self, path: str | os.PathLike, pki=None):
+        self.path = Path(path)
+        self.pki = pki
+        self.last_error: EnrollmentError | None = None
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self._current = load_enrollments(self.path, pki)  # the first load must succeed: raise to the caller
+
+    def _stat(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def current(self) -> Enrollments:
+        signature = self._stat()
+        if signature is not None and signature != self._signature:
+            self.reload(signature)
+        return self._current
+
+    def reload(self, signature=None) -> Enrollments:
+        with self._lock:
+            signature = signature or self._stat()
+            self._signature = signature
+            try:
+                self._current = load_enrollments(self.path, self.pki)
+                self.last_error = None
+                self.generation += 1
+                log.info("enrollment file re-read: %d individual, %d group enrollments",
+                         len(self._current.individual), len(self._current.groups))
+            except EnrollmentError as exc:
+                self.last_error = exc
+                log.error("enrollment file change ignored, keeping the previous version: %s", exc)
+            return self._current
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def new_symmetric_key(size: int = 32) -> str:
+    return base64.b64encode(secrets.token_bytes(size)).decode("ascii")
+
+
+def write_enrollments(path: str | os.PathLike, document: dict) -> Path:
+    """Write an enrollment document atomically (a new inode, so a running emulator notices it at once)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o600)  # it holds device and group keys
+    os.replace(tmp, path)
+    return path
+
+
+def demo_enrollments(id_scope: str = DEFAULT_ID_SCOPE, hub: str = DEFAULT_HUB,
+                     devices=("sensor-001",), group_id: str | None = "fleet",
+                     trust_bundle=("pki:trust-root",), payload: Any = None) -> dict:
+    """A ready-to-use document: individual enrollments for `devices`, one group, one trust bundle 'edge'."""
+    document: dict[str, Any] = {
+        "id_scope": id_scope,
+        "trust_bundles": {"edge": {"certificates": list(trust_bundle)}} if trust_bundle else {},
+        "individual": [
+            {"registration_id": device, "symmetric_key": new_symmetric_key(), "assigned_hub": hub,
+             "trust_bundle": "edge" if trust_bundle else None,
+             **({"payload": payload} if payload is not None else {})}
+            for device in devices
+        ],
+        "groups": [],
+    }
+    if group_id:
+        document["groups"].append({"group_id": group_id, "group_key": new_symmetric_key(64), "assigned_hub": hub,
+                                   "trust_bundle": "edge" if trust_bundle else None})
+    return document
+
+
+def write_demo_enrollments(path: str | os.PathLike, **kwargs) -> dict:
+    """Write `demo_enrollments(**kwargs)` to `path` and return the document (it holds the keys)."""
+    document = demo_enrollments(**kwargs)
+    write_enrollments(path, document)
+    return document

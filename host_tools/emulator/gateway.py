@@ -1,0 +1,280 @@
+"""The emulated IoT Edge gateway (edgeHub-like MQTT endpoint), per reference section 3.
+
+- CONNECT: client id = device id; user name `{hub}/{deviceId}/?api-version=...` (also `/api-version=`, any
+  extra parameters such as `DeviceClientType`); the hub must be the device's hub; password = hub SAS over
+  `{hub}/devices/{deviceId}` (or the gateway host name instead of the hub), signed with the device key DPS knows.
+  Anything wrong -> CONNACK 5 (4 for a malformed user name, 2 for a client id that differs from the device id).
+- Which devices are known: a device DPS assigned during this run (its key and hub), and, in the default
+  "enrolled" mode, any device its enrollment would assign even if it never registered (set
+  `settings.gateway_devices` to "registered" to require a registration first).
+- Telemetry on `devices/{deviceId}/messages/events/{propertyBag}` at QoS 0/1 is recorded to telemetry.jsonl
+  (QoS 1 is acknowledged after the record is flushed, as edgeHub acknowledges once stored).
+- QoS 2, a publish to another device's topic or to an unknown topic -> the connection is dropped.
+- The token's expiry is enforced on the live connection: when `se` passes, the gateway closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from urllib.parse import unquote
+
+from host_tools.emulator import mqtt_codec as mqtt
+from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
+from host_tools.emulator.dps import raw_query
+from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
+
+
+def parse_hub_username(username: str | None) -> tuple[str, str, dict[str, str]]:
+    """`{hub}/{deviceId}/?api-version=...` or `{hub}/{deviceId}/api-version=...` -> (hub, device id, params)."""
+    expected = "expected {hub}/{deviceId}/?api-version=..."
+    if not username:
+        raise ValueError(f"no user name; {expected}")
+    parts = username.split("/", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise ValueError(f"user name {username!r} malformed; {expected}")
+    hub, device_id, rest = parts
+    query = rest[1:] if rest.startswith("?") else rest
+    if not query.startswith("api-version=") and "&api-version=" not in query:
+        if "/" in rest.partition("?")[0]:
+            raise ValueError(f"user name {username!r} names a module identity; only devices are emulated")
+        raise ValueError(f"user name {username!r} has no api-version; {expected}")
+    return hub, device_id, parse_query(query)
+
+
+def decode_property_bag(bag: str) -> dict[str, str]:
+    """`k=v&%24.ct=application%2Fjson` -> {'k': 'v', '$.ct': 'application/json'} (keys and values decoded;
+    a name without `=` gets the empty string; `+` stays `+`, as IoT Hub does not use form encoding)."""
+    properties: dict[str, str] = {}
+    for part in bag.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            properties[unquote(name)] = unquote(value)
+    return properties
+
+
+class GatewayClient:
+    """Per-connection state."""
+
+    def __init__(self, device_id: str, hub: str, ctx, enrollment, token_expiry: int, skew: int):
+        self.device_id, self.hub, self._ctx, self._enrollment = device_id, hub, ctx, enrollment
+        self.token_expiry, self.skew = token_expiry, skew
+        self.subscriptions: dict[str, int] = {}
+        self.messages = 0
+        self.expiry_task: asyncio.Task | None = None
+
+    @property
+    def faults(self):
+        # Resolved on every use, so `set_faults()` reaches live connections.
+        return self._ctx.faults_for(self._enrollment)
+
+    @property
+    def telemetry_prefix(self) -> str:
+        return f"devices/{self.device_id}/messages/events"
+
+    def allowed_filters(self) -> set[str]:
+        return {f"devices/{self.device_id}/messages/devicebound/#", "$iothub/twin/res/#",
+                "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"}
+
+
+class GatewayEndpoint(Endpoint):
+    name = "gateway"
+
+    async def serve(self, session: MqttSession) -> None:
+        connect = await self.first_connect(session)
+        if connect is None:
+            return
+        session.client_id = connect.client_id
+        self.stats.client_connected(self.name, connect.client_id)
+        self.log.debug("%s: %r", session, connect)
+        client = await self._authenticate(session, connect)
+        if client is None:
+            return
+        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED))
+        session.state = client
+        self.log.info("%s: connected to hub %s (token valid %d s more)", session, client.hub,
+                      int(client.token_expiry - time.time()))
+        client.expiry_task = asyncio.create_task(self._expire(session, client))
+        if self.ctx.fault_book.consume(client.faults, "gateway_drop_after", client.device_id,
+                                       when=lambda v: v["at"] == "connack"):
+            raise ConnectionDropped("fault gateway_drop_after=connack")
+        timeout = self.keepalive_timeout(connect)
+        while not session.closed:
+            packet = await session.read_packet(timeout)
+            if packet is None:
+                return
+            await self._dispatch(session, client, packet)
+
+    async def on_session_end(self, session: MqttSession) -> None:
+        client = session.state
+        if client is not None and client.expiry_task is not None:
+            client.expiry_task.cancel()
+
+    async def _expire(self, session: MqttSession, client: GatewayClient) -> None:
+        # Real hubs close a connection whose token has expired; a client must reconnect with a fresh token.
+        await asyncio.sleep(max(0.0, client.token_expiry + client.skew - time.time()))
+        if not session.closed:
+            self.stats.incr(self.name, "expired")
+            self.stats.incr(self.name, "dropped")
+            self.log.info("%s: SAS token expired: closing the connection", session)
+            session.close("token expired")
+
+    async def _authenticate(self, session: MqttSession, connect: mqtt.Connect) -> GatewayClient | None:
+        if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
+            await self.refuse(session, mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
+                              f"protocol {connect.protocol_name!r} level {connect.protocol_level}; needs MQTT 3.1.1")
+            return None
+        try:
+            hub, device_id, _params = parse_hub_username(connect.username)
+        except ValueError as exc:
+            await self.refuse(session, mqtt.CONNACK_BAD_USERNAME_OR_PASSWORD, str(exc))
+            return None
+        if device_id != connect.client_id:
+            await self.refuse(session, mqtt.CONNACK_IDENTIFIER_REJECTED,
+                              f"client id {connect.client_id!r} differs from device id {device_id!r} in the user name")
+            return None
+
+        credentials = self.ctx.gateway_credentials(device_id)
+        faults = self.ctx.faults_for(credentials[0].enrollment if credentials else None)
+        refusal = self.ctx.fault_book.consume(faults, "gateway_refuse", device_id)
+        if refusal:
+            await self.refuse(session, refusal["code"], "fault gateway_refuse")
+            return None
+        not_authorized = mqtt.CONNACK_NOT_AUTHORIZED
+        if not credentials:
+            await self.refuse(session, not_authorized, f"device {device_id!r} is unknown to this gateway")
+            return None
+        if connect.password is None:
+            await self.refuse(session, not_authorized, "no password (SAS token)")
+            return None
+        try:
+            token = parse_sas_token(connect.password.decode("utf-8"))
+        except (SasError, UnicodeDecodeError) as exc:
+            await self.refuse(session, not_authorized, f"password is not a valid SAS token: {exc}")
+            return None
+        credential = next((c for c in credentials if signature_matches(token, c.key)), None)
+        if credential is None:
+            await self.refuse(session, not_authorized, "token not signed with the device's key")
+            return None
+        if hub.lower() != credential.assigned_hub.lower():
+            await self.refuse(session, not_authorized,
+                              f"hub {hub!r} in the user name is not the device's hub {credential.assigned_hub!r}")
+            return None
+        faults = self.ctx.faults_for(credential.enrollment)
+        skew = faults.get("sas_clock_skew_s", 0)
+        try:
+            check_token(token, expected_resources=[f"{credential.assigned_hub}/devices/{device_id}",
+                                                   f"{self.ctx.gateway_hostname}/devices/{device_id}"],
+                        allowed_key_names=(None,), clock_skew_s=skew)
+        except SasError as exc:
+            await self.refuse(session, not_authorized, str(exc))
+            return None
+        return GatewayClient(device_id, credential.assigned_hub, self.ctx, credential.enrollment, token.expiry, skew)
+
+    # ------------------------------------------------------------------------------ packets
+
+    async def _dispatch(self, session: MqttSession, client: GatewayClient, packet) -> None:
+        if isinstance(packet, mqtt.Publish):
+            await self._publish(session, client, packet)
+        elif isinstance(packet, mqtt.Subscribe):
+            codes = []
+            for topic_filter, qos in packet.topics:
+                if topic_filter in client.allowed_filters():
+                    client.subscriptions[topic_filter] = min(qos, 1)
+                    codes.append(min(qos, 1))
+                else:
+                    self.log.info("%s: refusing subscription to %r", session, topic_filter)
+                    codes.append(mqtt.SUBACK_FAILURE)
+            await session.send(mqtt.SubAck(packet.packet_id, codes))
+        elif isinstance(packet, mqtt.Unsubscribe):
+            for topic_filter in packet.topics:
+                client.subscriptions.pop(topic_filter, None)
+            await session.send(mqtt.UnsubAck(packet.packet_id))
+        elif isinstance(packet, mqtt.PingReq):
+            await session.send(mqtt.PingResp())
+        elif isinstance(packet, mqtt.PubAck):
+            pass
+        elif isinstance(packet, mqtt.Disconnect):
+            session.close("client DISCONNECT")
+        elif isinstance(packet, mqtt.Connect):
+            raise mqtt.MqttProtocolError("second CONNECT on one connection")
+        else:
+            raise mqtt.MqttProtocolError(f"{type(packet).__name__} is not a packet a client sends")
+
+    async def _publish(self, session: MqttSession, client: GatewayClient, packet: mqtt.Publish) -> None:
+        if packet.qos == 2:
+            raise ConnectionDropped("QoS 2 PUBLISH (IoT Hub drops the connection)")
+        topic = packet.topic
+        prefix = client.telemetry_prefix
+        if topic == prefix or topic.startswith(prefix + "/"):
+            await self._telemetry(session, client, packet, topic[len(prefix) + 1:])
+        elif topic.startswith("devices/"):
+            raise ConnectionDropped(f"PUBLISH to {topic!r}, which is not this device's telemetry topic")
+        elif topic.startswith("$iothub/twin/"):
+            await self._ack(session, packet)
+            await self._twin(session, client, topic, packet.payload)
+        elif topic.startswith("$iothub/methods/res/"):
+            await self._ack(session, packet)
+        else:
+            raise ConnectionDropped(f"PUBLISH to a topic the gateway does not serve: {topic!r}")
+
+    @staticmethod
+    async def _ack(session: MqttSession, packet: mqtt.Publish) -> None:
+        if packet.qos == 1:
+            await session.send(mqtt.PubAck(packet.packet_id))
+
+    async def _telemetry(self, session: MqttSession, client: GatewayClient, packet: mqtt.Publish, bag: str) -> None:
+        client.messages += 1
+        if self.ctx.fault_book.consume(client.faults, "gateway_drop_after", client.device_id,
+                                       when=lambda v: v["at"] == "message" and v["messages"] == client.messages):
+            # Dropped before it is stored: not recorded, not acknowledged; the client must send it again.
+            raise ConnectionDropped(f"fault gateway_drop_after message {client.messages}")
+        record = {
+            "received_at": time.time(),
+            "device_id": client.device_id,
+            "hub": client.hub,
+            "topic": packet.topic,
+            "properties": decode_property_bag(bag),
+            "payload": packet.payload.decode("utf-8", errors="replace"),
+            "qos": packet.qos,
+        }
+        self.ctx.telemetry.append(record)
+        self.stats.incr(self.name, "messages")
+        self.log.info("%s: telemetry (%d bytes, QoS %d)", session, len(packet.payload), packet.qos)
+        await self._ack(session, packet)
+
+    async def _twin(self, session: MqttSession, client: GatewayClient, topic: str, payload: bytes) -> None:
+        """A minimal twin: GET returns desired/reported, reported PATCH merges and bumps the version."""
+        rid = raw_query(topic).get("$rid", "")
+        with self.ctx.lock:
+            twin = self.ctx.twins.setdefault(client.device_id, {"desired": {"$version": 1},
+                                                                "reported": {"$version": 1}})
+        if topic.startswith("$iothub/twin/GET/"):
+            await self._deliver(session, client, f"$iothub/twin/res/200/?$rid={rid}", json.dumps(twin).encode())
+        elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+            try:
+                patch = json.loads(payload or b"{}")
+                if not isinstance(patch, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                await self._deliver(session, client, f"$iothub/twin/res/400/?$rid={rid}", b"")
+                return
+            reported = twin["reported"]
+            reported.update({k: v for k, v in patch.items() if not k.startswith("$")})
+            reported["$version"] += 1
+            await self._deliver(session, client, f"$iothub/twin/res/204/?$rid={rid}&$version={reported['$version']}",
+                                b"")
+        else:
+            raise ConnectionDropped(f"PUBLISH to an unknown twin topic {topic!r}")
+
+    async def _deliver(self, session: MqttSession, client: GatewayClient, topic: str, payload: bytes) -> None:
+        qos = max((q for f, q in client.subscriptions.items() if mqtt.topic_matches(f, topic)), default=None)
+        if qos is None:
+            self.log.warning("%s: twin answer not delivered: not subscribed to $iothub/twin/res/#", session)
+            return
+        await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos,
+                                        packet_id=session.next_packet_id() if qos else None))
+
+    def drop_connections(self, reason: str = "dropped on request") -> int:
+        return self.drop_all(reason)
