@@ -21,6 +21,7 @@ _COMMANDS = {
     "provision-file": "host_tools.provision_file:provision_file",
     "run-unix": "host_tools.unix_port:run_unix",
     "test-device": "host_tools.test_device:test_device",
+    "virtual-board": "host_tools.virtual_board:virtual_board",
 }
 
 

@@ -469,6 +469,7 @@ def registration_ids(pattern: str, count: int, start: int = 1) -> list[str]:
 def fleet(out_dir, count, pattern, start, group_key, group_key_file, ca_file, force, **settings):
     """Make provisioning files for COUNT devices of one group enrollment."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 

@@ -92,10 +92,10 @@ def power_on(image: Path, **kw) -> Boot:
     return Boot(proc.stdout + proc.stderr, proc.returncode)
 
 
-def power_on_and_cut(image: Path, cut: int) -> tuple[str, int | None]:
+def power_on_and_cut(image: Path, cut: int, provisioning: str) -> tuple[str, int | None]:
     """Boots with the cut armed; SIGKILLs the process once it reports the cut. Returns (output, programmed)."""
     proc = subprocess.Popen([micropython_binary(), str(BOOT), "run"],
-                            env=_env(image, REPROVISION_FILE, cut=cut), stdout=subprocess.PIPE,
+                            env=_env(image, provisioning, cut=cut), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
     watchdog.start()
@@ -154,6 +154,32 @@ def _classify_raw(files: dict[str, str], known: dict[str, str]) -> str:
         return "new state.json with trust_bundle.pem %s and staged %s" % (
             "A" if pem == known["pem_a"] else pem, "B" if staged == known["pem_b"] else staged)
     return "state.json is neither the old nor the new one (%s)" % state
+
+
+def _restart_and_check(image: Path, known: dict, record: dict, cut_output: str) -> None:
+    """Powers on after a cut (a cached boot) and records what it found and did; record["failure"] on a problem."""
+    boot = power_on(image)
+    raw = _classify_raw(boot.files["PRE"], known)
+    after = _classify_raw(boot.files["POST"], known)
+    record.update(raw=raw, after=after, leftover_tmp=TMP in boot.files["POST"],
+                  telemetry="telemetry_acknowledged" in boot.events)
+    problems = []
+    if raw not in ("old", "new", "new-staged"):
+        problems.append("after the cut: " + raw)
+    if after != {"old": "old", "new": "new", "new-staged": "new"}.get(raw, "?"):
+        problems.append("after the restart: " + after)
+    if STAGED in boot.files["POST"]:
+        problems.append("a staged PEM is left after the restart")
+    if "using_cached_assignment" not in boot.events:
+        problems.append("the restarted device did not use its stored state")
+    for bad in ("stored_state_unusable", "registered", "reprovisioning", "failed"):
+        if bad in boot.events:
+            problems.append("the restarted device logged " + bad)
+    if boot.status != 0 or not record["telemetry"] or "gateway_verified" not in boot.events:
+        problems.append("no acknowledged telemetry after the restart (status %s)" % boot.status)
+    if problems:
+        record["failure"] = "; ".join(problems)
+        record["output"] = cut_output + "\n--- restart ---\n" + boot.output
 
 
 def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
@@ -228,50 +254,56 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
 
     # 3. Cut, kill, power on again; two workers, each with its own copy of the flash.
     results: dict[int, dict] = {}
+    staged_images: list[tuple[int, Path]] = []
 
     def worker(index: int, mine: list[int]) -> None:
         image = tmp_path / f"worker-{index}.img"
         for cut in mine:
             shutil.copy2(snapshot, image)
-            cut_output, programmed = power_on_and_cut(image, cut)
-            record = {"cut": cut, "programmed": programmed}
-            results[cut] = record
+            record = results[cut] = {"cut": cut}
+            cut_output, programmed = power_on_and_cut(image, cut, REPROVISION_FILE)
+            names = [p[1] for p in map(parse_device_line, cut_output.splitlines()) if p]
             if programmed != cut:
-                record["failure"] = "no power cut at byte %d" % cut
-                record["output"] = cut_output
-                continue
-            cut_lines = [parse_device_line(line) for line in cut_output.splitlines()]
-            names = [p[1] for p in cut_lines if p]
-            if "registered" not in names or "trust_bundle_stored" in names:
-                record["failure"] = "cut outside Store.save"
-                record["output"] = cut_output
-                continue
-            boot = power_on(image)
-            raw = _classify_raw(boot.files["PRE"], known)
-            after = _classify_raw(boot.files["POST"], known)
-            record.update(raw=raw, after=after, leftover_tmp=TMP in boot.files["POST"],
-                          telemetry="telemetry_acknowledged" in boot.events)
-            problems = []
-            if raw not in ("old", "new", "new-staged"):
-                problems.append("after the cut: " + raw)
-            if after != {"old": "old", "new": "new", "new-staged": "new"}.get(raw, "?"):
-                problems.append("after the restart: " + after)
-            if "using_cached_assignment" not in boot.events:
-                problems.append("the restarted device did not use its stored state")
-            for bad in ("stored_state_unusable", "registered", "reprovisioning", "failed"):
-                if bad in boot.events:
-                    problems.append("the restarted device logged " + bad)
-            if boot.status != 0 or not record["telemetry"] or "gateway_verified" not in boot.events:
-                problems.append("no acknowledged telemetry after the restart (status %s)" % boot.status)
-            if problems:
-                record["failure"] = "; ".join(problems)
-                record["output"] = cut_output + "\n--- restart ---\n" + boot.output
+                record.update(failure="no power cut at byte %d" % cut, output=cut_output)
+            elif "registered" not in names or "trust_bundle_stored" in names:
+                record.update(failure="cut outside Store.save", output=cut_output)
+            else:
+                kept = tmp_path / f"after-cut-{cut}.img"
+                shutil.copy2(image, kept)
+                _restart_and_check(image, known, record, cut_output)
+                if record.get("raw") == "new-staged":
+                    staged_images.append((cut, kept))
+                else:
+                    kept.unlink()
 
     threads = [threading.Thread(target=worker, args=(i, points[i::WORKERS])) for i in range(WORKERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+
+    # 4. Power cuts during the roll-forward itself: the first boot after a cut that left the new state.json with
+    # the PEM still staged renames it into place; cut that boot at each byte it programs, then boot once more.
+    roll_records: list[dict] = []
+    if staged_images:
+        staged_cut, staged = min(staged_images)
+        probe = tmp_path / "roll-forward-probe.img"
+        shutil.copy2(staged, probe)
+        roll_bytes = int(power_on(probe).end.split("programmed=")[1])
+        assert roll_bytes > 0
+        roll_points = sorted(set(range(0, roll_bytes, max(1, roll_bytes // 24))) | {roll_bytes - 1})
+        image = tmp_path / "roll-forward.img"
+        for cut in roll_points:
+            shutil.copy2(staged, image)
+            record = {"cut": cut, "after_commit_cut": staged_cut}
+            roll_records.append(record)
+            cut_output, programmed = power_on_and_cut(image, cut, "provisioning.json")
+            if programmed != cut:
+                record.update(failure="no power cut at byte %d of the roll-forward" % cut, output=cut_output)
+                continue
+            _restart_and_check(image, known, record, cut_output)
+            if record.get("raw") not in ("new", "new-staged") and "failure" not in record:
+                record["failure"] = "the roll-forward went back to the old state"
 
     # Read the last flash of each worker with the virtual board's own image tool, as a second opinion.
     for index in range(WORKERS):
@@ -281,27 +313,31 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
         assert (_sha(state), _sha(pem)) in ((known["state_old"], known["pem_a"]), (known["state_new"], known["pem_b"]))
 
     records = [results[p] for p in points]
-    failures = [r for r in records if "failure" in r]
+    failures = [r for r in records + roll_records if "failure" in r]
     counts = {"old": 0, "new": 0, "new-staged": 0}
     for record in records:
         if record.get("raw") in counts:
             counts[record["raw"]] += 1
     telemetry = [r for r in emu.telemetry() if r["device_id"] == "pc-dev"]
     summary = {
-        "kill_points": len(points),
+        "kill_points": len(points) + len(roll_records),
+        "commit_kill_points": len(points),
         "store_write_range_bytes": [lo, hi],
         "store_program_operations": len(ops),
         "old_state": counts["old"],
         "new_state": counts["new"] + counts["new-staged"],
         "new_state_rolled_forward_at_boot": counts["new-staged"],
+        "roll_forward_kill_points": len(roll_records),
+        "roll_forward_outcomes": sorted({r.get("raw") or "failure" for r in roll_records}),
         "leftover_state_json_tmp_after_restart": sum(1 for r in records if r.get("leftover_tmp")),
-        "restarts_with_acknowledged_telemetry": sum(1 for r in records if r.get("telemetry")),
+        "restarts_with_acknowledged_telemetry": sum(1 for r in records + roll_records if r.get("telemetry")),
         "gateway_telemetry_records": len(telemetry),
         "failures": len(failures),
         "image_blocks": IMAGE_BLOCKS,
         "workers": WORKERS,
         "duration_s": round(time.monotonic() - started, 1),
         "points": [[r["cut"], r.get("raw") or r.get("failure")] for r in records],
+        "roll_forward_points": [[r["cut"], r.get("raw") or r.get("failure")] for r in roll_records],
     }
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(summary, indent=1) + "\n")
@@ -309,5 +345,6 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
     assert not failures, "%d of %d cuts failed; first: cut at byte %d: %s\n%s" % (
         len(failures), len(points), failures[0]["cut"], failures[0]["failure"], failures[0].get("output", "")[-4000:])
     assert counts["old"] and counts["new"] + counts["new-staged"], counts  # the cuts straddle the commit point
-    # First boot + measuring boot + one message per restart, as the gateway recorded them.
-    assert len(telemetry) == 2 + len(points)
+    assert roll_records, "no cut left the new state with its PEM staged: the roll-forward was not exercised"
+    # First boot + measuring boot + roll-forward probe + one message per restart, as the gateway recorded them.
+    assert len(telemetry) == 3 + len(points) + len(roll_records)

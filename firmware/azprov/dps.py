@@ -73,7 +73,8 @@ def _json_object(body, what):
     if not body:
         return None
     try:
-        value = json.loads(_text(body))
+        # json.loads takes the received bytes as they are: decoding to str first would hold the body twice.
+        value = json.loads(body)
     except (ValueError, UnicodeError):
         raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not valid JSON")
     if not isinstance(value, dict):

