@@ -26,10 +26,8 @@ import fcntl
 import os
 import re
 import selectors
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import termios
 import threading
@@ -38,6 +36,8 @@ import tty
 from pathlib import Path
 
 import click
+
+from host_tools.unix_port import UnixPortError, micropython_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOARD_DIR = REPO_ROOT / "boards" / "unix"
@@ -64,13 +64,10 @@ class VirtualBoardError(RuntimeError):
 
 
 def micropython_executable() -> str:
-    beside = Path(sys.executable).with_name("micropython")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if not found:
-        raise VirtualBoardError("the MicroPython Unix port (`micropython`) is not installed: run `make setup`")
-    return found
+    try:
+        return micropython_binary()
+    except UnixPortError as exc:
+        raise VirtualBoardError(str(exc)) from exc
 
 
 def parse_size(text: str | int) -> int:

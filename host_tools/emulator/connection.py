@@ -31,6 +31,7 @@ class MqttSession:
         self.endpoint, self.peer = endpoint, peer
         self.client_id: str | None = None
         self.state = None  # the endpoint's per-connection state, once CONNECT was accepted
+        self.keepalive_timeout: float | None = None  # 1.5x the client's keep-alive, once CONNECT was accepted
         self._packets = mqtt.PacketReader(max_packet)
         self._write_lock = asyncio.Lock()
         self._next_packet_id = 0
@@ -195,6 +196,26 @@ class Endpoint:
         if not isinstance(packet, mqtt.Connect):
             raise mqtt.MqttProtocolError(f"first packet is {type(packet).__name__}, not CONNECT")
         return packet
+
+    async def accept_client(self, session: MqttSession):
+        """Reads the CONNECT, authenticates it (`_authenticate`, per endpoint) and answers CONNACK 0.
+        Returns the endpoint's client state, or None when the connection was refused or ended."""
+        connect = await self.first_connect(session)
+        if connect is None:
+            return None
+        session.client_id = connect.client_id
+        self.stats.client_connected(self.name, connect.client_id)
+        self.log.debug("%s: %r", session, connect)
+        client = await self._authenticate(session, connect)
+        if client is None:
+            return None
+        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED))
+        session.state = client
+        session.keepalive_timeout = self.keepalive_timeout(connect)
+        return client
+
+    async def _authenticate(self, session: MqttSession, connect: mqtt.Connect):
+        raise NotImplementedError
 
     async def refuse(self, session: MqttSession, code: int, why: str) -> None:
         self.stats.incr(self.name, "refused")

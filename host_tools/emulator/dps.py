@@ -154,19 +154,11 @@ class DpsEndpoint(Endpoint):
     # ------------------------------------------------------------------------------ connection
 
     async def serve(self, session: MqttSession) -> None:
-        connect = await self.first_connect(session)
-        if connect is None:
-            return
-        session.client_id = connect.client_id
-        self.stats.client_connected(self.name, connect.client_id)
-        self.log.debug("%s: %r", session, connect)
-        client = await self._authenticate(session, connect)
+        client = await self.accept_client(session)
         if client is None:
             return
-        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED))
-        session.state = client
         self._maybe_drop(client, "connack")
-        timeout = self.keepalive_timeout(connect)
+        timeout = session.keepalive_timeout
         while not session.closed:
             packet = await session.read_packet(timeout)
             if packet is None:

@@ -82,24 +82,16 @@ class GatewayEndpoint(Endpoint):
     name = "gateway"
 
     async def serve(self, session: MqttSession) -> None:
-        connect = await self.first_connect(session)
-        if connect is None:
-            return
-        session.client_id = connect.client_id
-        self.stats.client_connected(self.name, connect.client_id)
-        self.log.debug("%s: %r", session, connect)
-        client = await self._authenticate(session, connect)
+        client = await self.accept_client(session)
         if client is None:
             return
-        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED))
-        session.state = client
         self.log.info("%s: connected to hub %s (token valid %d s more)", session, client.hub,
                       int(client.token_expiry - time.time()))
         client.expiry_task = asyncio.create_task(self._expire(session, client))
         if self.ctx.fault_book.consume(client.faults, "gateway_drop_after", client.device_id,
                                        when=lambda v: v["at"] == "connack"):
             raise ConnectionDropped("fault gateway_drop_after=connack")
-        timeout = self.keepalive_timeout(connect)
+        timeout = session.keepalive_timeout
         while not session.closed:
             packet = await session.read_packet(timeout)
             if packet is None:

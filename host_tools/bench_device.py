@@ -1,0 +1,427 @@
+"""The device-side measurements of `make bench`, on the MicroPython Unix port against the emulator: the smallest
+heap the whole flow runs in, the heap it uses, a boot with a cached assignment, and the CPU cost of one
+registration next to the official Azure SDK's.
+
+Every device run gets a fresh folder laid out like a board's flash (docs/design.md), copied from ONE build made at
+the start of the bench, so every figure of a run describes the same firmware even while firmware/ is being edited.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools.harness import parse_device_line
+from host_tools.unix_port import device_command, device_env, micropython_binary
+
+ASSETS_DIR = Path(__file__).resolve().with_name("bench_assets")
+SDK_CHILD = Path(__file__).resolve().with_name("bench_sdk_child.py")
+ID_SCOPE = "0ne00BENCH01"
+HUB = "bench-hub.azure-devices.net"
+DEVICE_ID = "bench-device"
+DPS_CA_NAME = "certs/dps-root.pem"
+# The flow under test stores a trust bundle of this many certificates: decoy roots first, the gateway's root last.
+BUNDLE_CERTIFICATES = 3
+DEVICE_TIMEOUT_S = 90  # one device run; the firmware's own registration deadline is shorter
+SDK_TIMEOUT_S = 90
+BENCH_LINE = "azprov-bench"
+
+
+class MeasurementError(RuntimeError):
+    """A figure could not be taken (as opposed to a figure that misses its target)."""
+
+
+def new_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def redact(text: str, secrets_: list[str]) -> str:
+    """Output shown to people goes through this: no key, no token, whatever printed it."""
+    for secret in secrets_:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return re.sub(r"SharedAccessSignature [^\s\"']+", "SharedAccessSignature <redacted>", text)
+
+
+def bench_lines(output: str) -> dict[str, list[dict[str, str]]]:
+    """`azprov-bench NAME k=v ...` lines printed by the bench scripts, by NAME."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == BENCH_LINE:
+            found.setdefault(parts[1], []).append(dict(p.split("=", 1) for p in parts[2:] if "=" in p))
+    return found
+
+
+def device_events(output: str) -> list[tuple[str, str, dict[str, str]]]:
+    return [parsed for parsed in map(parse_device_line, output.splitlines()) if parsed]
+
+
+def last_event(events, name: str) -> dict[str, str] | None:
+    found = [fields for _, event, fields in events if event == name]
+    return found[-1] if found else None
+
+
+def failure_reason(output: str, events) -> str:
+    """One line saying why a run failed: the firmware's classified error or the interpreter's last words."""
+    failed = last_event(events, "failed")
+    if failed:
+        return f"{failed.get('kind')}: {failed.get('message', '')}".strip()
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def bench_enrollments(folder: Path, decoy_bundle: Path, key: str) -> dict:
+    """One individual enrollment whose trust bundle holds BUNDLE_CERTIFICATES certificates."""
+    return {
+        "id_scope": ID_SCOPE,
+        "trust_bundles": {"bench-bundle": {"certificates": [str(decoy_bundle), "pki:trust-root"]}},
+        "individual": [{"registration_id": DEVICE_ID, "symmetric_key": key, "device_id": DEVICE_ID,
+                        "assigned_hub": HUB, "trust_bundle": "bench-bundle"}],
+        "groups": [],
+    }
+
+
+def write_private_json(path: Path, doc: dict) -> Path:
+    # Enrollment files and specs hold keys: owner-only, like the emulator writes its own.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    return path
+
+
+@dataclass
+class DeviceImage:
+    """What every bench device folder is made of: one build, the emulator's endpoints and the device's key."""
+
+    build_dir: Path
+    emulator_info: dict
+    key: str
+    work_dir: Path
+    _count: int = 0
+
+    def provisioning(self, **changes) -> dict:
+        info = self.emulator_info
+        doc = {"dps_host": info["dps"]["hostname"], "dps_port": info["dps"]["port"], "id_scope": ID_SCOPE,
+               "registration_id": DEVICE_ID, "symmetric_key": self.key, "dps_ca_file": DPS_CA_NAME,
+               "gateway_host": info["gateway"]["hostname"], "gateway_port": info["gateway"]["port"]}
+        doc.update(changes)
+        return doc
+
+    def fresh_device(self, label: str, with_bench_scripts: bool = False, **provisioning) -> Path:
+        """A new flash folder: the build, the DPS CA file, provisioning.json (and the bench scripts if asked)."""
+        self._count += 1
+        root = self.work_dir / "devices" / f"{self._count:03d}-{label}"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(self.build_dir, root)
+        (root / "certs").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.emulator_info["pki"]["dps_root"], root / DPS_CA_NAME)
+        write_private_json(root / "provisioning.json", self.provisioning(**provisioning))
+        if with_bench_scripts:
+            for script in sorted(ASSETS_DIR.glob("*.py")):
+                shutil.copy2(script, root / script.name)
+        return root
+
+
+def run_in_device(root: Path, script: str = "main.py", args=(), heapsize: int | None = None,
+                  timeout_s: float = DEVICE_TIMEOUT_S) -> tuple[int, str]:
+    """Runs a script in a device folder on the Unix port; (exit status, stdout + stderr)."""
+    try:
+        proc = subprocess.run(device_command(args, heapsize, script), cwd=root, env=device_env(),
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return -1, partial + f"\n(bench: killed after {timeout_s:.0f} s)"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def flow_succeeded(status: int, events) -> bool:
+    return status == 0 and last_event(events, "telemetry_acknowledged") is not None
+
+
+# ------------------------------------------------------------------------------------------------ heap floor
+
+
+@dataclass
+class HeapProbe:
+    heap_bytes: int
+    ok: bool
+    reason: str
+    seconds: float
+
+
+@dataclass
+class HeapFloor:
+    floor_bytes: int
+    step_bytes: int
+    probes: list[HeapProbe] = field(default_factory=list)
+    confirmed: bool = False
+    last_failure: HeapProbe | None = None  # the largest failing heap: where the flow ran out
+
+
+def find_heap_floor(image: DeviceImage, start_bytes: int, ceiling_bytes: int, step_bytes: int,
+                    on_probe=lambda probe: None) -> HeapFloor:
+    """The smallest -X heapsize (a multiple of step_bytes) at which the whole flow succeeds, by binary search.
+
+    Each probe is a fresh device folder against the running emulator. Upward doubling from `start_bytes` finds a
+    heap that works (bounded by `ceiling_bytes`); the search then halves the gap between the largest failure and
+    the smallest success. Success is not strictly monotonic in heap size (fragmentation), so the floor is probed
+    a second time; if it fails then, the next step up that works twice is taken."""
+    probes: list[HeapProbe] = []
+
+    def probe(heap: int) -> bool:
+        root = image.fresh_device(f"heap-{heap}")
+        started = time.monotonic()
+        status, output = run_in_device(root, heapsize=heap)
+        events = device_events(output)
+        ok = flow_succeeded(status, events)
+        result = HeapProbe(heap, ok, "ok" if ok else failure_reason(output, events), time.monotonic() - started)
+        probes.append(result)
+        on_probe(result)
+        shutil.rmtree(root, ignore_errors=True)
+        return ok
+
+    def rounded(value: int) -> int:
+        return max(step_bytes, (value + step_bytes - 1) // step_bytes * step_bytes)
+
+    failing = 0  # largest heap known to fail (0: none tried yet; a heap of 0 cannot run anything)
+    working = rounded(start_bytes)
+    while not probe(working):
+        failing = working
+        if working >= ceiling_bytes:
+            raise MeasurementError(f"the flow does not succeed even with a {ceiling_bytes}-byte heap: "
+                                   f"{probes[-1].reason}")
+        working = min(rounded(working * 2), rounded(ceiling_bytes))
+    while working - failing > step_bytes:  # at most log2(ceiling / step) probes
+        middle = rounded((failing + working) // 2)
+        if middle >= working:
+            middle = working - step_bytes
+        if probe(middle):
+            working = middle
+        else:
+            failing = middle
+    confirmed = probe(working)
+    retries = 0
+    while not confirmed and retries < 4:  # bounded walk up past a non-monotonic spot
+        retries += 1
+        working += step_bytes
+        confirmed = probe(working) and probe(working)
+    failures = [p for p in probes if not p.ok and p.heap_bytes < working]
+    last_failure = max(failures, key=lambda p: p.heap_bytes) if failures else None
+    return HeapFloor(working, step_bytes, probes, confirmed, last_failure)
+
+
+# ------------------------------------------------------------------------------------------------ heap use
+
+
+@dataclass
+class HeapUse:
+    heap_total_bytes: int
+    peak_bytes: int  # high-water mark of the GC heap during the flow (live + not yet collected)
+    baseline_bytes: int  # heap in use before the firmware is imported (interpreter + bench wrapper)
+    collections: int
+    auto_collections: int
+    mem_peak_counter_bytes: int
+    certificates: int
+    cached_boot: dict[str, int]
+    steps: list[dict] = field(default_factory=list)  # live heap at each debug step
+    live_peak_bytes: int = 0
+    qstr_info: str = ""
+    modules: dict[str, int] = field(default_factory=dict)  # heap each module keeps once imported
+
+
+def _heap_report(output: str, what: str) -> dict[str, str]:
+    reports = bench_lines(output).get("heap")
+    if not reports:
+        raise MeasurementError(f"{what}: the bench wrapper printed no heap report")
+    return reports[-1]
+
+
+def measure_heap_use(image: DeviceImage, module_names: list[str], secrets_: list[str]) -> HeapUse:
+    """Peak heap of the whole flow at the default heap size, then a second boot of the same device (cached
+    assignment, unchanged bundle), then live heap per step (a separate device, log_level debug) and per module."""
+    root = image.fresh_device("heap-peak", with_bench_scripts=True)
+    status, output = run_in_device(root, "bench_flow.py", ("provisioning.json", "peak"))
+    events = device_events(output)
+    if not flow_succeeded(status, events):
+        raise MeasurementError("flow at the default heap size failed: "
+                               + redact(failure_reason(output, events), secrets_))
+    stored = last_event(events, "trust_bundle_stored") or {}
+    certificates = int(stored.get("certificates", 0))
+    if certificates != BUNDLE_CERTIFICATES:
+        raise MeasurementError(f"the device stored {certificates} certificates, not {BUNDLE_CERTIFICATES}")
+    report = _heap_report(output, "peak run")
+
+    # Second boot of the same flash folder, through the real entry point.
+    status, second = run_in_device(root, "main.py")
+    second_events = device_events(second)
+    done = last_event(second_events, "done")
+    if status != 0 or done is None:
+        raise MeasurementError("cached boot failed: " + redact(failure_reason(second, second_events), secrets_))
+    cached = {"dps_connections": int(done["dps_connections"]), "flash_writes": int(done["flash_writes"]),
+              "used_cached_assignment": int(last_event(second_events, "using_cached_assignment") is not None)}
+
+    use = HeapUse(
+        heap_total_bytes=int(report["heap_total"]), peak_bytes=int(report["peak_alloc"]),
+        baseline_bytes=int(report["baseline_alloc"]), collections=int(report["collections"]),
+        auto_collections=int(report["auto_collections"]), mem_peak_counter_bytes=int(report["mem_peak_counter"]),
+        certificates=certificates, cached_boot=cached)
+
+    steps_root = image.fresh_device("heap-steps", with_bench_scripts=True, log_level="debug")
+    status, output = run_in_device(steps_root, "bench_flow.py", ("provisioning.json", "steps"))
+    events = device_events(output)
+    if flow_succeeded(status, events):
+        steps_report = _heap_report(output, "steps run")
+        total = int(steps_report["heap_total"])
+        use.live_peak_bytes = int(steps_report["live_peak"])
+        use.steps = [{"event": event, "live_bytes": total - int(fields["heap_free"])}
+                     for level, event, fields in events if level == "DEBUG" and "heap_free" in fields]
+        use.qstr_info = next((line.strip() for line in output.splitlines() if line.startswith("qstr pool")), "")
+
+    imports_root = image.fresh_device("heap-imports", with_bench_scripts=True)
+    status, output = run_in_device(imports_root, "bench_flow.py", ("provisioning.json", "imports", *module_names))
+    if status == 0:
+        use.modules = {line["module"]: int(line["bytes"]) for line in bench_lines(output).get("import", [])}
+    return use
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+
+
+@dataclass
+class ChildRun:
+    status: int
+    output: str
+    cpu_s: float  # user + system of the child process, from wait4's rusage
+    wall_s: float
+
+
+def run_child_measured(command: list[str], cwd: Path, env: dict | None = None, stdin_text: str | None = None,
+                       timeout_s: float = 60) -> ChildRun:
+    """Runs a child process and returns its own CPU time (os.wait4 rusage: user + sys, threads included)."""
+    with tempfile.TemporaryFile("w+") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL)
+        if stdin_text is not None:
+            proc.stdin.write(stdin_text)
+            proc.stdin.close()
+        deadline = started + timeout_s
+        while True:  # polls every few ms until the child ends or its time is up
+            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, wait_status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.002)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(wait_status)  # reaped here, so Popen must not wait again
+        out.seek(0)
+        return ChildRun(proc.returncode, out.read(), usage.ru_utime + usage.ru_stime, wall)
+
+
+@dataclass
+class CpuPair:
+    firmware_cpu_s: float
+    sdk_cpu_s: float
+    firmware_wall_ms: float  # measured inside the device around Session.register()
+    firmware_process_wall_s: float
+    sdk_process_wall_s: float
+    order: str
+
+    @property
+    def ratio(self) -> float:
+        return self.sdk_cpu_s / self.firmware_cpu_s
+
+
+@dataclass
+class CpuComparison:
+    pairs: list[CpuPair]
+    launcher_cpu_s: list[float]  # `micropython` running an empty program: the wheel's CPython host + start-up
+
+    def summary(self) -> dict:
+        ratios = [p.ratio for p in self.pairs]
+        return {
+            "provision_cpu_ratio_vs_sdk": statistics.median(ratios),
+            "provision_cpu_ratio_min": min(ratios),
+            "provision_cpu_ratio_max": max(ratios),
+            "provision_cpu_pairs": len(self.pairs),
+            "firmware_provision_cpu_s_median": statistics.median(p.firmware_cpu_s for p in self.pairs),
+            "firmware_provision_cpu_s_min": min(p.firmware_cpu_s for p in self.pairs),
+            "firmware_provision_cpu_s_max": max(p.firmware_cpu_s for p in self.pairs),
+            "sdk_provision_cpu_s_median": statistics.median(p.sdk_cpu_s for p in self.pairs),
+            "sdk_provision_cpu_s_min": min(p.sdk_cpu_s for p in self.pairs),
+            "sdk_provision_cpu_s_max": max(p.sdk_cpu_s for p in self.pairs),
+            "provision_wall_ms": statistics.median(p.firmware_wall_ms for p in self.pairs),
+            "provision_wall_ms_min": min(p.firmware_wall_ms for p in self.pairs),
+            "provision_wall_ms_max": max(p.firmware_wall_ms for p in self.pairs),
+            "firmware_process_wall_s_median": statistics.median(p.firmware_process_wall_s for p in self.pairs),
+            "sdk_process_wall_s_median": statistics.median(p.sdk_process_wall_s for p in self.pairs),
+            "micropython_launcher_cpu_s_median": statistics.median(self.launcher_cpu_s),
+        }
+
+
+def compare_cpu_with_sdk(image: DeviceImage, pairs: int, secrets_: list[str], on_pair=lambda i, pair: None
+                         ) -> CpuComparison:
+    """Interleaved pairs: the firmware's registration-only entry on the Unix port and the SDK's
+    ProvisioningDeviceClient in a CPython child, same enrollment, same emulator; the order alternates per pair so
+    a drift of the machine (frequency, cache, the emulator's own state) does not favour either side."""
+    from host_tools.emulator.testing import ForwardingProxy
+
+    info = image.emulator_info
+    root = image.fresh_device("register-only", with_bench_scripts=True)  # no flash writes: one folder serves all
+    firmware_command = device_command(("provisioning.json",), script="bench_register.py")
+    launcher_command = [micropython_binary(), "-c", "pass"]
+    sdk_params = {"provisioning_host": info["dps"]["hostname"], "registration_id": DEVICE_ID, "id_scope": ID_SCOPE,
+                  "symmetric_key": image.key, "server_verification_cert": Path(info["pki"]["dps_root"]).read_text()}
+    results: list[CpuPair] = []
+    launcher: list[float] = []
+    with ForwardingProxy(info["dps"]["port"], target_host=info["dps"]["host"]) as proxy:
+        sdk_input = json.dumps(dict(sdk_params, proxy_port=proxy.port))
+
+        def firmware() -> tuple[ChildRun, float]:
+            run = run_child_measured(firmware_command, root, env=device_env(), timeout_s=DEVICE_TIMEOUT_S)
+            line = (bench_lines(run.output).get("register") or [{}])[-1]
+            if run.status != 0 or line.get("status") != "assigned":
+                raise MeasurementError("firmware registration failed: "
+                                       + redact(failure_reason(run.output, device_events(run.output)), secrets_))
+            return run, float(line["wall_ms"])
+
+        def sdk() -> ChildRun:
+            run = run_child_measured([sys.executable, "-I", str(SDK_CHILD)], root, stdin_text=sdk_input,
+                                     timeout_s=SDK_TIMEOUT_S)
+            if run.status != 0 or '"assigned"' not in run.output:
+                raise MeasurementError("SDK registration failed: " + redact(run.output.strip()[-400:], secrets_))
+            return run
+
+        for index in range(pairs):
+            firmware_first = index % 2 == 0
+            if firmware_first:
+                fw_run, fw_wall_ms = firmware()
+                sdk_run = sdk()
+            else:
+                sdk_run = sdk()
+                fw_run, fw_wall_ms = firmware()
+            launcher.append(run_child_measured(launcher_command, root, env=device_env(), timeout_s=30).cpu_s)
+            pair = CpuPair(fw_run.cpu_s, sdk_run.cpu_s, fw_wall_ms, fw_run.wall_s, sdk_run.wall_s,
+                           "firmware, sdk" if firmware_first else "sdk, firmware")
+            results.append(pair)
+            on_pair(index, pair)
+    return CpuComparison(results, launcher)
