@@ -6,6 +6,7 @@ import json
 from micropython import const
 
 from azprov import errors
+from azprov.encoding import url_encode
 from azprov.errors import ProvisioningError
 
 API_VERSION = "2021-11-01-preview"
@@ -26,7 +27,7 @@ DEFAULT_MAX_POLLS = const(60)
 def username(id_scope, registration_id, client_version=None):
     name = "%s/registrations/%s/api-version=%s" % (id_scope, registration_id, API_VERSION)
     if client_version:
-        name += "&ClientVersion=" + client_version
+        name += "&ClientVersion=" + url_encode(client_version)  # as the SDKs send it: "/" becomes %2F
     return name
 
 

@@ -34,12 +34,14 @@ def log(severity, event, pairs=()):
     parts = ["azprov", _NAMES[severity], event]
     for name, value in pairs:
         parts.append(name + "=" + _format(name, value))
+    if level <= DEBUG:
+        # At debug level every step also says how much heap is left: where MemoryErrors would come from.
+        parts.append("heap_free=%d" % gc.mem_free())
     print(" ".join(parts))
 
 
 def debug(event, *pairs):
-    if level <= DEBUG:
-        log(DEBUG, event, pairs + (("heap_free", gc.mem_free()),))
+    log(DEBUG, event, pairs)
 
 
 def info(event, *pairs):

@@ -4,7 +4,7 @@ import time
 
 from micropython import const
 
-from azprov import dps, errors, log, sas, transport
+from azprov import __version__, dps, errors, log, sas, transport
 from azprov.clock import require_set_clock
 from azprov.errors import ProvisioningError
 
@@ -44,7 +44,7 @@ def read_text(path, what):
 class Session:
     """One DPS registration for a loaded provisioning file (azprov.config)."""
 
-    def __init__(self, config, client_version="azprov/0.1"):
+    def __init__(self, config, client_version="azprov/" + __version__):
         self.config = config
         self.client_version = client_version
         self.connections = 0

@@ -20,7 +20,7 @@ def _raises(kind, fn, *args):
 
 def test_username_uses_preview_api_without_question_mark():
     assert dps.username("0ne1", "dev1") == "0ne1/registrations/dev1/api-version=2021-11-01-preview"
-    assert dps.username("0ne1", "dev1", "azprov/0.1").endswith("&ClientVersion=azprov/0.1")
+    assert dps.username("0ne1", "dev1", "azprov/0.1").endswith("&ClientVersion=azprov%2F0.1")
 
 
 def test_register_body():

@@ -1,0 +1,552 @@
+"""`make bench` (`python -m host_tools bench`): every measurement in one go on this machine.
+
+1. build    one .mpy build of a snapshot of firmware/ (every later figure describes this build); per-module sizes
+2. heap     the smallest -X heapsize the whole flow succeeds in (binary search, a fresh device folder per probe),
+            the peak heap at the default size, live heap per step and per module
+3. cached   a second boot of the same device: DPS connections and flash writes
+4. cpu      firmware registration vs the official azure-iot-device SDK, interleaved pairs, CPU from wait4
+5. fleet    N devices against the emulator's rate limit (host_tools/fleet_driver.py)
+
+Prints one table (figure, target, met/missed), writes OUT/results.json and OUT/chart.png. Exit status 1 only when
+a measurement could not be taken; a missed target is a result, not an error. No key or token is printed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from host_tools import bench_device as dev
+from host_tools.bench_chart import draw_chart
+from host_tools.harness import EmulatorProcess
+from host_tools.unix_port import REPO, UMQTT_SOURCE, micropython_binary
+
+FIRMWARE_DIR = REPO / "firmware"
+DEFAULT_OUT = REPO / "bench"
+DEFAULT_WORKDIR = REPO / "run" / "bench"
+
+# Full run and --quick run; an option given on the command line wins over both.
+DEFAULTS = {
+    "full": {"fleet_devices": 1000, "rate": 20.0, "pairs": 7, "heap_step": 1024},
+    "quick": {"fleet_devices": 20, "rate": 10.0, "pairs": 1, "heap_step": 8192},
+}
+HEAP_SEARCH_START = 24 * 1024  # the first probe: the target itself
+FLEET_ATTEMPT_PEAK_LIMIT = 2.0  # a herd: retries arriving faster than this many times what DPS admits
+FLEET_SECONDS_LIMIT = 1.5  # x the ideal N / R
+FLEET_WATCHDOG_S = 600  # the driver bounds itself by the registration deadline; this only catches a hang
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    op: str  # "<=", ">=", "=="
+    limit: float
+    text: str
+
+    def met(self, value) -> bool | None:
+        if not isinstance(value, (int, float)):
+            return None
+        return {"<=": value <= self.limit, ">=": value >= self.limit, "==": value == self.limit}[self.op]
+
+
+def targets(results: dict) -> list[Target]:
+    """The issue's targets; the fleet ones depend on this run's N and R."""
+    found = [
+        Target("heap_floor_bytes", "<=", 24576, "<= 24,576 B"),
+        Target("mpy_total_bytes", "<=", 16384, "<= 16,384 B"),
+        Target("provision_cpu_ratio_vs_sdk", ">=", 10, ">= 10x"),
+        Target("cached_boot_dps_connections", "==", 0, "0"),
+        Target("cached_boot_flash_writes", "==", 0, "0"),
+        Target("fleet_failures", "==", 0, "0"),
+    ]
+    ideal = results.get("fleet_ideal_seconds")
+    if isinstance(ideal, (int, float)):
+        found.append(Target("fleet_seconds", "<=", round(FLEET_SECONDS_LIMIT * ideal, 3),
+                            f"<= {FLEET_SECONDS_LIMIT:g} x N/R = {FLEET_SECONDS_LIMIT * ideal:,.1f} s"))
+    found.append(Target("fleet_retry_peak_to_rate", "<=", FLEET_ATTEMPT_PEAK_LIMIT,
+                        f"<= {FLEET_ATTEMPT_PEAK_LIMIT:g} x R"))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def snapshot_firmware(workdir: Path) -> Path:
+    """A copy of firmware/ as it is now: others may edit it during the run, the bench measures one version."""
+    snapshot = workdir / "firmware"
+    shutil.rmtree(snapshot, ignore_errors=True)
+    shutil.copytree(FIRMWARE_DIR, snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return snapshot
+
+
+def import_order(snapshot: Path) -> list[str]:
+    """Firmware modules with each one after the modules it imports, so that the heap a module keeps once imported
+    is charged to it and not to the first module that happened to pull it in. umqtt.simple last."""
+    sources = {}
+    for path in sorted((snapshot / "azprov").glob("*.py")):
+        name = "azprov" if path.stem == "__init__" else f"azprov.{path.stem}"
+        text = path.read_text()
+        deps = {f"azprov.{m}" for m in re.findall(r"from azprov import (\w+)", text)}
+        deps |= set(re.findall(r"(?:from|import) (azprov\.\w+)", text))
+        sources[name] = deps - {name}
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order or name in visiting or name not in sources:
+            return
+        visiting.add(name)
+        for dep in sorted(sources[name]):
+            visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    visit("azprov")
+    for name in sorted(sources):
+        visit(name)
+    return order + ["umqtt.simple"]
+
+
+def process_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of a running process (Linux /proc), for the emulator we started."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def micropython_version() -> str:
+    proc = subprocess.run([micropython_binary(), "-c", "import sys; print(sys.version)"], capture_output=True,
+                          text=True, timeout=30)
+    return proc.stdout.strip()
+
+
+class BenchRun:
+    def __init__(self, console: Console, progress: Progress, workdir: Path, settings: dict, quick: bool):
+        self.console = console
+        self.progress = progress
+        self.workdir = workdir
+        self.settings = settings
+        self.quick = quick
+        self.results: dict = {}
+        self.errors: dict[str, str] = {}
+        self.secrets: list[str] = []
+        self.build_rows = []
+        self.snapshot: Path | None = None
+        self.heap_probes: list[dict] = []
+        self.cpu_pairs: list[dict] = []
+
+    def step(self, name: str, function) -> None:
+        task = self.progress.add_task(name, total=None)
+        started = time.monotonic()
+        try:
+            function(task)
+            self.progress.update(task, description=f"[green]{name}: done[/] ({time.monotonic() - started:.1f} s)")
+        except Exception as exc:  # a measurement that could not be taken: recorded, the others still run
+            message = dev.redact(f"{type(exc).__name__}: {exc}", self.secrets)
+            self.errors[name] = message
+            self.progress.update(task, description=f"[red]{escape(name)}: failed[/] {escape(message[:120])}")
+            if not isinstance(exc, dev.MeasurementError):
+                self.console.print(escape(dev.redact(traceback.format_exc(), self.secrets)))
+        finally:
+            self.progress.update(task, total=1, completed=1)
+
+    # -- 1. build
+    def build(self, task) -> None:
+        from host_tools.build import build_firmware
+
+        self.snapshot = snapshot_firmware(self.workdir)
+        self.progress.update(task, description="build: mpy-cross on a snapshot of firmware/")
+        self.build_rows = build_firmware(out=self.workdir / "mpy", target="unix", firmware_dir=self.snapshot,
+                                         umqtt_source=UMQTT_SOURCE)
+        firmware_mpy = [row for row in self.build_rows
+                        if row.output.suffix == ".mpy" and row.source.is_relative_to(self.snapshot)]
+        if not firmware_mpy:
+            raise dev.MeasurementError("the build produced no firmware .mpy file")
+        self.results["mpy_total_bytes"] = sum(row.output_bytes for row in firmware_mpy)
+        self.results["mpy_modules"] = {row.name: row.output_bytes for row in firmware_mpy}
+        self.results["mpy_source_total_bytes"] = sum(row.source_bytes for row in firmware_mpy)
+        self.results["mpy_files"] = len(firmware_mpy)
+
+    # -- 2, 3, 4: one emulator for every single-device measurement
+    def device_measurements(self, stack: ExitStack) -> dev.DeviceImage | None:
+        if not self.build_rows:
+            self.errors["device measurements"] = "skipped: no build"
+            return None
+        from host_tools import pki
+
+        state = self.workdir / "device-emulator"
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        key = dev.new_key()
+        self.secrets.append(key)
+        decoys = pki.write_bundle(state / "decoy-roots.pem", pki.make_decoy_roots(dev.BUNDLE_CERTIFICATES - 1))
+        enrollments = dev.write_private_json(state / "enrollments.json",
+                                             dev.bench_enrollments(state, decoys, key))
+        # retry_after=0: the 202 -> poll wait is the service's choice, not the firmware's cost.
+        emulator = stack.enter_context(EmulatorProcess(state, enrollments, ["--fault", "retry_after=0"]))
+        return dev.DeviceImage(self.workdir / "mpy", emulator.info, key, self.workdir)
+
+    def heap_floor(self, image: dev.DeviceImage, task) -> None:
+        step = self.settings["heap_step"]
+
+        def shown(probe: dev.HeapProbe) -> None:
+            self.progress.update(task, description=f"heap floor: {probe.heap_bytes:,} B -> "
+                                 f"{'ok' if probe.ok else 'fails'} ({len(self.heap_probes) + 1} probes)")
+            self.heap_probes.append({"heap_bytes": probe.heap_bytes, "ok": probe.ok,
+                                     "reason": dev.redact(probe.reason, self.secrets),
+                                     "seconds": round(probe.seconds, 3)})
+
+        ceiling = self.default_heap_bytes()
+        floor = dev.find_heap_floor(image, HEAP_SEARCH_START, ceiling, step, on_probe=shown)
+        self.results.update({
+            "heap_floor_bytes": floor.floor_bytes,
+            "heap_floor_step_bytes": floor.step_bytes,
+            "heap_floor_probes": len(floor.probes),
+            "heap_floor_confirmed": int(floor.confirmed),
+            "heap_floor_failure_below": (dev.redact(floor.last_failure.reason, self.secrets)
+                                         if floor.last_failure else None),
+        })
+
+    def default_heap_bytes(self) -> int:
+        proc = subprocess.run([micropython_binary(), "-c", "import gc; gc.collect(); "
+                               "print(gc.mem_alloc() + gc.mem_free())"], capture_output=True, text=True, timeout=30)
+        return int(proc.stdout.strip())
+
+    def heap_use(self, image: dev.DeviceImage, task) -> None:
+        self.progress.update(task, description="heap use: peak run, cached boot, per step, per module")
+        use = dev.measure_heap_use(image, import_order(self.snapshot), self.secrets)
+        self.results.update({
+            "heap_peak_bytes": use.peak_bytes,
+            "heap_default_size_bytes": use.heap_total_bytes,
+            "heap_baseline_bytes": use.baseline_bytes,
+            "heap_peak_collections": use.collections,
+            "heap_peak_auto_collections": use.auto_collections,
+            "heap_mem_peak_counter_bytes": use.mem_peak_counter_bytes,
+            "heap_live_peak_bytes": use.live_peak_bytes,
+            "heap_steps": use.steps,
+            "heap_qstr_info": use.qstr_info,
+            "heap_modules": use.modules,
+            "heap_modules_total_bytes": sum(use.modules.values()),
+            "trust_bundle_certificates": use.certificates,
+            "cached_boot_dps_connections": use.cached_boot["dps_connections"],
+            "cached_boot_flash_writes": use.cached_boot["flash_writes"],
+            "cached_boot_used_cached_assignment": use.cached_boot["used_cached_assignment"],
+        })
+        if use.auto_collections:
+            raise dev.MeasurementError("the heap filled up during the peak run, so its peak is not the flow's")
+
+    def cpu(self, image: dev.DeviceImage, task) -> None:
+        pairs = self.settings["pairs"]
+        self.progress.update(task, total=pairs, completed=0, description="cpu: firmware vs azure-iot-device SDK")
+
+        def shown(index: int, pair: dev.CpuPair) -> None:
+            self.cpu_pairs.append(dict(asdict(pair), ratio=pair.ratio))
+            self.progress.update(task, completed=index + 1,
+                                 description=f"cpu: pair {index + 1}: SDK/firmware {pair.ratio:.1f}x")
+
+        comparison = dev.compare_cpu_with_sdk(image, pairs, self.secrets, on_pair=shown)
+        self.results.update(comparison.summary())
+
+    # -- 5. fleet
+    def fleet(self, task) -> None:
+        if self.snapshot is None:
+            raise dev.MeasurementError("skipped: no firmware snapshot")
+        devices, rate = self.settings["fleet_devices"], self.settings["rate"]
+        state = self.workdir / "fleet-emulator"
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        group_key = dev.new_key()
+        self.secrets.append(group_key)
+        doc = {"id_scope": dev.ID_SCOPE,
+               "trust_bundles": {"fleet-bundle": {"certificates": ["pki:trust-root"]}},
+               "individual": [],
+               "groups": [{"group_id": "bench-fleet", "group_key": group_key, "assigned_hub": dev.HUB,
+                           "trust_bundle": "fleet-bundle"}]}
+        enrollments = dev.write_private_json(state / "enrollments.json", doc)
+        self.progress.update(task, total=devices, completed=0,
+                             description=f"fleet: {devices} devices at {rate:g} registrations/s")
+        with EmulatorProcess(state, enrollments, ["--rate-limit", f"{rate:g}"]) as emulator:
+            info = emulator.info
+            spec = dev.write_private_json(self.workdir / "fleet-spec.json", {
+                "firmware_dir": str(self.snapshot), "devices": devices, "id_scope": dev.ID_SCOPE,
+                "group_key": group_key, "registration_prefix": "bench-fleet-",
+                "dps_address": info["dps"]["host"], "dps_port": info["dps"]["port"],
+                "dps_hostname": info["dps"]["hostname"], "dps_ca_file": info["pki"]["dps_root"],
+                "progress_interval_s": 0.5})
+            result_path = self.workdir / "fleet-result.json"
+            result_path.unlink(missing_ok=True)
+            emulator_cpu_before = process_cpu_s(emulator.proc.pid)
+            driver = subprocess.Popen([sys.executable, "-m", "host_tools.fleet_driver", str(spec), str(result_path)],
+                                      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            watchdog = threading.Timer(FLEET_WATCHDOG_S, driver.kill)
+            watchdog.start()
+            tail: list[str] = []
+            try:
+                for line in driver.stdout:  # ends when the driver exits (or the watchdog kills it)
+                    fields = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
+                    if line.startswith("progress"):
+                        self.progress.update(task, completed=int(fields["done"]), description=(
+                            f"fleet: {fields['done']}/{devices} done, {fields['failed']} failed, "
+                            f"{fields['attempts']} register attempts, {fields['elapsed_s']} s"))
+                    else:
+                        tail = (tail + [line.rstrip()])[-20:]
+                status = driver.wait(timeout=30)
+            finally:
+                watchdog.cancel()
+                if driver.poll() is None:
+                    driver.kill()
+                    driver.wait()
+            emulator_cpu = process_cpu_s(emulator.proc.pid) - emulator_cpu_before
+            emulator_assigned = {r["registration_id"] for r in emulator.registrations()
+                                 if r.get("status") == "assigned"}
+        if status != 0 or not result_path.exists():
+            raise dev.MeasurementError(f"fleet driver exited with {status}: "
+                                       + dev.redact("\n".join(tail)[-600:], self.secrets))
+        fleet = json.loads(result_path.read_text())
+        retries = fleet["retry_attempts_per_second"]
+        seconds = fleet["seconds"]
+        self.results.update({
+            "fleet_devices": fleet["devices"],
+            "fleet_failures": fleet["failures"],
+            "fleet_failure_kinds": fleet["failure_kinds"],
+            "fleet_seconds": seconds,
+            "fleet_rate_limit": rate,
+            "fleet_ideal_seconds": round(devices / rate, 3),
+            "fleet_median_assignment_s": fleet["median_assignment_s"],
+            "fleet_max_attempts": fleet["max_attempts"],
+            "fleet_attempts_histogram": fleet["attempts_histogram"],
+            "fleet_register_attempts": fleet["register_attempts"],
+            "fleet_throttled_answers": fleet["throttled_answers"],
+            "fleet_reconnects": fleet["reconnects"],
+            "fleet_attempts_per_second": fleet["attempts_per_second"],
+            "fleet_retry_attempts_per_second": retries,
+            "fleet_peak_attempts_per_s": max(fleet["attempts_per_second"], default=0),
+            "fleet_peak_retries_per_s": max(retries, default=0),
+            "fleet_retry_peak_to_rate": round(max(retries, default=0) / rate, 3),
+            "fleet_emulator_assigned": len(emulator_assigned),
+            "fleet_driver_cpu_s": fleet["driver_cpu_s"],
+            "fleet_emulator_cpu_s": round(emulator_cpu, 3),
+            # Share of one core while the fleet ran: near 1.0 would mean CPU-bound rather than rate-bound.
+            "fleet_driver_cpu_share": round(fleet["driver_cpu_s"] / seconds, 3) if seconds else None,
+            "fleet_emulator_cpu_share": round(emulator_cpu / seconds, 3) if seconds else None,
+            "fleet_shell_constants_from_firmware": fleet["shell_constants_from_firmware"],
+        })
+        if len(emulator_assigned) != fleet["assigned"]:
+            raise dev.MeasurementError(f"the driver counted {fleet['assigned']} assigned devices, the emulator "
+                                       f"recorded {len(emulator_assigned)}")
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def figure_rows(results: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, value, target, met) for the table, in the order people read them."""
+    by_key = {t.key: t for t in targets(results)}
+    r = results
+
+    def row(label: str, key: str, value_text: str | None = None):
+        target = by_key.get(key)
+        value = r.get(key)
+        return (label, value_text if value_text is not None and value is not None else _fmt(value),
+                target.text if target else "-", target.met(value) if target else None)
+
+    ratio_range = None
+    if isinstance(r.get("provision_cpu_ratio_min"), (int, float)):
+        ratio_range = (f"{r['provision_cpu_ratio_vs_sdk']:.2f}x (min {r['provision_cpu_ratio_min']:.2f}, "
+                       f"max {r['provision_cpu_ratio_max']:.2f}, {r['provision_cpu_pairs']} pairs)")
+    fw_cpu = sdk_cpu = None
+    if isinstance(r.get("firmware_provision_cpu_s_median"), (int, float)):
+        fw_cpu = (f"{r['firmware_provision_cpu_s_median'] * 1000:,.0f} ms "
+                  f"({r['firmware_provision_cpu_s_min'] * 1000:,.0f}-{r['firmware_provision_cpu_s_max'] * 1000:,.0f})")
+        sdk_cpu = (f"{r['sdk_provision_cpu_s_median'] * 1000:,.0f} ms "
+                   f"({r['sdk_provision_cpu_s_min'] * 1000:,.0f}-{r['sdk_provision_cpu_s_max'] * 1000:,.0f})")
+    peak_text = None
+    if isinstance(r.get("fleet_peak_retries_per_s"), (int, float)):
+        peak_text = (f"{r['fleet_retry_peak_to_rate']:.1f}x ({r['fleet_peak_retries_per_s']:,} retries/s vs "
+                     f"R = {r['fleet_rate_limit']:g}/s)")
+    return [
+        row("heap floor: smallest -X heapsize for the whole flow", "heap_floor_bytes"),
+        row("heap peak in use at the default heap size", "heap_peak_bytes"),
+        row("live heap peak at the debug steps", "heap_live_peak_bytes"),
+        row("firmware .mpy total (no umqtt, no main.py)", "mpy_total_bytes"),
+        row("CPU ratio SDK / firmware, one registration", "provision_cpu_ratio_vs_sdk", ratio_range),
+        row("  firmware CPU per registration (median, min-max)", "firmware_provision_cpu_s_median", fw_cpu),
+        row("  SDK CPU per registration (median, min-max)", "sdk_provision_cpu_s_median", sdk_cpu),
+        row("  of which MicroPython launcher (empty program)", "micropython_launcher_cpu_s_median",
+            f"{r['micropython_launcher_cpu_s_median'] * 1000:,.0f} ms"
+            if isinstance(r.get("micropython_launcher_cpu_s_median"), (int, float)) else None),
+        row("firmware wall time per registration (median, ms)", "provision_wall_ms"),
+        row("cached boot: DPS connections", "cached_boot_dps_connections"),
+        row("cached boot: flash writes", "cached_boot_flash_writes"),
+        row("fleet: devices", "fleet_devices"),
+        row("fleet: failures", "fleet_failures"),
+        row("fleet: seconds until the last device finished", "fleet_seconds"),
+        row("fleet: ideal seconds N / R", "fleet_ideal_seconds"),
+        row("fleet: peak retry attempts per second vs R", "fleet_retry_peak_to_rate", peak_text),
+        row("fleet: most register attempts by one device", "fleet_max_attempts"),
+        row("fleet: emulator CPU share of one core", "fleet_emulator_cpu_share"),
+        row("fleet: driver CPU share of one core", "fleet_driver_cpu_share"),
+    ]
+
+
+def results_table(results: dict) -> Table:
+    table = Table(title=f"azprov bench {results.get('generated_at', '')}"
+                  + (" (QUICK mode: not comparable)" if results.get("quick") else ""))
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("result")
+    for label, value, target, met in figure_rows(results):
+        verdict = "-" if met is None else ("[green]met[/]" if met else "[red]missed[/]")
+        table.add_row(escape(label), escape(value), escape(target), verdict)
+    return table
+
+
+def module_table(results: dict, rows) -> Table:
+    table = Table(title="firmware modules: .mpy size and heap kept once imported")
+    table.add_column("module")
+    table.add_column("source B", justify="right")
+    table.add_column(".mpy B", justify="right")
+    table.add_column("heap once imported B", justify="right")
+    heap = results.get("heap_modules") or {}
+    for row in rows:
+        module = row.name.removesuffix(".mpy").removesuffix(".py").replace("/", ".")
+        module = module.removesuffix(".__init__").removeprefix("lib.")
+        counted = row.name in (results.get("mpy_modules") or {})
+        note = "" if counted else " (not counted)"
+        table.add_row(escape(row.name + note), f"{row.source_bytes:,}", f"{row.output_bytes:,}",
+                      f"{heap[module]:,}" if module in heap else "-")
+    table.add_section()
+    table.add_row("firmware total (counted)", f"{results.get('mpy_source_total_bytes', 0):,}",
+                  f"{results.get('mpy_total_bytes', 0):,}", f"{results.get('heap_modules_total_bytes', 0):,}",
+                  style="bold")
+    return table
+
+
+def machine_info() -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        info["micropython"] = micropython_version()
+    except (OSError, subprocess.SubprocessError):
+        info["micropython"] = None
+    try:
+        info["azure_iot_device"] = importlib.metadata.version("azure-iot-device")
+    except importlib.metadata.PackageNotFoundError:
+        info["azure_iot_device"] = None
+    return info
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="Seconds, not minutes: tiny fleet, one CPU pair, coarse heap search "
+              "(for the smoke test; the figures are not comparable).")
+@click.option("--fleet-devices", type=click.IntRange(1, 5000), help="Devices in the fleet run [1000; quick 20].")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="The emulator's registration rate limit R, per second [20; quick 10].")
+@click.option("--pairs", type=click.IntRange(1, 50), help="Interleaved firmware/SDK CPU pairs [7; quick 1].")
+@click.option("--heap-step", type=click.IntRange(256, 1 << 20),
+              help="Resolution of the heap floor search in bytes [1024; quick 8192].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Where results.json and chart.png go.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
+              show_default=True, help="Scratch folder: build, device folders, emulator state (holds test keys).")
+def bench(quick: bool, fleet_devices, rate, pairs, heap_step, out: Path, workdir: Path):
+    """Heap, footprint, CPU and fleet measurements: one table, bench/results.json, bench/chart.png."""
+    settings = dict(DEFAULTS["quick" if quick else "full"])
+    for name, value in (("fleet_devices", fleet_devices), ("rate", rate), ("pairs", pairs),
+                        ("heap_step", heap_step)):
+        if value is not None:
+            settings[name] = value
+    console = Console(highlight=False)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    generated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    console.print(f"[bold]azprov bench[/] {'(quick) ' if quick else ''}- {settings['fleet_devices']} fleet "
+                  f"devices at R = {settings['rate']:g}/s, {settings['pairs']} CPU pairs, heap step "
+                  f"{settings['heap_step']} B; scratch in {escape(str(workdir))}")
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
+    run = BenchRun(console, progress, workdir, settings, quick)
+    with progress, ExitStack() as stack:
+        run.step("build", run.build)
+        image = None
+        try:
+            image = run.device_measurements(stack)
+        except Exception as exc:
+            run.errors["device emulator"] = dev.redact(f"{type(exc).__name__}: {exc}", run.secrets)
+        if image is not None:
+            run.step("heap floor", lambda task: run.heap_floor(image, task))
+            run.step("heap use + cached boot", lambda task: run.heap_use(image, task))
+            run.step("cpu vs sdk", lambda task: run.cpu(image, task))
+        stack.close()  # the single-device emulator is done before the fleet starts
+        run.step("fleet", run.fleet)
+
+    results = dict(run.results)
+    results.update({
+        "generated_at": generated_at,
+        "quick": quick,
+        "settings": settings,
+        "machine": machine_info(),
+        "bench_seconds": round(time.monotonic() - started, 1),
+        "heap_floor_search": run.heap_probes,
+        "cpu_pairs": run.cpu_pairs,
+        "errors": run.errors,
+    })
+    results["targets"] = {t.key: {"op": t.op, "limit": t.limit, "met": t.met(results.get(t.key))}
+                          for t in targets(results)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    try:
+        draw_chart(results, out / "chart.png")
+    except Exception as exc:  # the chart is a view of the results; they are already written
+        run.errors["chart"] = f"{type(exc).__name__}: {exc}"
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    if run.build_rows:
+        console.print(module_table(results, run.build_rows))
+    if results.get("heap_steps"):
+        steps = Table(title="live GC heap at each debug step (after a collection), log_level debug")
+        steps.add_column("step")
+        steps.add_column("live bytes", justify="right")
+        for item in results["heap_steps"]:
+            steps.add_row(escape(item["event"]), f"{item['live_bytes']:,}")
+        console.print(steps)
+    console.print(results_table(results))
+    if results.get("heap_floor_failure_below"):
+        console.print(f"one step below the heap floor the flow failed with: "
+                      f"{escape(results['heap_floor_failure_below'])}")
+    console.print(f"results: {escape(str(out / 'results.json'))}; chart: {escape(str(out / 'chart.png'))}; "
+                  f"{results['bench_seconds']:.0f} s")
+    for name, message in run.errors.items():
+        console.print(f"[red]not measured[/] {escape(name)}: {escape(message)}")
+    sys.exit(1 if run.errors else 0)
