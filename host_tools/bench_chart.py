@@ -15,9 +15,10 @@ def _missing(ax, title: str) -> None:
 
 
 def _bars_with_target(ax, title: str, labels, values, target: float | None, target_label: str, unit: str) -> None:
-    colors = ["tab:blue", "tab:gray", "tab:olive"][:len(values)]
+    colors = ["tab:blue", "tab:gray", "tab:olive", "tab:cyan"][:len(values)]
     bars = ax.bar(labels, values, color=colors)
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=2, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
     if target is not None:
         ax.axhline(target, label=target_label, **TARGET_STYLE)
         ax.legend(fontsize=8, loc="upper left")
@@ -40,14 +41,18 @@ def draw_chart(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     (heap_ax, mpy_ax, cpu_ax), (fleet_ax, rate_ax, hist_ax) = axes
 
-    floor, peak = get("heap_floor_bytes"), get("heap_peak_bytes")
+    floor = get("heap_floor_bytes")
     if floor is None:
         _missing(heap_ax, "GC heap")
     else:
         labels, values = ["smallest heap\nthat works"], [floor]
-        if peak is not None:
-            labels.append("peak in use\n(default heap)")
-            values.append(peak)
+        # What the floor is made of: the heap at its worst, the live part of it, and the loaded code alone.
+        for key, label in (("heap_peak_bytes", "peak in use\n(default heap)"),
+                           ("heap_live_peak_bytes", "live peak\n(debug steps)"),
+                           ("heap_modules_total_bytes", "firmware code\nonce imported")):
+            if get(key) is not None:
+                labels.append(label)
+                values.append(get(key))
         _bars_with_target(heap_ax, "GC heap of the whole flow", labels, values,
                           results.get("targets", {}).get("heap_floor_bytes", {}).get("limit"),
                           "target (heap floor)", "bytes")
@@ -69,8 +74,8 @@ def draw_chart(results: dict, path: Path) -> Path:
         mpy_ax.text(0, bottom, f"{bottom:,} B", ha="center", va="bottom", fontsize=9)
         mpy_ax.set_title("firmware .mpy size (no umqtt, no main.py)")
         mpy_ax.set_ylabel("bytes")
-        mpy_ax.legend(fontsize=6, ncol=2, loc="upper right")
-        mpy_ax.set_xlim(-1, 2.2)
+        mpy_ax.legend(fontsize=6, ncol=2, loc="center right")
+        mpy_ax.set_xlim(-0.6, 2.6)
 
     fw, sdk = get("firmware_provision_cpu_s_median"), get("sdk_provision_cpu_s_median")
     if fw is None or sdk is None:
@@ -80,9 +85,15 @@ def draw_chart(results: dict, path: Path) -> Path:
         lows = [get("firmware_provision_cpu_s_min"), get("sdk_provision_cpu_s_min")]
         highs = [get("firmware_provision_cpu_s_max"), get("sdk_provision_cpu_s_max")]
         errors = [[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]]
-        bars = cpu_ax.bar(["firmware\n(Unix port)", "azure-iot-device\nSDK (CPython)"], medians, yerr=errors,
-                          capsize=6, color=["tab:blue", "tab:gray"])
+        names = ["firmware\n(Unix port)", "azure-iot-device\nSDK (CPython)"]
+        bars = cpu_ax.bar(names, medians, yerr=errors, capsize=6, color=["tab:blue", "tab:gray"])
         cpu_ax.bar_label(bars, labels=[f"{v * 1000:,.0f} ms" for v in medians], padding=2, fontsize=8)
+        launcher = get("micropython_launcher_cpu_s_median")
+        if launcher is not None:
+            # The part of the firmware's process that is the wheel's CPython host, not MicroPython's work.
+            cpu_ax.bar(names[:1], [min(launcher, fw)], color="none", edgecolor="navy", hatch="//",
+                       label="MicroPython launcher\n(empty program)")
+            cpu_ax.legend(fontsize=8, loc="upper left")
         ratio = get("provision_cpu_ratio_vs_sdk")
         target = results.get("targets", {}).get("provision_cpu_ratio_vs_sdk", {}).get("limit")
         cpu_ax.set_title(f"CPU per registration (median, min-max)\nSDK / firmware = {ratio:.1f}x"

@@ -4,7 +4,6 @@ import gc
 import json
 import time
 
-from azprov import config as config_file
 from azprov import errors, log
 from azprov.errors import ProvisioningError
 from azprov.store import Store
@@ -12,6 +11,19 @@ from azprov.store import Store
 
 # DPS connections made by this boot (a list so provision() can add to it without a global statement).
 _dps_connections = [0]
+
+
+def release(*names):
+    """Drops modules a finished phase no longer needs, so their bytecode goes back to the heap. A device without
+    frozen modules holds every imported module's code in RAM: the DPS leg's code is dead weight at the gateway."""
+    import sys
+
+    package = sys.modules["azprov"]
+    for name in names:
+        sys.modules.pop("azprov." + name, None)
+        if name in package.__dict__:
+            delattr(package, name)
+    gc.collect()
 
 
 def _log_failure(exc):
@@ -28,6 +40,8 @@ def provision(cfg, store):
         registration = session.register()
     finally:
         _dps_connections[0] += session.connections
+        session = Session = None
+        release("provision", "dps")
     log.info("registered", ("hub", registration["assignedHub"]), ("device_id", registration["deviceId"]),
              ("substatus", registration.get("substatus") or "-"))
     gc.collect()
@@ -52,8 +66,8 @@ def provision(cfg, store):
         for cert in parsed["certificates"]:
             log.info("trust_bundle_cert", ("sha256", cert["sha256"]), ("subject", cert["subject"] or "-"),
                      ("not_after", cert["not_after"] or "-"))
-    parsed = None
-    gc.collect()
+    parsed = trust_bundle = None
+    release("bundle")
     return store.load()
 
 
@@ -79,9 +93,8 @@ def _trust_for_gateway(cfg, store, state):
         return (store.trust_bundle_pem(),)
     if cfg["gateway_host"]:
         log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
-    from azprov.provision import read_text
-
-    return (read_text(cfg["dps_ca_file"], "dps_ca_file"),)
+    with open(cfg["dps_ca_file"]) as f:
+        return (f.read(),)
 
 
 def _telemetry_payload(cfg, sequence):
@@ -151,10 +164,19 @@ def run(cfg, store, make_payload=_telemetry_payload):
 def main(path="provisioning.json"):
     """Runs the whole flow; returns 0 when every step happened, 1 after logging a classified error."""
     try:
-        cfg = config_file.load(path)
+        from azprov import config
+
+        cfg = config.load(path)
+        config = None
+        release("config")
         log.set_level(cfg["log_level"])
         log.info("config_loaded", ("registration_id", cfg["registration_id"]), ("dps_host", cfg["dps_host"]))
         return run(cfg, Store(cfg["storage_dir"]))
     except ProvisioningError as exc:
         _log_failure(exc)
+        return 1
+    except MemoryError:
+        gc.collect()
+        _log_failure(ProvisioningError(errors.OUT_OF_MEMORY, "the heap is too small for this step (%d bytes free)"
+                                       % gc.mem_free()))
         return 1

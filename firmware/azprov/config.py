@@ -53,16 +53,19 @@ def resolve(base, path):
 
 
 def load(path):
+    from azprov.store import read_bounded
+
     try:
-        with open(path) as f:
-            text = f.read(_MAX_FILE_BYTES + 1)
+        text = read_bounded(path, _MAX_FILE_BYTES)
     except OSError:
         raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file cannot be read" % path)
-    except UnicodeError:
-        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is not UTF-8" % path)
-    if len(text) > _MAX_FILE_BYTES:
+    if text is None:
         raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is larger than %d bytes"
                                 % (path, _MAX_FILE_BYTES))
+    try:
+        text = text.decode()
+    except UnicodeError:
+        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is not UTF-8" % path)
     return parse(text, path)
 
 

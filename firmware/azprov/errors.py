@@ -14,6 +14,7 @@ TIMEOUT = "timeout"
 MALFORMED_RESPONSE = "malformed_response"
 STORAGE = "storage"
 CLOCK = "clock"
+OUT_OF_MEMORY = "out_of_memory"
 
 # Kinds worth trying again after a pause; the rest need a person or a new configuration.
 _TRANSIENT = (THROTTLED, SERVICE_UNAVAILABLE, NETWORK, TIMEOUT)

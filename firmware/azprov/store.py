@@ -45,6 +45,15 @@ def makedirs(path):
             os.mkdir(built)
 
 
+def read_bounded(path, limit):
+    """The whole file as bytes, or None when it is larger than `limit` (checked before reading, so a huge file
+    never costs its size in heap, and a small one costs only its own size, not the limit)."""
+    if os.stat(path)[6] > limit:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def write_atomic(path, data):
     tmp = path + _TMP
     with open(tmp, "w" if isinstance(data, str) else "wb") as f:
@@ -99,11 +108,10 @@ class Store:
         """The committed state (a dict) or None on a fresh device. Finishes an interrupted commit; raises a STORAGE
         error when the files are corrupt or disagree (the caller registers again)."""
         try:
-            with open(self.state_path, "rb") as f:
-                text = f.read(_MAX_STATE_BYTES + 1)
+            text = read_bounded(self.state_path, _MAX_STATE_BYTES)
         except OSError:
             return None
-        if len(text) > _MAX_STATE_BYTES:
+        if text is None:
             raise _corrupt("state.json is too large")
         try:
             state = json.loads(text)

@@ -1,0 +1,246 @@
+"""Bad input in bulk, on the MicroPython Unix port: more than 10,000 malformed DPS responses, more than 1,000
+malformed provisioning files and more than 1,000 malformed sets of stored files, each made by hypothesis from a valid
+template (tests/bulk/generate.py) and fed through the real firmware modules by tests/bulk/driver.py.
+
+Every case must end in a correct result or a classified error (a ProvisioningError whose kind is one of the
+documented kinds), never in another exception, a broken promise (a rejected input that changed the stored state, an
+accepted one that left files disagreeing) or a hang. Where the right answer is certain (a truncated JSON answer is a
+malformed response, an untouched template is accepted ...) the answer is checked too. The figures, and every failure
+with a sample of its input, go to build/reliability/bad_input.json.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from host_tools.unix_port import REPO, device_env, micropython_binary, stage_device_root
+from tests.bulk import generate as gen
+
+DRIVER = Path(__file__).resolve().parent / "bulk" / "driver.py"
+REPORT = REPO / "build" / "reliability" / "bad_input.json"
+WORKERS = 2
+DRIVER_TIMEOUT_S = 240
+MINIMUM = {"dps": 10_000, "provisioning": 1_000, "stored": 1_000}
+PREFIX = {"dps": "D", "provisioning": "P", "stored": "S"}
+DOCUMENTED_KINDS = {"configuration", "authentication", "not_found", "disabled", "assignment_failed", "bad_request",
+                    "throttled", "service_unavailable", "network", "tls_verification", "timeout",
+                    "malformed_response", "storage", "clock"}
+# Kinds each input class may end in (stage "load" of stored files and "config" of provisioning files are stricter).
+CLASS_KINDS = {"dps": DOCUMENTED_KINDS - {"network", "clock", "configuration"},
+               "provisioning": {"configuration"},
+               "stored": {"storage", "configuration"}}
+
+
+def _sample(items: list[bytes], limit: int = 400) -> list[str]:
+    out = []
+    for item in items:
+        text = repr(item[:limit]) + (f"... ({len(item)} bytes)" if len(item) > limit else "")
+        out.append(text)
+    return out
+
+
+def _run_driver(root: Path, work: Path, case_file: Path) -> tuple[str, bool, float]:
+    started = time.monotonic()
+    proc = subprocess.Popen([micropython_binary(), str(DRIVER), str(work), str(case_file)], cwd=root,
+                            env=device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=DRIVER_TIMEOUT_S)
+        hung = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        hung = True
+    return out.decode("utf-8", "replace"), hung, time.monotonic() - started
+
+
+def _parse(output: str) -> tuple[dict[str, dict], list[str]]:
+    """{case id: {verdict, category, detail, traceback}}, and lines that are none of these."""
+    results, stray, last = {}, [], None
+    for line in output.splitlines():
+        if line.startswith("  | ") and last is not None:
+            last.setdefault("traceback", []).append(line[4:])
+            continue
+        verdict, _, rest = line.partition(" ")
+        if verdict in ("OK", "ERR", "BAD", "CRASH"):
+            cid, _, rest = rest.partition(" ")
+            category, _, detail = rest.partition(" ")
+            last = results[cid] = {"verdict": verdict, "category": category, "detail": detail}
+        elif verdict == "DONE" or line.startswith("azprov "):
+            last = None
+        elif line.strip():
+            stray.append(line)
+    return results, stray
+
+
+@pytest.fixture(scope="module")
+def bulk(tmp_path_factory):
+    started = time.monotonic()
+    generated = gen.generate()
+    generation_s = time.monotonic() - started
+
+    cases: dict[str, tuple[str, gen.Case]] = {}
+    for kind, items in generated.items():
+        for index, case in enumerate(items):
+            cases[f"{PREFIX[kind]}{index:05d}"] = (kind, case)
+
+    root = tmp_path_factory.mktemp("bulk-device")
+    stage_device_root(root, use_mpy=True, build_dir=root.parent / "bulk-mpy")
+    ids = list(cases)
+    batches = [ids[i::WORKERS] for i in range(WORKERS)]  # each worker gets all three classes
+    procs = []
+    for index, batch in enumerate(batches):
+        work = root / f"work-{index}"
+        work.mkdir()
+        (work / "ca.pem").write_bytes((gen.HERE / "certs.pem").read_bytes())
+        doc = dict(gen.PROVISIONING, dps_ca_file="ca.pem", storage_dir="dps_store", log_level="error",
+                   gateway_host="edge-gw.example.local")
+        (work / "provisioning.json").write_text(json.dumps(doc))
+        case_file = work / "cases.bin"
+        with open(case_file, "wb") as f:
+            for cid in batch:
+                f.write(cases[cid][1].record(cid))
+        procs.append((work, case_file, batch))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        runs = list(pool.map(lambda p: _run_driver(root, p[0], p[1]), procs))
+
+    results, stray, hangs = {}, [], []
+    for (work, _, batch), (output, hung, seconds) in zip(procs, runs):
+        found, odd = _parse(output)
+        results.update(found)
+        stray.extend(odd)
+        if hung or "DONE" not in output:
+            missing = [cid for cid in batch if cid not in found]
+            hangs.append({"after": max(found) if found else None, "first_unanswered": missing[0] if missing else None,
+                          "hung": hung, "tail": output[-2000:]})
+
+    report = _report(cases, results, stray, hangs, generation_s, time.monotonic() - started)
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(report, indent=1) + "\n")
+    return {"cases": cases, "results": results, "stray": stray, "hangs": hangs, "report": report}
+
+
+def _outcome(result: dict) -> str:
+    if result["verdict"] == "OK":
+        return "OK " + result["detail"]
+    if result["verdict"] == "ERR":
+        return "ERR " + result["detail"].split()[0]
+    return result["verdict"]
+
+
+def _problems(kind: str, cases: dict, results: dict) -> list[dict]:
+    """Every case of this class that crashed, broke a promise, ended in an undocumented kind, missed its
+    certain outcome, or never answered."""
+    problems = []
+    for cid, (case_kind, case) in cases.items():
+        if case_kind != kind:
+            continue
+        result = results.get(cid)
+        problem = None
+        if result is None:
+            problem = "no answer (hang or driver death)"
+        elif result["verdict"] in ("CRASH", "BAD"):
+            problem = result["verdict"] + " " + result["detail"]
+        elif result["verdict"] == "ERR":
+            error_kind, _, stage = result["detail"].partition(" ")
+            if error_kind not in CLASS_KINDS[kind]:
+                problem = "undocumented or unexpected kind %s at %s" % (error_kind, stage)
+            elif kind == "stored" and stage == "load" and error_kind != "storage":
+                problem = "Store.load failed with " + error_kind
+        if problem is None and case.expect and _outcome(result) != case.expect:
+            problem = "expected %s, got %s" % (case.expect, _outcome(result))
+        if problem:
+            problems.append({"id": cid, "category": case.category, "problem": problem,
+                             "traceback": (result or {}).get("traceback", []), "input": _sample(case.items)})
+    return problems
+
+
+def _distinct(problems: list[dict]) -> list[dict]:
+    """One entry per distinct failure (stage, exception type, message with numbers blurred), with a count."""
+    groups: dict[str, dict] = {}
+    for p in problems:
+        text = p["problem"]
+        if text.startswith("CRASH"):
+            parts = text.split(" ", 4)  # CRASH <stage> <Type>: <message>
+            key = " ".join(parts[:3]) + " " + "".join("#" if c.isdigit() else c for c in (parts[3:] or [""])[0])[:80]
+            if p["traceback"]:
+                key += " @ " + p["traceback"][-2].strip() if len(p["traceback"]) > 1 else ""
+        else:
+            key = "".join("#" if c.isdigit() else c for c in text)[:120]
+        entry = groups.setdefault(key, {"signature": key, "count": 0, "categories": collections.Counter(),
+                                        "example": p})
+        entry["count"] += 1
+        entry["categories"][p["category"]] += 1
+    out = []
+    for entry in sorted(groups.values(), key=lambda e: -e["count"]):
+        entry["categories"] = dict(entry["categories"])
+        out.append(entry)
+    return out
+
+
+def _report(cases, results, stray, hangs, generation_s, total_s) -> dict:
+    report = {"duration_s": round(total_s, 1), "generation_s": round(generation_s, 1), "workers": WORKERS,
+              "classes": {}, "hangs": hangs, "stray_output": stray[:50]}
+    for kind in MINIMUM:
+        mine = {cid: c for cid, c in cases.items() if c[0] == kind}
+        answered = [results[cid] for cid in mine if cid in results]
+        per_category = collections.defaultdict(collections.Counter)
+        for cid, (_, case) in mine.items():
+            per_category[case.category][_outcome(results[cid]) if cid in results else "NO ANSWER"] += 1
+        problems = _problems(kind, cases, results)
+        report["classes"][kind] = {
+            "generated": len(mine),
+            "ran": len(answered),
+            "verdicts": dict(collections.Counter(r["verdict"] for r in answered)),
+            "error_kinds": dict(collections.Counter(r["detail"].split()[0] for r in answered if r["verdict"] == "ERR")),
+            "ok_outcomes": dict(collections.Counter(r["detail"] for r in answered if r["verdict"] == "OK")),
+            "categories": {name: dict(counts) for name, counts in sorted(per_category.items())},
+            "problems": len(problems),
+            "distinct_problems": _distinct(problems),
+        }
+    return report
+
+
+def _check(bulk, kind: str) -> None:
+    assert not bulk["hangs"], "a driver did not finish: %s" % bulk["hangs"]
+    figures = bulk["report"]["classes"][kind]
+    assert figures["ran"] >= MINIMUM[kind], figures
+    assert figures["ran"] == figures["generated"], "some %s cases got no answer" % kind
+    distinct = figures["distinct_problems"]
+    if distinct:
+        lines = ["%d %s cases failed, %d distinct problems (details in %s):" % (
+            figures["problems"], kind, len(distinct), REPORT)]
+        for entry in distinct[:12]:
+            example = entry["example"]
+            lines.append("- %dx %s  [%s]" % (entry["count"], entry["signature"], ", ".join(
+                "%s=%d" % kv for kv in entry["categories"].items())))
+            lines.append("    e.g. %s (%s): %s" % (example["id"], example["category"], " | ".join(
+                s[:300] for s in example["input"][-2:])))
+            for tb in example["traceback"][-4:]:
+                lines.append("      " + tb)
+        pytest.fail("\n".join(lines), pytrace=False)
+
+
+def test_malformed_dps_responses(bulk):
+    _check(bulk, "dps")
+
+
+def test_malformed_provisioning_files(bulk):
+    _check(bulk, "provisioning")
+
+
+def test_malformed_stored_files(bulk):
+    _check(bulk, "stored")
+
+
+def test_no_stray_output(bulk):
+    # Anything the driver printed that is not a verdict (an uncaught traceback, a log line at the wrong level ...).
+    assert not bulk["stray"], bulk["stray"][:20]
