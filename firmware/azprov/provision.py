@@ -24,10 +24,15 @@ def _remaining_ms(deadline):
     return time.ticks_diff(deadline, time.ticks_ms())
 
 
-def _sleep_within(seconds, deadline):
+def _sleep_within(seconds, deadline, cause=None):
+    """Waits before the next request; when that would pass the deadline, gives up with the answer that asked for
+    the wait (a 429 or 5xx keeps its errorCode and trackingId) or else a timeout."""
     if seconds <= 0:
         return
     if seconds * 1000 >= _remaining_ms(deadline):
+        if cause is not None:
+            cause.answered = True
+            raise cause
         raise ProvisioningError(errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds,
                                 retry_after=int(seconds))
     time.sleep_ms(int(seconds * 1000))
@@ -114,7 +119,7 @@ class Session:
     def _exchange(self, client, reg, request, deadline):
         """Sends one request and waits for the answer that decides what comes next (None: registration done)."""
         delay, topic, body = request
-        _sleep_within(delay, deadline)
+        _sleep_within(delay, deadline, reg.last_error)
         log.debug("dps_request", ("topic", topic))
         try:
             client.publish(topic.encode(), body, qos=1)

@@ -45,6 +45,7 @@ class DeadlineSocket:
         self._timeout_ms = timeout_ms
         self._max_packet = max_packet
         self._blocking = True
+        self._pending = bytearray()
         tls.setblocking(False)
         self._poll = select.poll()
         self._poll.register(tls, select.POLLIN)
@@ -53,6 +54,7 @@ class DeadlineSocket:
         self._blocking = flag
 
     def wait_readable(self, timeout_ms):
+        self.flush()
         return bool(self._poll.poll(timeout_ms))
 
     def _wait(self, deadline, events):
@@ -63,6 +65,7 @@ class DeadlineSocket:
         self._poll.poll(min(remaining, _POLL_SLICE_MS))
 
     def read(self, n):
+        self.flush()
         if n > self._max_packet:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit"
                                     % (n, self._max_packet))
@@ -85,11 +88,21 @@ class DeadlineSocket:
         return buf
 
     def write(self, data, length=None):
+        # umqtt writes each packet in several small pieces. Sent one by one, they would each become a TLS record
+        # and meet Nagle's algorithm and delayed ACKs (about 200 ms per exchange); they are collected here and
+        # sent together when the caller next waits for an answer.
         if isinstance(data, str):
             data = data.encode()
         view = memoryview(data)
         if length is not None:
             view = view[:length]
+        self._pending.extend(view)
+        return len(view)
+
+    def flush(self):
+        if not self._pending:
+            return
+        view = memoryview(self._pending)
         sent = 0
         deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
         while sent < len(view):
@@ -98,9 +111,13 @@ class DeadlineSocket:
                 self._wait(deadline, select.POLLOUT)
             else:
                 sent += count
-        return sent
+        self._pending = bytearray()
 
     def close(self):
+        try:
+            self.flush()
+        except Exception:
+            pass  # closing anyway: a DISCONNECT that cannot be sent changes nothing
         try:
             self._poll.unregister(self._tls)
         except (OSError, ValueError):

@@ -78,10 +78,11 @@ def test_throttled_register_retries_with_retry_after_then_gives_up():
     reg = dps.Registration("dev1", max_attempts=3)
     reg.start()
     body = b'{"errorCode":429001,"trackingId":"t-1","message":"Operations are being throttled"}'
+    # retry-after plus half of the backoff window (2 s, then 4 s, ...) when no random source is given.
     nxt = reg.on_message(_topic(429, "1", "&retry-after=7"), body)
-    assert nxt[0] == 7 and "iotdps-register" in nxt[1]
+    assert nxt[0] == 8 and "iotdps-register" in nxt[1]
     nxt = reg.on_message(_topic(429, "2"), body)
-    assert nxt[0] == 4 and "iotdps-register" in nxt[1]  # backoff 2, 4, ... without retry-after
+    assert nxt[0] == 2 and "iotdps-register" in nxt[1]
     exc = _raises(errors.THROTTLED, reg.on_message, _topic(429, "3", "&retry-after=1"), body)
     assert exc.error_code == 429001 and exc.tracking_id == "t-1" and exc.status == 429
 
@@ -91,14 +92,18 @@ def test_server_error_during_poll_retries_the_poll():
     reg.start()
     reg.on_message(_topic(202, "1", "&retry-after=1"), b'{"operationId":"4.abc","status":"assigning"}')
     nxt = reg.on_message(_topic(503, "2", "&retry-after=2"), b'{"errorCode":503000,"message":"busy"}')
-    assert nxt[0] == 2 and "operationId=4.abc" in nxt[1]
+    assert nxt[0] == 3 and "operationId=4.abc" in nxt[1]
+    assert reg.last_error.kind == errors.SERVICE_UNAVAILABLE and reg.last_error.error_code == 503000
 
 
-def test_jitter_spreads_retry_after():
-    reg = dps.Registration("dev1", random=lambda: 0.5)
+def test_backoff_window_grows_and_is_capped():
+    draws = iter([0.5, 1.0, 0.25] + [0.999] * 10)
+    reg = dps.Registration("dev1", random=lambda: next(draws))
     reg.start()
-    nxt = reg.on_message(_topic(429, "1", "&retry-after=4"), b"")
-    assert nxt[0] == 5.0
+    delays = [reg.on_message(_topic(429, str(n), "&retry-after=4"), b"")[0] for n in range(1, 10)]
+    # retry-after 4 s is always honoured; the random share comes from windows of 2, 4, 8, 16, 32, 32 ... s.
+    assert delays[:3] == [4 + 1.0, 4 + 4.0, 4 + 2.0]
+    assert all(4 <= d < 4 + 32 for d in delays) and delays[-1] > 4 + 31
 
 
 def test_final_errors_carry_service_fields():
