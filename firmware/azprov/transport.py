@@ -18,6 +18,8 @@ from azprov.errors import ProvisioningError
 from azprov.pem import der_certificates
 
 _POLL_SLICE_MS = const(50)
+_IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
+_TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
 
 
@@ -147,6 +149,11 @@ class _BoundedSockets:
     def socket(self, *args):
         sock = socket.socket(*args)
         sock.settimeout(self._timeout_s)
+        try:
+            # Each exchange is one small request then a wait: Nagle's algorithm would only delay it.
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # a port without the option: slower exchanges, same result
         return sock
 
     def getaddrinfo(self, *args):

@@ -160,9 +160,14 @@ class DpsBench:
                 return
             stage = "provision"
             stub_provision.Session.result = reg.result
+            # app.provision() imports azprov.provision afresh each time (and drops it again after the DPS leg).
+            sys.modules["azprov.provision"] = stub_provision
+            registered = stub_provision.Session.calls
             self.dirty = True
             state = app.provision(self.cfg, store.Store(self.folder))
             stage = "check"
+            if stub_provision.Session.calls != registered + 1:
+                raise Bad("app.provision did not take the registration from the stand-in session")
             self.check_state(state, reg.result)
             stage = "gateway"
             _pre_gateway(self.cfg, store.Store(self.folder), state)
@@ -364,4 +369,5 @@ def main(workdir, case_file):
     print("DONE %d" % count)
 
 
-main(sys.argv[1], sys.argv[2])
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

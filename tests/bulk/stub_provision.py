@@ -6,10 +6,12 @@
 
 class Session:
     result = None  # set by the driver before each app.provision() call
+    calls = 0
 
     def __init__(self, config, client_version="azprov/bulk"):
         self.config = config
         self.connections = 0
 
     def register(self):
+        Session.calls += 1
         return Session.result
