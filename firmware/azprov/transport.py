@@ -5,6 +5,7 @@
 # the object passed as `ssl`. We pass an object that serves both, so the same SSLContext (CERT_REQUIRED, host
 # name checked) is used whichever is installed. Every read and write then goes through DeadlineSocket, because
 # umqtt's wait_msg() switches the socket back to blocking mode, which would let a silent peer hang us forever.
+import gc
 import select
 import socket
 import ssl
@@ -18,6 +19,7 @@ from azprov.errors import ProvisioningError
 from azprov.pem import der_certificates
 
 _POLL_SLICE_MS = const(50)
+_COLLECT_BEFORE_BYTES = const(1024)
 _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
@@ -71,6 +73,8 @@ class DeadlineSocket:
         if n > self._max_packet:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit"
                                     % (n, self._max_packet))
+        if n >= _COLLECT_BEFORE_BYTES:
+            gc.collect()  # a DPS result with a trust bundle needs one contiguous block: make room first
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
