@@ -55,9 +55,9 @@ def provision(cfg, store):
     }
     del registration
     gc.collect()
-    if assignment["payload"] is not None:
-        log.info("returned_payload", ("json", json.dumps(assignment["payload"])))
     written = store.save(assignment, parsed)
+    if assignment["payload"] is not None:  # after save(), which has checked that it serialises
+        log.info("returned_payload", ("json", json.dumps(assignment["payload"])))
     if parsed is None:
         log.info("trust_bundle_absent", ("written", written))
     else:
@@ -88,13 +88,17 @@ def _cached_state(cfg, store):
     return state
 
 
-def _trust_for_gateway(cfg, store, state):
+def _gateway(cfg, store, state):
+    """The Gateway for this state, trusting the stored bundle, or without one the provisioning file's CA file."""
+    from azprov.gateway import Gateway
+
     if state["trust_bundle"] is not None:
-        return (store.trust_bundle_pem(),)
+        return Gateway(cfg, state["assignment"], (store.trust_bundle_pem(),))
     if cfg["gateway_host"]:
         log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
-    with open(cfg["dps_ca_file"]) as f:
-        return (f.read(),)
+    from azprov.store import read_text
+
+    return Gateway(cfg, state["assignment"], (read_text(cfg["dps_ca_file"], "dps_ca_file"),), "dps_ca_file")
 
 
 def _telemetry_payload(cfg, sequence):
@@ -111,8 +115,6 @@ def _backoff_s(failures):
 
 
 def run(cfg, store, make_payload=_telemetry_payload):
-    from azprov.gateway import Gateway
-
     state = _cached_state(cfg, store)
     fresh = state is None
     if fresh:
@@ -121,7 +123,7 @@ def run(cfg, store, make_payload=_telemetry_payload):
         log.info("using_cached_assignment", ("hub", state["assignment"]["assigned_hub"]),
                  ("device_id", state["assignment"]["device_id"]))
     log.debug("step", ("name", "gateway"))
-    gateway = Gateway(cfg, state["assignment"], _trust_for_gateway(cfg, store, state))
+    gateway = _gateway(cfg, store, state)
     count = cfg["telemetry_count"]  # 0: run until power-off
     sequence = 0
     failures = 0
@@ -133,7 +135,7 @@ def run(cfg, store, make_payload=_telemetry_payload):
                 gateway.send(make_payload(cfg, sequence))
             except ProvisioningError as exc:
                 failures += 1
-                stale = exc.kind in (errors.AUTHENTICATION, errors.TLS_VERIFICATION) \
+                stale = exc.kind in (errors.AUTHENTICATION, errors.TLS_VERIFICATION, errors.STORAGE) \
                     or failures >= cfg["max_gateway_failures"]
                 if stale and not fresh:
                     # The cached assignment or trust bundle may be out of date: DPS knows the current ones.
@@ -142,7 +144,7 @@ def run(cfg, store, make_payload=_telemetry_payload):
                     state = provision(cfg, store)
                     fresh = True
                     failures = 0
-                    gateway = Gateway(cfg, state["assignment"], _trust_for_gateway(cfg, store, state))
+                    gateway = _gateway(cfg, store, state)
                     continue
                 if not exc.transient or failures >= cfg["max_gateway_failures"]:
                     raise

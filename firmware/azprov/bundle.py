@@ -16,6 +16,22 @@ def _meta_text(meta, name):
     return value if isinstance(value, str) else None
 
 
+class _TlsCheck:
+    # Base64 and DER framing can be right while the certificate inside is not: the TLS stack is the judge, and
+    # asking it now keeps a bundle it would refuse out of flash.
+    def __init__(self):
+        import ssl
+
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    def accepts(self, der):
+        try:
+            self._ctx.load_verify_locations(cadata=der)
+            return True
+        except (ValueError, OSError):  # MicroPython: ValueError("invalid cert"); CPython: ssl.SSLError
+            return False
+
+
 def parse(trust_bundle):
     """registrationState.trustBundle -> None (no bundle) or a dict with id, etag, pem (all certificates,
     "\n" endings), pem_sha256 and certificates (metadata per certificate; sha256 computed here and checked against
@@ -33,6 +49,7 @@ def parse(trust_bundle):
         raise _bad("id or etag is missing")
     blocks = []
     certificates = []
+    tls = _TlsCheck()
     for index, entry in enumerate(entries):
         where = "certificates[%d]" % index
         if not isinstance(entry, dict) or not isinstance(entry.get("certificate"), str):
@@ -52,6 +69,8 @@ def parse(trust_bundle):
         claimed = _meta_text(meta, "sha256Thumbprint")
         if claimed and claimed.upper() != sha256:
             raise _bad(where + " does not match its sha256Thumbprint")
+        if not tls.accepts(der):
+            raise _bad(where + " is not a certificate the TLS stack can load")
         blocks.append(block)
         certificates.append({
             "subject": _meta_text(meta, "subjectName"),

@@ -6,7 +6,7 @@ import json
 from micropython import const
 
 from azprov import errors
-from azprov.encoding import url_encode
+from azprov.encoding import check_utf8, url_encode
 from azprov.errors import ProvisioningError
 
 API_VERSION = "2021-11-01-preview"
@@ -37,14 +37,15 @@ def register_body(registration_id, payload=None):
     return json.dumps({"registrationId": registration_id, "payload": payload}).encode()
 
 
-def _text(value):
-    return value.decode() if isinstance(value, (bytes, bytearray, memoryview)) else value
-
-
 def parse_topic(topic):
     """Returns (status, rid, retry_after) for a DPS response topic, None for any other topic.
     Query parameters may come in any order; retry-after in any case."""
-    topic = _text(topic)
+    if not isinstance(topic, str):
+        try:
+            check_utf8(topic)
+            topic = bytes(topic).decode()
+        except UnicodeError:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "response topic is not UTF-8")
     if not topic.startswith(_RESPONSE_PREFIX):
         return None
     rest = topic[len(_RESPONSE_PREFIX):]
@@ -77,6 +78,8 @@ def _json_object(body, what):
         return None
     try:
         # json.loads takes the received bytes as they are: decoding to str first would hold the body twice.
+        if not isinstance(body, str):
+            check_utf8(body)
         value = json.loads(body)
     except (ValueError, UnicodeError):
         raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not valid JSON")

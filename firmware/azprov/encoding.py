@@ -33,3 +33,26 @@ def url_encode(text):
             out.append("%" + _HEX[byte >> 4] + _HEX[byte & 15])
     return "".join(out)
 
+
+
+# MicroPython's decoder checks UTF-8's structure but lets through overlong forms (b"\xc0\xaf" decodes to "/"),
+# encoded surrogates and code points past U+10FFFF, which strict decoders (CPython, the services) reject.
+_NEVER_IN_UTF8 = b"\xc0\xc1\xf5\xf6\xf7\xf8\xf9\xfa\xfb\xfc\xfd\xfe\xff"
+# lead byte -> the range its next byte must fall in
+_NARROW_LEADS = ((0xE0, 0xA0, 0xBF), (0xED, 0x80, 0x9F), (0xF0, 0x90, 0xBF), (0xF4, 0x80, 0x8F))
+
+
+def check_utf8(data):
+    """Raises UnicodeError when `data` (bytes or bytearray) holds a form only a lax decoder accepts. The byte
+    structure itself is left to whoever decodes next (bytes.decode, json.loads): no copy of `data` is made."""
+    for byte in _NEVER_IN_UTF8:
+        if data.find(bytes((byte,))) >= 0:
+            raise UnicodeError("invalid UTF-8")
+    last = len(data) - 1
+    for lead, low, high in _NARROW_LEADS:
+        marker = bytes((lead,))
+        i = data.find(marker)
+        while i >= 0:
+            if i == last or not low <= data[i + 1] <= high:
+                raise UnicodeError("invalid UTF-8")
+            i = data.find(marker, i + 1)

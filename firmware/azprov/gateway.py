@@ -33,13 +33,14 @@ JSON_PROPERTIES = (("$.ct", "application/json"), ("$.ce", "utf-8"))
 
 
 class Gateway:
-    def __init__(self, config, assignment, ca_pem_texts):
+    def __init__(self, config, assignment, ca_pem_texts, trust_source="trust_bundle.pem"):
         self.config = config
         self.hub = assignment["assigned_hub"]
         self.device_id = assignment["device_id"]
         self.host = config["gateway_host"] or self.hub
         self.port = config["gateway_port"] if config["gateway_host"] else 8883
         self._ca_pem_texts = ca_pem_texts
+        self._trust_source = trust_source
         self._ctx = None
         self.client = None
         self.token_expiry = 0
@@ -53,7 +54,10 @@ class Gateway:
 
     def connect(self):
         if self._ctx is None:
-            self._ctx, count = transport.tls_context(self._ca_pem_texts)
+            # A stored bundle the TLS stack refuses is damaged storage (register again for a fresh one); the
+            # provisioning file's CA file is the user's configuration.
+            kind = errors.STORAGE if self._trust_source == "trust_bundle.pem" else errors.CONFIGURATION
+            self._ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
             log.debug("gateway_trust_loaded", ("certificates", count))
         now = require_set_clock()
         ttl = self.config["sas_ttl_s"]

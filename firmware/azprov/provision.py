@@ -7,6 +7,7 @@ from micropython import const
 from azprov import __version__, dps, errors, log, sas, transport
 from azprov.clock import require_set_clock
 from azprov.errors import ProvisioningError
+from azprov.store import read_text
 
 _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(60)
@@ -36,14 +37,6 @@ def _sleep_within(seconds, deadline, cause=None):
         raise ProvisioningError(errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds,
                                 retry_after=int(seconds))
     time.sleep_ms(int(seconds * 1000))
-
-
-def read_text(path, what):
-    try:
-        with open(path) as f:
-            return f.read()
-    except (OSError, UnicodeError):
-        raise ProvisioningError(errors.CONFIGURATION, "%s %s cannot be read" % (what, path))
 
 
 class Session:

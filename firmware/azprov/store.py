@@ -11,6 +11,7 @@ import os
 from micropython import const
 
 from azprov import errors
+from azprov.encoding import check_utf8
 from azprov.errors import ProvisioningError
 
 STATE = "state.json"
@@ -54,6 +55,15 @@ def read_bounded(path, limit):
         return f.read()
 
 
+def read_text(path, what):
+    """A small text file named by the provisioning file (e.g. dps_ca_file); a CONFIGURATION error otherwise."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeError):
+        raise ProvisioningError(errors.CONFIGURATION, "%s %s cannot be read" % (what, path))
+
+
 def write_atomic(path, data):
     tmp = path + _TMP
     with open(tmp, "w" if isinstance(data, str) else "wb") as f:
@@ -90,11 +100,28 @@ def _check_state(state):
     for name in ("assigned_hub", "device_id"):
         if not isinstance(assignment.get(name), str) or not assignment[name]:
             raise _corrupt("assignment." + name + " is missing")
-    bundle = state.get("trust_bundle")
+    if "trust_bundle" not in state:
+        raise _corrupt("state.json has no trust_bundle entry")
+    bundle = state["trust_bundle"]
     if bundle is not None:
         if not isinstance(bundle, dict) or not isinstance(bundle.get("pem_sha256"), str) \
                 or not isinstance(bundle.get("etag"), str) or not isinstance(bundle.get("certificates"), list):
             raise _corrupt("trust_bundle metadata is incomplete")
+
+
+def _serialise(state):
+    """state.json's text, checked before anything is written: a state the next boot could not read back (too
+    large, too deeply nested, numbers JSON cannot hold) is refused here, while the old state is still intact."""
+    try:
+        text = json.dumps(state)
+        # Reading it back is the check (not equality: float text need not round-trip bit for bit).
+        ok = len(text) <= _MAX_STATE_BYTES and json.loads(text) is not None
+    except (ValueError, TypeError, RuntimeError):  # RuntimeError: nesting deeper than the stack allows
+        ok = False
+    if not ok:
+        raise ProvisioningError(errors.MALFORMED_RESPONSE,
+                                "the registration result cannot be stored (payload too large or not plain JSON)")
+    return text
 
 
 class Store:
@@ -114,6 +141,7 @@ class Store:
         if text is None:
             raise _corrupt("state.json is too large")
         try:
+            check_utf8(text)
             state = json.loads(text)
         except (ValueError, UnicodeError):
             raise _corrupt("state.json is not valid JSON")
@@ -126,15 +154,34 @@ class Store:
             return state
         if file_sha256(self.pem_path) == bundle["pem_sha256"]:
             _remove(staged)
-            return state
-        if file_sha256(staged) == bundle["pem_sha256"]:
+        elif file_sha256(staged) == bundle["pem_sha256"]:
             os.rename(staged, self.pem_path)
-            return state
-        raise _corrupt("trust_bundle.pem does not match state.json")
+        else:
+            raise _corrupt("trust_bundle.pem does not match state.json")
+        self._check_certificates(bundle["certificates"])
+        return state
+
+    def _check_certificates(self, listed):
+        # The file matches its recorded hash; now each certificate must be the one state.json lists, so a file
+        # and a record that were damaged together are still caught before TLS sees them.
+        from azprov.pem import PemError, split
+
+        try:
+            found = [binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
+                     for _, der in split(self.trust_bundle_pem())]
+        except PemError as exc:
+            raise _corrupt("trust_bundle.pem: %s" % exc)
+        if found != [entry.get("sha256") if isinstance(entry, dict) else None for entry in listed]:
+            raise _corrupt("trust_bundle.pem holds other certificates than state.json lists")
 
     def trust_bundle_pem(self):
-        with open(self.pem_path) as f:
-            return f.read()
+        try:
+            with open(self.pem_path, "rb") as f:
+                data = f.read()
+            check_utf8(data)
+            return data.decode()
+        except (OSError, UnicodeError):
+            raise _corrupt("trust_bundle.pem cannot be read as text")
 
     def save(self, assignment, bundle):
         """Commits an assignment and a parsed bundle (azprov.bundle.parse; None removes the stored bundle).
@@ -143,6 +190,7 @@ class Store:
         if bundle is not None:
             meta = {key: bundle[key] for key in ("id", "etag", "pem_sha256", "certificates")}
         state = {"version": FORMAT_VERSION, "assignment": assignment, "trust_bundle": meta}
+        text = _serialise(state)
         try:
             current = self.load()
         except ProvisioningError:
@@ -155,7 +203,7 @@ class Store:
                 with open(self.pem_path + _STAGED, "w") as f:
                     f.write(bundle["pem"])
                 self.writes += 1
-            write_atomic(self.state_path, json.dumps(state))
+            write_atomic(self.state_path, text)
             self.writes += 1
             if meta is None:
                 _remove(self.pem_path)

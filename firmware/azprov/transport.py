@@ -25,18 +25,22 @@ _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
 
 
-def tls_context(pem_texts):
+def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
     """A client context that trusts exactly the certificates in `pem_texts` (each loaded as DER, one by one) and
-    requires a valid chain and a matching host name. Returns (context, number_of_certificates)."""
+    requires a valid chain and a matching host name. Returns (context, number_of_certificates). Certificates
+    that cannot be loaded give a `kind` error naming `source` (the file they came from)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
     count = 0
-    for text in pem_texts:
-        for der in der_certificates(text):
-            ctx.load_verify_locations(cadata=der)
-            count += 1
+    try:
+        for text in pem_texts:
+            for der in der_certificates(text):
+                ctx.load_verify_locations(cadata=der)
+                count += 1
+    except (ValueError, OSError) as exc:  # PemError is a ValueError; mbedTLS raises ValueError("invalid cert")
+        raise ProvisioningError(kind, "%s: certificate %d cannot be loaded: %s" % (source, count + 1, exc))
     if not count:
-        raise ProvisioningError(errors.CONFIGURATION, "no CA certificate to verify the server with")
+        raise ProvisioningError(kind, "%s: no CA certificate to verify the server with" % source)
     return ctx, count
 
 
