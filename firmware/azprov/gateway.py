@@ -8,7 +8,6 @@ from micropython import const
 from azprov import errors, log, sas, transport
 from azprov.clock import require_set_clock
 from azprov.encoding import url_encode
-from azprov.errors import ProvisioningError
 
 HUB_API_VERSION = "2021-04-12"
 _IO_TIMEOUT_MS = const(15000)
@@ -52,13 +51,16 @@ class Gateway:
         # MQTT servers drop a client silent for 1.5 keepalive periods; ping at half of it.
         self._ping_every_ms = self.keepalive_s * 500
 
-    def connect(self):
+    def tls_context(self):
         if self._ctx is None:
             # A stored bundle the TLS stack refuses is damaged storage (register again for a fresh one); the
             # provisioning file's CA file is the user's configuration.
             kind = errors.STORAGE if self._trust_source == "trust_bundle.pem" else errors.CONFIGURATION
             self._ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
             log.debug("gateway_trust_loaded", ("certificates", count))
+        return self._ctx
+
+    def connect(self):
         now = require_set_clock()
         ttl = self.config["sas_ttl_s"]
         self.token_expiry = now + ttl
@@ -66,7 +68,7 @@ class Gateway:
         password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
         self.connections += 1
         self.client = transport.connect(
-            self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self._ctx,
+            self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self.tls_context(),
             _IO_TIMEOUT_MS, keepalive=self.keepalive_s, on_message=self._on_cloud_message, context="gateway")
         self._last_ping = time.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))

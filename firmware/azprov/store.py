@@ -114,7 +114,9 @@ def _serialise(state):
     large, too deeply nested, numbers JSON cannot hold) is refused here, while the old state is still intact."""
     try:
         text = json.dumps(state)
-        # Reading it back is the check (not equality: float text need not round-trip bit for bit).
+        # Reading it back the way load() will is the check (not equality: float text need not round-trip bit for
+        # bit). A "\ud800" escape in the service's JSON becomes a lone surrogate that load() would refuse.
+        check_utf8(text.encode())
         ok = len(text) <= _MAX_STATE_BYTES and json.loads(text) is not None
     except (ValueError, TypeError, RuntimeError):  # RuntimeError: nesting deeper than the stack allows
         ok = False

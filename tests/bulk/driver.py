@@ -93,9 +93,8 @@ def _crash(cid, category, stage, exc):
 
 def _pre_gateway(cfg, st, state):
     """What a boot does with a state before the gateway socket: trust texts, TLS context, user name, topic, SAS."""
-    texts = app._trust_for_gateway(cfg, st, state)
-    transport.tls_context(texts)
-    gw = gateway.Gateway(cfg, state["assignment"], texts)
+    gw = app._gateway(cfg, st, state)
+    gw.tls_context()
     gateway.username(gw.hub, gw.device_id)
     gateway.telemetry_topic(gw.device_id, gateway.JSON_PROPERTIES)
     sas.hub_token(gw.hub, gw.device_id, cfg["symmetric_key"], _EXPIRY)
