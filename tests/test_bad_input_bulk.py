@@ -37,11 +37,14 @@ CLASS_KINDS = {"dps": DOCUMENTED_KINDS - {"network", "clock", "configuration"},
                "stored": {"storage", "configuration"}}
 
 
-def _sample(items: list[bytes], limit: int = 400) -> list[str]:
+def _sample(items: list[bytes], head: int = 160, tail: int = 240) -> list[str]:
+    """Each item as a repr, the middle of a long one left out (the mutation is often at its end)."""
     out = []
     for item in items:
-        text = repr(item[:limit]) + (f"... ({len(item)} bytes)" if len(item) > limit else "")
-        out.append(text)
+        if len(item) <= head + tail:
+            out.append(repr(item))
+        else:
+            out.append(f"{item[:head]!r} ...({len(item)} bytes)... {item[-tail:]!r}")
     return out
 
 
@@ -159,7 +162,9 @@ def _problems(kind: str, cases: dict, results: dict) -> list[dict]:
             problem = "expected %s, got %s" % (case.expect, _outcome(result))
         if problem:
             problems.append({"id": cid, "category": case.category, "problem": problem,
-                             "traceback": (result or {}).get("traceback", []), "input": _sample(case.items)})
+                             "traceback": (result or {}).get("traceback", []), "input": _sample(case.items),
+                             "full_input": [repr(item) for item in case.items] if sum(map(len, case.items)) < 20000
+                             else None})
     return problems
 
 
@@ -169,7 +174,7 @@ def _distinct(problems: list[dict]) -> list[dict]:
     for p in problems:
         text = p["problem"]
         if text.startswith("CRASH"):
-            parts = text.split(" ", 4)  # CRASH <stage> <Type>: <message>
+            parts = text.split(" ", 3)  # CRASH <stage> <Type>: <message>
             key = " ".join(parts[:3]) + " " + "".join("#" if c.isdigit() else c for c in (parts[3:] or [""])[0])[:80]
             if p["traceback"]:
                 key += " @ " + p["traceback"][-2].strip() if len(p["traceback"]) > 1 else ""

@@ -369,7 +369,7 @@ def _with_certificate(body: dict, index: int, pem: str, draw) -> dict:
 
 
 PEM_TEXT_MUTATIONS = ["header", "footer", "no_header", "no_footer", "two_certs", "prefix", "suffix", "cr_only",
-                      "empty", "blank", "swapped", "private_key", "nested", "lowercase", "spaces", "lf", "mixed_eol",
+                      "empty", "blank", "swapped", "private_key", "nested", "lowercase", "spaces", "other_eol", "mixed_eol",
                       "other_cert"]
 
 
@@ -377,6 +377,8 @@ PEM_TEXT_MUTATIONS = ["header", "footer", "no_header", "no_footer", "two_certs",
 def bad_pem_text(draw, pem: str) -> str:
     how = draw(st.sampled_from(PEM_TEXT_MUTATIONS))
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    eol = "\r\n" if "\r\n" in pem else "\n"
+    other_eol = "\n" if eol == "\r\n" else "\r\n"
     odd_lines = st.sampled_from(["-----BEGIN PUBLIC KEY-----", "-----BEGIN X509 CERTIFICATE-----", "----BEGIN CERTIFICATE----",
                                  "-----BEGIN CERTIFICATE", "BEGIN CERTIFICATE", "-----END CERTIFICATE-----",
                                  "-----BEGIN TRUSTED CERTIFICATE-----", "", "-----"])
@@ -395,7 +397,7 @@ def bad_pem_text(draw, pem: str) -> str:
     if how == "suffix":
         return pem + draw(st.text(min_size=1, max_size=40))
     if how == "cr_only":
-        return pem.replace("\r\n", "\r")
+        return pem.replace(eol, "\r")
     if how == "empty":
         return ""
     if how == "blank":
@@ -405,15 +407,15 @@ def bad_pem_text(draw, pem: str) -> str:
     if how == "private_key":
         return pem.replace("CERTIFICATE", "EC PRIVATE KEY")
     if how == "nested":
-        return pem.replace("\r\n", "\r\n" + begin + "\r\n", 1)
+        return pem.replace(eol, eol + begin + eol, 1)
     if how == "lowercase":
         return pem.replace(begin, begin.lower())
     if how == "spaces":
-        return pem.replace("\r\n", draw(st.sampled_from([" \r\n", "\r\n ", "\t\r\n", "\r\n\r\n"])))
-    if how == "lf":
-        return pem.replace("\r\n", "\n")
+        return pem.replace(eol, draw(st.sampled_from([" " + eol, eol + " ", "\t" + eol, eol + eol])))
+    if how == "other_eol":
+        return pem.replace(eol, other_eol)
     if how == "mixed_eol":
-        return pem.replace("\r\n", "\n", draw(st.integers(1, 5)))
+        return pem.replace(eol, other_eol, draw(st.integers(1, 5)))
     return pem_of(CERTS[2])  # a valid certificate that is not the one the metadata describes
 
 
@@ -440,8 +442,9 @@ def dps_bad_utf8(draw):
         body = splice(b, draw(st.sampled_from(strings)), b'"' + bad + b'"')
     else:
         body = draw(insert_at(dumps(b).encode(), bad))
-    expect = "ERR malformed_response" if _status_of(t) in JSON_STATUS else DPS_TEMPLATES[name][2]
-    return dps_case("bad_utf8", name, t, body, expect)
+    # No certain outcome: MicroPython checks only the structure of UTF-8 (overlong forms and encoded surrogates
+    # decode), and a bad byte in a field the device ignores changes nothing.
+    return dps_case("bad_utf8", name, t, body)
 
 
 def _get(obj, path):
@@ -639,9 +642,9 @@ def prov_registration_id(draw):
 def prov_bad_utf8(draw):
     bad = draw(BAD_UTF8)
     if draw(st.booleans()):
-        return prov_case("bad_utf8", draw(insert_at(PROV_BYTES, bad)), "ERR configuration")
+        return prov_case("bad_utf8", draw(insert_at(PROV_BYTES, bad)))
     path = (draw(st.sampled_from([f for f in PROV_FIELDS if isinstance(PROVISIONING[f], str)])),)
-    return prov_case("bad_utf8", splice(PROVISIONING, path, b'"' + bad + b'"'), "ERR configuration")
+    return prov_case("bad_utf8", splice(PROVISIONING, path, b'"' + bad + b'"'))
 
 
 @st.composite
@@ -809,7 +812,8 @@ def stored_bad_pem(draw):
     if draw(st.booleans()):
         # state.json agrees with the corrupt PEM: what a firmware that committed a bad bundle would have left
         return stored_case("bad_pem_committed", _consistent(files, pem_name, mutated))
-    return stored_case("bad_pem", dict(files, **{pem_name: mutated}), "ERR storage")
+    changed = mutated != _file_bytes(files[pem_name]).decode()
+    return stored_case("bad_pem", dict(files, **{pem_name: mutated}), "ERR storage" if changed else None)
 
 
 @st.composite
@@ -822,7 +826,8 @@ def stored_bad_base64(draw):
     mutated = pem[:pos] + draw(st.sampled_from(list("!*-_.=\t") + ["\u00e9", "A", "===="])) + pem[pos + 1:]
     if draw(st.booleans()):
         return stored_case("bad_base64_committed", _consistent(STORED_TEMPLATES[name], pem_name, mutated))
-    return stored_case("bad_base64", dict(STORED_TEMPLATES[name], **{pem_name: mutated}), "ERR storage")
+    return stored_case("bad_base64", dict(STORED_TEMPLATES[name], **{pem_name: mutated}),
+                       "ERR storage" if mutated != pem else None)
 
 
 @st.composite
@@ -832,7 +837,8 @@ def stored_bad_utf8(draw):
     files = dict(STORED_TEMPLATES[name])
     bad = draw(BAD_UTF8)
     files[which] = draw(insert_at(_file_bytes(files[which]), bad))
-    expect = "ERR storage" if which == "state.json" or name == "committed" else None
+    # A changed PEM no longer matches state.json's pem_sha256; a bad byte in state.json may still decode.
+    expect = "ERR storage" if which == "trust_bundle.pem" and name == "committed" else None
     if which == "trust_bundle.pem" and draw(st.booleans()) and name == "committed":
         return stored_case("bad_utf8_committed", _consistent(files, which, files[which]))
     return stored_case("bad_utf8", files, expect)
