@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import collections
 import json
+import pickle
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import pytest
 
 from host_tools.unix_port import REPO, device_env, micropython_binary, stage_device_root
 from tests.bulk import generate as gen
+
+pytestmark = pytest.mark.slow
 
 DRIVER = Path(__file__).resolve().parent / "bulk" / "driver.py"
 REPORT = REPO / "build" / "reliability" / "bad_input.json"
@@ -84,7 +88,13 @@ def _parse(output: str) -> tuple[dict[str, dict], list[str]]:
 @pytest.fixture(scope="module")
 def bulk(tmp_path_factory):
     started = time.monotonic()
-    generated = gen.generate()
+    root = tmp_path_factory.mktemp("bulk-device")
+    pickled = root.parent / "bulk-cases.pickle"
+    made = subprocess.run([sys.executable, "-m", "tests.bulk.generate", str(pickled)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert made.returncode == 0, made.stderr[-4000:]
+    with open(pickled, "rb") as f:
+        generated = {kind: [gen.Case(*fields) for fields in items] for kind, items in pickle.load(f).items()}
     generation_s = time.monotonic() - started
 
     cases: dict[str, tuple[str, gen.Case]] = {}
@@ -92,7 +102,6 @@ def bulk(tmp_path_factory):
         for index, case in enumerate(items):
             cases[f"{PREFIX[kind]}{index:05d}"] = (kind, case)
 
-    root = tmp_path_factory.mktemp("bulk-device")
     stage_device_root(root, use_mpy=True, build_dir=root.parent / "bulk-mpy")
     ids = list(cases)
     batches = [ids[i::WORKERS] for i in range(WORKERS)]  # each worker gets all three classes
@@ -116,16 +125,20 @@ def bulk(tmp_path_factory):
         runs = list(pool.map(lambda p: _run_driver(root, p[0], p[1]), procs))
 
     results, stray, hangs = {}, [], []
+    driver_seconds = [round(seconds, 1) for _, _, seconds in runs]
     for (work, _, batch), (output, hung, seconds) in zip(procs, runs):
         found, odd = _parse(output)
         results.update(found)
         stray.extend(odd)
         if hung or "DONE" not in output:
+            answered = [cid for cid in batch if cid in found]
             missing = [cid for cid in batch if cid not in found]
-            hangs.append({"after": max(found) if found else None, "first_unanswered": missing[0] if missing else None,
-                          "hung": hung, "tail": output[-2000:]})
+            hangs.append({"last_answered": answered[-1] if answered else None,
+                          "first_unanswered": missing[0] if missing else None,
+                          "hung": hung, "seconds": round(seconds, 1), "tail": output[-2000:]})
 
     report = _report(cases, results, stray, hangs, generation_s, time.monotonic() - started)
+    report["driver_s"] = driver_seconds
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=1) + "\n")
     return {"cases": cases, "results": results, "stray": stray, "hangs": hangs, "report": report}

@@ -5,7 +5,7 @@ import json
 from micropython import const
 
 from azprov import errors
-from azprov.encoding import b64decode
+from azprov.encoding import b64decode, check_utf8
 from azprov.errors import ProvisioningError
 
 _MAX_FILE_BYTES = const(8192)
@@ -63,6 +63,7 @@ def load(path):
         raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is larger than %d bytes"
                                 % (path, _MAX_FILE_BYTES))
     try:
+        check_utf8(text)
         text = text.decode()
     except UnicodeError:
         raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is not UTF-8" % path)
@@ -74,6 +75,8 @@ def parse(text, path="provisioning file"):
         raw = json.loads(text)
     except (ValueError, UnicodeError):
         raise ProvisioningError(errors.CONFIGURATION, "%s: not valid JSON" % path)
+    except RuntimeError:
+        raise ProvisioningError(errors.CONFIGURATION, "%s: JSON nested too deeply" % path)
     if not isinstance(raw, dict):
         raise ProvisioningError(errors.CONFIGURATION, "%s: must be a JSON object" % path)
     config = {}
@@ -115,6 +118,11 @@ def parse(text, path="provisioning file"):
     for name in ("telemetry_count", "telemetry_interval_s", "registration_timeout_s", "max_gateway_failures"):
         if config[name] < 0:
             raise _error(path, name, "must not be negative")
+    if config["payload"] is not None:
+        try:
+            json.dumps(config["payload"])
+        except RuntimeError:  # nesting deeper than the stack allows (far less deep on an ESP32 than here)
+            raise _error(path, "payload", "is nested too deeply")
     if config["gateway_host"] is not None and not config["gateway_host"].strip():
         raise _error(path, "gateway_host", "must not be empty")
     base = _directory_of(path)

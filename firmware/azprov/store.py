@@ -201,16 +201,21 @@ class Store:
             return False
         try:
             makedirs(self.directory)
+            staged = False
             if meta is not None and file_sha256(self.pem_path) != meta["pem_sha256"]:
                 with open(self.pem_path + _STAGED, "w") as f:
                     f.write(bundle["pem"])
                 self.writes += 1
+                staged = True
             write_atomic(self.state_path, text)
             self.writes += 1
             if meta is None:
                 _remove(self.pem_path)
-            elif _exists(self.pem_path + _STAGED):
+            elif staged:
+                # Only the file this save wrote: a leftover from an older interrupted commit is not this bundle.
                 os.rename(self.pem_path + _STAGED, self.pem_path)
+            else:
+                _remove(self.pem_path + _STAGED)
         except OSError as exc:
             raise ProvisioningError(errors.STORAGE, "cannot write %s: %s" % (self.directory, exc))
         return True

@@ -294,7 +294,53 @@ def _finishing_only(before, after, null_bundle=False):
     return null_bundle and _PEM not in after
 
 
-def run_stored(cid, category, items, cfg):
+class Recommit:
+    """What a re-registration commits over whatever the stored files were (the device registers again when they are
+    unusable): the bundle of the stored-file templates' PEM (certificates 1 and 2 of ca.pem) under a new etag."""
+
+    def __init__(self, cfg):
+        from azprov import bundle
+
+        pem = real_provision.read_text(cfg["dps_ca_file"], "ca")
+        blocks = [b + "-----END CERTIFICATE-----\n" for b in pem.split("-----END CERTIFICATE-----\n") if b.strip()]
+        self.bundle = bundle.parse({"id": "bulk-bundle", "etag": "recommit-etag",
+                                    "certificates": [{"certificate": b} for b in blocks[:2]]})
+        self.assignment = {"registration_id": cfg["registration_id"], "assigned_hub": "recommit-hub.example",
+                           "device_id": cfg["registration_id"], "substatus": "reprovisionedToInitialAssignment",
+                           "payload": None}
+
+    def check(self, folder):
+        store.Store(folder).save(dict(self.assignment), self.bundle)
+        state = store.Store(folder).load()
+        if state is None or state["assignment"] != self.assignment or state["trust_bundle"]["etag"] != "recommit-etag":
+            raise Bad("the re-registration's commit did not load back")
+        files = snapshot(folder)
+        if files.get(_PEM) != self.bundle["pem_sha256"] or _STAGED in files:
+            raise Bad("after the re-registration's commit trust_bundle.pem is not its bundle (files %s)" % (
+                ", ".join(sorted(files))))
+
+
+def run_stored(cid, category, items, cfg, recommit):
+    line = _stored_verdict(cid, category, items, cfg)
+    if line == "CRASHED":
+        return
+    if not line.startswith("OK") and not line.startswith("ERR"):
+        print(line)
+        return
+    # Whatever the files were, registering again must leave a clean commit behind.
+    try:
+        recommit.check(cfg["storage_dir"])
+        print(line)
+    except ProvisioningError as exc:
+        print("BAD %s %s recommit %s: %s" % (cid, category, exc.kind, _one_line(exc.message)))
+    except Bad as exc:
+        print("BAD %s %s recommit %s" % (cid, category, _one_line(exc)))
+    except Exception as exc:
+        _crash(cid, category, "recommit", exc)
+
+
+def _stored_verdict(cid, category, items, cfg):
+    """The verdict line for one set of stored files (CRASH lines are printed here, with their traceback)."""
     folder = cfg["storage_dir"]
     empty_folder(folder)
     for i in range(0, len(items), 2):
@@ -311,8 +357,7 @@ def run_stored(cid, category, items, cfg):
                 raise Bad("state.json ignored")
             if after != before:
                 raise Bad("files changed on a fresh device")
-            print("OK %s %s fresh" % (cid, category))
-            return
+            return "OK %s %s fresh" % (cid, category)
         tb = state["trust_bundle"]
         if not _finishing_only(before, after, tb is None):
             raise Bad("load changed files beyond finishing the commit")
@@ -326,22 +371,21 @@ def run_stored(cid, category, items, cfg):
         stage = "cached"
         cached = app._cached_state(cfg, st)
         if cached is None:
-            print("OK %s %s other-registration" % (cid, category))
-            return
+            return "OK %s %s other-registration" % (cid, category)
         stage = "gateway"
         _pre_gateway(cfg, st, cached)
-        print("OK %s %s loaded" % (cid, category))
+        return "OK %s %s loaded" % (cid, category)
     except ProvisioningError as exc:
         # A rejection leaves the files as they were, except that the commit may have been finished first (the
         # files agreed with state.json; what was wrong was found after).
         if stage == "load" and not _finishing_only(before, snapshot(folder)):
-            print("BAD %s %s %s rejected (%s) but the files changed" % (cid, category, stage, exc.kind))
-        else:
-            print("ERR %s %s %s %s" % (cid, category, exc.kind, stage))
+            return "BAD %s %s %s rejected (%s) but the files changed" % (cid, category, stage, exc.kind)
+        return "ERR %s %s %s %s" % (cid, category, exc.kind, stage)
     except Bad as exc:
-        print("BAD %s %s %s %s" % (cid, category, stage, _one_line(exc)))
+        return "BAD %s %s %s %s" % (cid, category, stage, _one_line(exc))
     except Exception as exc:
         _crash(cid, category, stage, exc)
+        return "CRASHED"
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
@@ -367,6 +411,7 @@ def main(workdir, case_file):
     log.set_level("error")
     dps_bench = None
     stored_cfg = dict(cfg, storage_dir=workdir + "/stored")
+    recommit = Recommit(cfg)
     prov_folder = workdir + "/prov"
     empty_folder(prov_folder)
     count = 0
@@ -378,7 +423,7 @@ def main(workdir, case_file):
         elif kind == "P":
             run_provisioning(cid, category, items, prov_folder)
         elif kind == "S":
-            run_stored(cid, category, items, stored_cfg)
+            run_stored(cid, category, items, stored_cfg, recommit)
         else:
             raise ValueError("unknown case kind " + kind)
         count += 1

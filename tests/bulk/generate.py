@@ -133,11 +133,29 @@ HUGE_RAW = st.one_of(
     st.integers(100, 15000).map(lambda n: b'"' + b"\x01" * n + b'"'),
 )
 
-INVALID_UTF8 = [b"\xff", b"\xfe", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf", b"\xed\xa0\x80",
-                b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xfc\x84\x80\x80\x80\x80",
-                b"\xe2\x82", b"\xc3", b"\xf0\x9f\x98", b"\xc3\x28", b"\xa0\xa1"]
-BAD_UTF8 = st.one_of(st.sampled_from(INVALID_UTF8),
-                     st.tuples(st.sampled_from(INVALID_UTF8), st.binary(max_size=6)).map(lambda t: t[0] + t[1]))
+def _nested(depth: int, shape: str) -> bytes:
+    if shape == "array":
+        return b"[" * depth + b"]" * depth
+    if shape == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    return b'[{"a":' * (depth // 2) + b"[]" + b"}]" * (depth // 2)
+
+
+# Deep nesting at depths around what a recursive serialiser survives (on the Unix port about 1,000 levels; far fewer
+# on an ESP32's small C stack), all small enough for an 8 KB provisioning file or a 16 KB packet.
+NESTING = st.tuples(st.sampled_from([16, 32, 64, 100, 128, 200, 256, 500, 512, 700, 1000, 1024, 1500, 2000, 2700,
+                                     3000, 3500, 4000]),
+                    st.sampled_from(["array", "object", "mixed"])).map(lambda t: _nested(*t))
+
+# Byte sequences no strict UTF-8 decoder accepts whatever follows them: stray and impossible bytes, overlong forms,
+# encoded surrogates, code points past U+10FFFF, a lead byte followed by ASCII.
+ALWAYS_INVALID_UTF8 = [b"\xff", b"\xfe", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf",
+                       b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80",
+                       b"\xfc\x84\x80\x80\x80\x80", b"\xc3\x28", b"\xa0\xa1"]
+# Sequences cut short: invalid here because the templates are ASCII, so what follows is never a continuation byte.
+TRUNCATED_UTF8 = [b"\xe2\x82", b"\xc3", b"\xf0\x9f\x98"]
+BAD_UTF8 = st.one_of(st.sampled_from(ALWAYS_INVALID_UTF8 + TRUNCATED_UTF8),
+                     st.tuples(st.sampled_from(ALWAYS_INVALID_UTF8), st.binary(max_size=6)).map(lambda t: t[0] + t[1]))
 
 ODD_STRINGS = st.sampled_from([r"\u0000", r"\ud800", r"\udfff", r"\ud83d\ude00", r"\u202e", r"\ufeff", r"\uffff",
                                r"\u0000\u0000", r"a\u0000b", "\u00e9", "\u4e2d\u6587", r"\"", "\\\\", r"\n\r\t",
@@ -436,15 +454,16 @@ def dps_bad_utf8(draw):
     bad = draw(BAD_UTF8)
     where = draw(st.sampled_from(["body", "body", "string", "topic"]))
     if where == "topic":
-        return dps_case("bad_utf8_topic", name, draw(insert_at(t, bad)), b)
+        return dps_case("bad_utf8_topic", name, draw(insert_at(t, bad)), b, "ERR malformed_response")
     if where == "string":
         strings = [p for p in paths(b) if isinstance(_get(b, p), str)]
         body = splice(b, draw(st.sampled_from(strings)), b'"' + bad + b'"')
     else:
         body = draw(insert_at(dumps(b).encode(), bad))
-    # No certain outcome: MicroPython checks only the structure of UTF-8 (overlong forms and encoded surrogates
-    # decode), and a bad byte in a field the device ignores changes nothing.
-    return dps_case("bad_utf8", name, t, body)
+    # Even in a field the device ignores: a body that is not UTF-8 is not JSON. (MicroPython's own decoder lets
+    # overlong forms and encoded surrogates through; the firmware must not.)
+    expect = "ERR malformed_response" if _status_of(t) in JSON_STATUS else DPS_TEMPLATES[name][2]
+    return dps_case("bad_utf8", name, t, body, expect)
 
 
 def _get(obj, path):
@@ -540,6 +559,18 @@ def dps_unicode(draw):
     return dps_case("unicode", name, t, dumps(set_path(b, path, text)).encode())
 
 
+@st.composite
+def dps_nesting(draw):
+    name = draw(st.sampled_from(ASSIGNED_TEMPLATES + ["assigning", "failed"]))
+    t, b = DPS_TEMPLATES[name][1]
+    if "registrationState" in b:
+        choices = [("registrationState", "payload")] * 4 + [("registrationState", "trustBundle"),
+                                                            ("registrationState",), ("operationId",), ("extra",)]
+    else:
+        choices = [("operationId",), ("extra",), ("registrationState",)]
+    return dps_case("nesting", name, t, splice(b, draw(st.sampled_from(choices)), draw(NESTING)))
+
+
 DPS_CATEGORIES = {  # category -> (strategy, examples)
     "valid": (dps_valid(), 40),
     "truncated": (dps_truncated(), 1300),
@@ -553,6 +584,7 @@ DPS_CATEGORIES = {  # category -> (strategy, examples)
     "oversize": (dps_oversize(), 300),
     "json_junk": (dps_json_junk(), 800),
     "unicode": (dps_unicode(), 900),
+    "nesting": (dps_nesting(), 300),
 }
 
 
@@ -642,9 +674,9 @@ def prov_registration_id(draw):
 def prov_bad_utf8(draw):
     bad = draw(BAD_UTF8)
     if draw(st.booleans()):
-        return prov_case("bad_utf8", draw(insert_at(PROV_BYTES, bad)))
+        return prov_case("bad_utf8", draw(insert_at(PROV_BYTES, bad)), "ERR configuration")
     path = (draw(st.sampled_from([f for f in PROV_FIELDS if isinstance(PROVISIONING[f], str)])),)
-    return prov_case("bad_utf8", splice(PROVISIONING, path, b'"' + bad + b'"'))
+    return prov_case("bad_utf8", splice(PROVISIONING, path, b'"' + bad + b'"'), "ERR configuration")
 
 
 @st.composite
@@ -676,6 +708,12 @@ def prov_unicode(draw):
     return prov_case("unicode", splice(PROVISIONING, path, raw))
 
 
+@st.composite
+def prov_nesting(draw):
+    path = (draw(st.sampled_from(["payload", "payload", "payload", "wifi", "extra", "dps_host"])),)
+    return prov_case("nesting", splice(PROVISIONING, path, draw(NESTING)))
+
+
 PROV_CATEGORIES = {
     "valid": (prov_valid(), 40),
     "truncated": (prov_truncated(), 150),
@@ -687,6 +725,7 @@ PROV_CATEGORIES = {
     "bad_utf8": (prov_bad_utf8(), 120),
     "json_junk": (prov_json_junk(), 100),
     "unicode": (prov_unicode(), 80),
+    "nesting": (prov_nesting(), 100),
 }
 
 
@@ -837,8 +876,9 @@ def stored_bad_utf8(draw):
     files = dict(STORED_TEMPLATES[name])
     bad = draw(BAD_UTF8)
     files[which] = draw(insert_at(_file_bytes(files[which]), bad))
-    # A changed PEM no longer matches state.json's pem_sha256; a bad byte in state.json may still decode.
-    expect = "ERR storage" if which == "trust_bundle.pem" and name == "committed" else None
+    # state.json that is not UTF-8 is corrupt; a changed PEM no longer matches state.json's pem_sha256 unless the
+    # staged PEM does (roll-forward) or the state has no bundle (the PEM is dropped).
+    expect = "ERR storage" if which == "state.json" or name == "committed" else "OK loaded"
     if which == "trust_bundle.pem" and draw(st.booleans()) and name == "committed":
         return stored_case("bad_utf8_committed", _consistent(files, which, files[which]))
     return stored_case("bad_utf8", files, expect)
@@ -859,6 +899,15 @@ def stored_mixed(draw):
     return stored_case("mixed", files)
 
 
+@st.composite
+def stored_nesting(draw):
+    name = draw(st.sampled_from(["committed", "no_bundle"]))
+    state = STORED_TEMPLATES[name]["state.json"]
+    path = draw(st.sampled_from([("assignment", "payload"), ("assignment", "payload"), ("extra",),
+                                 ("assignment", "substatus")]))
+    return stored_case("nesting", _with_state(name, splice(state, path, draw(NESTING))))
+
+
 STORED_CATEGORIES = {
     "valid": (stored_valid(), 30),
     "truncated": (stored_truncated(), 220),
@@ -869,6 +918,7 @@ STORED_CATEGORIES = {
     "bad_base64": (stored_bad_base64(), 120),
     "bad_utf8": (stored_bad_utf8(), 150),
     "mixed": (stored_mixed(), 150),
+    "nesting": (stored_nesting(), 100),
 }
 
 
@@ -886,3 +936,24 @@ def generate() -> dict[str, list[Case]]:
                     cases.append(case)
         out[kind] = cases
     return out
+
+
+def main(out: str) -> None:
+    """Writes every case (plain tuples: class, kind, category, items, expect) to `out` as a pickle.
+
+    The test runs this in a process of its own: hypothesis mixes constants it finds in the loaded project modules
+    into what it draws, so generating inside a pytest session would make the cases depend on which other test
+    modules that session imported. Alone, the cases depend only on this checkout."""
+    import pickle
+    import sys
+
+    cases = {kind: [(c.kind, c.category, c.items, c.expect) for c in items] for kind, items in generate().items()}
+    with open(out, "wb") as f:
+        pickle.dump(cases, f)
+    print({kind: len(items) for kind, items in cases.items()}, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1])

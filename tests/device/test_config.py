@@ -61,3 +61,21 @@ def test_key_never_echoed_in_errors():
 def test_not_json_or_not_object():
     assert "JSON" in _error("{oops")
     assert "object" in _error("[1]")
+
+
+def test_deeply_nested_payload_refused():
+    text = _with().replace('"dps_ca_file"', '"payload": ' + "[" * 1500 + "]" * 1500 + ', "dps_ca_file"')
+    message = _error(text)
+    # MicroPython parses the file and refuses the payload; CPython's parser already refuses the nesting.
+    assert "payload" in message or "nested too deeply" in message
+
+
+def test_overlong_utf8_refused_by_load():
+    with open("provisioning.json", "wb") as f:
+        f.write(_with(dps_ca_file="ca").encode().replace(b'"ca"', b'"ca\xc0\xaf.pem"'))
+    try:
+        config.load("provisioning.json")
+    except ProvisioningError as exc:
+        assert exc.kind == errors.CONFIGURATION and "UTF-8" in exc.message
+    else:
+        raise AssertionError("accepted an overlong UTF-8 form")

@@ -129,3 +129,19 @@ def test_corruption_detected():
         else:
             raise AssertionError("corruption not detected: " + damage)
     _clean()
+
+
+def test_stale_staged_file_is_not_renamed_into_place():
+    s = _clean()
+    new = _parsed("e2", CERT_B)
+    store.makedirs(_DIR)
+    with open(_DIR + "/trust_bundle.pem", "w") as f:
+        f.write(CERT_B)  # already the new bundle's PEM
+    with open(_DIR + "/trust_bundle.pem.new", "w") as f:
+        f.write(CERT_C)  # left over from an older interrupted commit
+    with open(_DIR + "/state.json", "w") as f:
+        f.write("")
+    assert s.save(_assignment(), new)
+    assert store.Store(_DIR).load()["trust_bundle"]["etag"] == "e2"
+    assert _read(_DIR + "/trust_bundle.pem") == CERT_B
+    _clean()
