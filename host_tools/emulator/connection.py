@@ -206,6 +206,11 @@ class Endpoint:
         session.client_id = connect.client_id
         self.stats.client_connected(self.name, connect.client_id)
         self.log.debug("%s: %r", session, connect)
+        if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
+            await self.refuse(session, mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
+                              f"protocol {connect.protocol_name!r} level {connect.protocol_level}; "
+                              f"{self.name} needs MQTT 3.1.1")
+            return None
         client = await self._authenticate(session, connect)
         if client is None:
             return None

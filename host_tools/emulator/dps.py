@@ -172,10 +172,6 @@ class DpsEndpoint(Endpoint):
                 task.cancel()
 
     async def _authenticate(self, session: MqttSession, connect: mqtt.Connect) -> DpsClient | None:
-        if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
-            await self.refuse(session, mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
-                              f"protocol {connect.protocol_name!r} level {connect.protocol_level}; DPS needs MQTT 3.1.1")
-            return None
         try:
             scope, registration_id, params = parse_dps_username(connect.username)
         except ValueError as exc:

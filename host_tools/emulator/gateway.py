@@ -113,10 +113,6 @@ class GatewayEndpoint(Endpoint):
             session.close("token expired")
 
     async def _authenticate(self, session: MqttSession, connect: mqtt.Connect) -> GatewayClient | None:
-        if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
-            await self.refuse(session, mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
-                              f"protocol {connect.protocol_name!r} level {connect.protocol_level}; needs MQTT 3.1.1")
-            return None
         try:
             hub, device_id, _params = parse_hub_username(connect.username)
         except ValueError as exc:
