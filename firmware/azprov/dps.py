@@ -141,7 +141,6 @@ class Registration:
         self.operation_id = None
         self.transient_failures = 0
         self.polls = 0
-        self.requests = 0
         self.done = False
         self.result = None
         # The last 429/5xx answer: what the caller reports if the deadline ends the retries.
@@ -151,7 +150,6 @@ class Registration:
     def _request(self, delay_s, operation_id=None):
         self._next_rid += 1
         self.rid = str(self._next_rid)
-        self.requests += 1
         if operation_id is None:
             request = (delay_s, _REGISTER_TOPIC + self.rid, register_body(self.registration_id, self.payload))
         else:

@@ -347,15 +347,8 @@ class DpsEndpoint(Endpoint):
             if not allowed:
                 return await self._error(session, client, rid, 429, "rate limit exceeded", "register", attempts,
                                          retry_after=wait_s)
-        throttle = self.ctx.fault_book.consume(faults, "throttle_register", registration_id)
-        if throttle:
-            return await self._error(session, client, rid, 429, "fault throttle_register", "register", attempts,
-                                     retry_after=throttle["retry_after"])
-        failure = self.ctx.fault_book.consume(faults, "server_error", registration_id,
-                                              when=lambda v: v["on"] == "register")
-        if failure:
-            return await self._error(session, client, rid, failure["status"], "fault server_error", "register",
-                                     attempts, retry_after=failure.get("retry_after"))
+        if await self._injected_error(session, client, rid, faults, "register", attempts):
+            return
 
         enrollment = client.enrollment
         if enrollment.disabled:
@@ -407,15 +400,8 @@ class DpsEndpoint(Endpoint):
         if client.problem:
             return await self._error(session, client, rid, client.problem.status, client.problem.reason, "poll",
                                      attempts)
-        throttle = self.ctx.fault_book.consume(faults, "throttle_poll", registration_id)
-        if throttle:
-            return await self._error(session, client, rid, 429, "fault throttle_poll", "poll", attempts,
-                                     retry_after=throttle["retry_after"])
-        failure = self.ctx.fault_book.consume(faults, "server_error", registration_id,
-                                              when=lambda v: v["on"] == "poll")
-        if failure:
-            return await self._error(session, client, rid, failure["status"], "fault server_error", "poll", attempts,
-                                     retry_after=failure.get("retry_after"))
+        if await self._injected_error(session, client, rid, faults, "poll", attempts):
+            return
         operation = self.ctx.operations.get(operation_id)
         if operation is None or operation.registration_id != registration_id:
             return await self._error(session, client, rid, 404, f"no operation {operation_id!r} for this registration",
@@ -532,6 +518,24 @@ class DpsEndpoint(Endpoint):
             await session.send_bytes(raw[: len(raw) - len(payload) // 2])
             raise ConnectionDropped("fault drop_after=mid_payload")
         await session.send_bytes(raw)
+
+    async def _injected_error(self, session: MqttSession, client: DpsClient, rid: str, faults, request: str,
+                              attempts: int) -> bool:
+        """Answers a `request` ("register" or "poll") with a throttle_<request> 429 or a server_error 5xx when such
+        a fault is due for this device; True when it did."""
+        registration_id = client.registration_id
+        throttle = self.ctx.fault_book.consume(faults, f"throttle_{request}", registration_id)
+        if throttle:
+            await self._error(session, client, rid, 429, f"fault throttle_{request}", request, attempts,
+                              retry_after=throttle["retry_after"])
+            return True
+        failure = self.ctx.fault_book.consume(faults, "server_error", registration_id,
+                                              when=lambda v: v["on"] == request)
+        if failure:
+            await self._error(session, client, rid, failure["status"], "fault server_error", request, attempts,
+                              retry_after=failure.get("retry_after"))
+            return True
+        return False
 
     async def _error(self, session: MqttSession, client: DpsClient, rid: str, status: int, reason: str, request: str,
                      attempts: int, retry_after: int | None = None, error_code: int | None = None) -> None:
