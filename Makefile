@@ -18,11 +18,12 @@ FIRMWARE ?=
 CHIP ?= esp32
 PROVISIONING ?=
 
-.PHONY: help setup system-deps build run test bench flash deploy monitor clean distclean
+.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
-	@echo "make test    - the whole test suite"
+	@echo "make test    - the whole test suite (lint first)"
+	@echo "make lint    - ruff: lint rules and formatting of host_tools/, tests/, firmware/ and boards/"
 	@echo "make bench   - heap, footprint, speed and fleet measurements"
 	@echo "make build   - compile firmware/ to .mpy (build/mpy) with a size table"
 	@echo "make flash PORT=/dev/ttyUSB0 FIRMWARE=esp32.bin [CHIP=esp32]"
@@ -36,7 +37,7 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-$(UMQTT): $(STAMP) host_tools/umqtt_fetch.py
+$(UMQTT): $(STAMP) host_tools/board/umqtt_fetch.py
 	$(PY) -m host_tools fetch-umqtt --dest build/lib
 
 $(APT_STAMP): Makefile
@@ -59,7 +60,11 @@ build: setup
 run: setup
 	$(PY) -m host_tools demo
 
-test: setup system-deps
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup system-deps lint
 	$(PY) -m pytest
 
 bench: setup system-deps

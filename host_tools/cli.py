@@ -8,20 +8,20 @@ import click
 
 # name -> "module:attribute" of a click command
 _COMMANDS = {
-    "bench": "host_tools.bench:bench",
-    "build": "host_tools.build:build",
+    "bench": "host_tools.bench.command:bench",
+    "build": "host_tools.board.build:build",
     "demo": "host_tools.demo:demo",
-    "deploy": "host_tools.deploy:deploy",
+    "deploy": "host_tools.board.deploy:deploy",
     "emulator": "host_tools.emulator.cli:emulator",
-    "fetch-umqtt": "host_tools.umqtt_fetch:fetch_umqtt",
-    "fleet": "host_tools.provision_file:fleet",
-    "flash": "host_tools.flash:flash",
-    "monitor": "host_tools.monitor:monitor",
-    "pki": "host_tools.pki:pki_command",
-    "provision-file": "host_tools.provision_file:provision_file",
-    "run-unix": "host_tools.unix_port:run_unix",
-    "test-device": "host_tools.test_device:test_device",
-    "virtual-board": "host_tools.virtual_board:virtual_board",
+    "fetch-umqtt": "host_tools.board.umqtt_fetch:fetch_umqtt",
+    "fleet": "host_tools.provisioning.fleet:fleet",
+    "flash": "host_tools.board.flash:flash",
+    "monitor": "host_tools.board.monitor:monitor",
+    "pki": "host_tools.provisioning.pki:pki_command",
+    "provision-file": "host_tools.provisioning.provision_file:provision_file",
+    "run-unix": "host_tools.board.unix_port:run_unix",
+    "test-device": "host_tools.board.device_tests:test_device",
+    "virtual-board": "host_tools.board.virtual_board:virtual_board",
 }
 
 
@@ -52,5 +52,3 @@ def _available(name):
 @click.version_option(version=__import__("host_tools").__version__, prog_name="azprov")
 def main():
     """azprov host tools: provision MicroPython devices into Azure IoT through DPS."""
-
-

@@ -19,8 +19,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from host_tools.harness import EmulatorProcess, parse_device_line
-from host_tools.unix_port import REPO, stage_device_root, start_device
+from host_tools.board.harness import EmulatorProcess, parse_device_line
+from host_tools.board.unix_port import REPO, stage_device_root, start_device
 
 DEMO_DIR = REPO / "run" / "demo"
 REGISTRATION_ID = "demo-device-001"
@@ -43,14 +43,16 @@ def write_enrollments(path: Path, device_key: str) -> None:
     doc = {
         "id_scope": ID_SCOPE,
         "trust_bundles": {"demo-bundle": {"certificates": ["pki:trust-root"]}},
-        "individual": [{
-            "registration_id": REGISTRATION_ID,
-            "symmetric_key": device_key,
-            "device_id": REGISTRATION_ID,
-            "assigned_hub": HUB,
-            "trust_bundle": "demo-bundle",
-            "payload": {"welcome": "azprov demo"},
-        }],
+        "individual": [
+            {
+                "registration_id": REGISTRATION_ID,
+                "symmetric_key": device_key,
+                "device_id": REGISTRATION_ID,
+                "assigned_hub": HUB,
+                "trust_bundle": "demo-bundle",
+                "payload": {"welcome": "azprov demo"},
+            }
+        ],
         "groups": [],
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -73,8 +75,13 @@ def provisioning_document(info: dict, device_key: str, ca_name: str) -> dict:
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEMO_DIR, show_default=True,
-              help="Where the emulator's state and the device's flash folder go.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEMO_DIR,
+    show_default=True,
+    help="Where the emulator's state and the device's flash folder go.",
+)
 @click.option("--source", is_flag=True, help="Run the firmware from .py sources instead of the .mpy build.")
 @click.option("--timeout", type=float, default=180, show_default=True, help="Seconds the device may take.")
 def demo(workdir: Path, source: bool, timeout: float):
@@ -93,13 +100,21 @@ def demo(workdir: Path, source: bool, timeout: float):
     certificates: list[dict[str, str]] = []
     with EmulatorProcess(workdir / "emulator", enrollments) as emulator:
         info = emulator.info
-        console.print(f"  emulator: DPS on {info['dps']['host']}:{info['dps']['port']} "
-                      f"({info['dps']['hostname']}), gateway on {info['gateway']['host']}:{info['gateway']['port']}")
+        console.print(
+            f"  emulator: DPS on {info['dps']['host']}:{info['dps']['port']} "
+            f"({info['dps']['hostname']}), gateway on {info['gateway']['host']}:{info['gateway']['port']}"
+        )
         ca_name = "certs/dps-root.pem"
-        stage_device_root(flash, provisioning_document(info, device_key, ca_name), use_mpy=not source,
-                          ca_files={ca_name: Path(info["pki"]["dps_root"])})
-        console.print(f"  device: flash folder {flash} ({'sources' if source else '.mpy build'}), "
-                      f"registration id {REGISTRATION_ID}, key not shown")
+        stage_device_root(
+            flash,
+            provisioning_document(info, device_key, ca_name),
+            use_mpy=not source,
+            ca_files={ca_name: Path(info["pki"]["dps_root"])},
+        )
+        console.print(
+            f"  device: flash folder {flash} ({'sources' if source else '.mpy build'}), "
+            f"registration id {REGISTRATION_ID}, key not shown"
+        )
         started = time.monotonic()
         proc = start_device(flash)
         labels = dict(STEPS)
@@ -118,7 +133,7 @@ def demo(workdir: Path, source: bool, timeout: float):
                     shown = " ".join(f"{k}={v}" for k, v in fields.items())
                     console.print(f"  [green]OK[/] {labels[event]}: {shown}")
                 elif level in ("ERROR", "WARNING"):
-                    console.print(f"  [red]{level}[/] {line.strip()[len('azprov ' + level) + 1:]}")
+                    console.print(f"  [red]{level}[/] {line.strip()[len('azprov ' + level) + 1 :]}")
             status = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.harness import EmulatorProcess
-from host_tools.unix_port import stage_device_root
+from host_tools.board.harness import EmulatorProcess
+from host_tools.board.unix_port import stage_device_root
 from tests.helpers import Device, provisioning_for
 
 
@@ -38,7 +38,20 @@ def device(tmp_path):
     def make(emu: EmulatorProcess, registration_id: str, key: str, use_mpy: bool = False, **extra) -> Device:
         root = tmp_path / f"device-{next(counter)}"
         doc = provisioning_for(emu, registration_id, key, **extra)
-        stage_device_root(root, doc, use_mpy=use_mpy, ca_files={"certs/dps-root.pem": Path(emu.info["pki"]["dps_root"])})
+        stage_device_root(
+            root, doc, use_mpy=use_mpy, ca_files={"certs/dps-root.pem": Path(emu.info["pki"]["dps_root"])}
+        )
         return Device(root, doc)
 
     return make
+
+
+@pytest.fixture
+def provisioning(tmp_path) -> Path:
+    """A valid provisioning file with its CA file (certs/dps-root.pem beside it)."""
+    from host_tools.provisioning.provision_file import DeviceSettings, create_provisioning_file
+    from tests.host_helpers import DEVICE_KEY
+
+    path = tmp_path / "prov" / "provisioning.json"
+    create_provisioning_file(path, DeviceSettings(id_scope="0ne00AAAAAA"), "sensor-001", symmetric_key=DEVICE_KEY)
+    return path

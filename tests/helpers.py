@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools.harness import EmulatorProcess, parse_device_line
-from host_tools.unix_port import run_device
+from host_tools.board.harness import EmulatorProcess, parse_device_line
+from host_tools.board.unix_port import run_device
 
 ID_SCOPE = "0ne00TEST01"
 HUB = "test-hub.azure-devices.net"
@@ -24,8 +24,13 @@ def new_key() -> str:
 
 
 def individual(registration_id: str, key: str, **extra) -> dict:
-    entry = {"registration_id": registration_id, "symmetric_key": key, "device_id": registration_id,
-             "assigned_hub": HUB, "trust_bundle": "bundle"}
+    entry = {
+        "registration_id": registration_id,
+        "symmetric_key": key,
+        "device_id": registration_id,
+        "assigned_hub": HUB,
+        "trust_bundle": "bundle",
+    }
     entry.update(extra)
     return entry
 
@@ -33,8 +38,12 @@ def individual(registration_id: str, key: str, **extra) -> dict:
 def enrollment_doc(individuals=(), groups=(), bundle=("pki:trust-root",), **bundles) -> dict:
     trust_bundles = {"bundle": {"certificates": list(bundle)}}
     trust_bundles.update({name: {"certificates": list(certs)} for name, certs in bundles.items()})
-    return {"id_scope": ID_SCOPE, "trust_bundles": trust_bundles, "individual": list(individuals),
-            "groups": list(groups)}
+    return {
+        "id_scope": ID_SCOPE,
+        "trust_bundles": trust_bundles,
+        "individual": list(individuals),
+        "groups": list(groups),
+    }
 
 
 @dataclass
@@ -84,9 +93,14 @@ class Device:
 
 def provisioning_for(emu: EmulatorProcess, registration_id: str, key: str, **extra) -> dict:
     doc = {
-        "dps_host": emu.info["dps"]["hostname"], "dps_port": emu.info["dps"]["port"], "id_scope": ID_SCOPE,
-        "registration_id": registration_id, "symmetric_key": key, "dps_ca_file": "certs/dps-root.pem",
-        "gateway_host": emu.info["gateway"]["hostname"], "gateway_port": emu.info["gateway"]["port"],
+        "dps_host": emu.info["dps"]["hostname"],
+        "dps_port": emu.info["dps"]["port"],
+        "id_scope": ID_SCOPE,
+        "registration_id": registration_id,
+        "symmetric_key": key,
+        "dps_ca_file": "certs/dps-root.pem",
+        "gateway_host": emu.info["gateway"]["hostname"],
+        "gateway_port": emu.info["gateway"]["port"],
         "registration_timeout_s": 60,
     }
     doc.update(extra)

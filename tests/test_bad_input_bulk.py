@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.unix_port import REPO, device_env, micropython_binary, stage_device_root
+from host_tools.board.unix_port import REPO, device_env, micropython_binary, stage_device_root
 from tests.bulk import generate as gen
 
 pytestmark = pytest.mark.slow
@@ -32,13 +32,28 @@ WORKERS = 2
 DRIVER_TIMEOUT_S = 240
 MINIMUM = {"dps": 10_000, "provisioning": 1_000, "stored": 1_000}
 PREFIX = {"dps": "D", "provisioning": "P", "stored": "S"}
-DOCUMENTED_KINDS = {"configuration", "authentication", "not_found", "disabled", "assignment_failed", "bad_request",
-                    "throttled", "service_unavailable", "network", "tls_verification", "timeout",
-                    "malformed_response", "storage", "clock"}
+DOCUMENTED_KINDS = {
+    "configuration",
+    "authentication",
+    "not_found",
+    "disabled",
+    "assignment_failed",
+    "bad_request",
+    "throttled",
+    "service_unavailable",
+    "network",
+    "tls_verification",
+    "timeout",
+    "malformed_response",
+    "storage",
+    "clock",
+}
 # Kinds each input class may end in (stage "load" of stored files and "config" of provisioning files are stricter).
-CLASS_KINDS = {"dps": DOCUMENTED_KINDS - {"network", "clock", "configuration"},
-               "provisioning": {"configuration"},
-               "stored": {"storage", "configuration"}}
+CLASS_KINDS = {
+    "dps": DOCUMENTED_KINDS - {"network", "clock", "configuration"},
+    "provisioning": {"configuration"},
+    "stored": {"storage", "configuration"},
+}
 
 
 def _sample(items: list[bytes], head: int = 160, tail: int = 240) -> list[str]:
@@ -54,8 +69,13 @@ def _sample(items: list[bytes], head: int = 160, tail: int = 240) -> list[str]:
 
 def _run_driver(root: Path, work: Path, case_file: Path) -> tuple[str, bool, float]:
     started = time.monotonic()
-    proc = subprocess.Popen([micropython_binary(), str(DRIVER), str(work), str(case_file)], cwd=root,
-                            env=device_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [micropython_binary(), str(DRIVER), str(work), str(case_file)],
+        cwd=root,
+        env=device_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         out, _ = proc.communicate(timeout=DRIVER_TIMEOUT_S)
         hung = False
@@ -90,8 +110,13 @@ def bulk(tmp_path_factory):
     started = time.monotonic()
     root = tmp_path_factory.mktemp("bulk-device")
     pickled = root.parent / "bulk-cases.pickle"
-    made = subprocess.run([sys.executable, "-m", "tests.bulk.generate", str(pickled)], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+    made = subprocess.run(
+        [sys.executable, "-m", "tests.bulk.generate", str(pickled)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert made.returncode == 0, made.stderr[-4000:]
     with open(pickled, "rb") as f:
         generated = {kind: [gen.Case(*fields) for fields in items] for kind, items in pickle.load(f).items()}
@@ -110,8 +135,13 @@ def bulk(tmp_path_factory):
         work = root / f"work-{index}"
         work.mkdir()
         (work / "ca.pem").write_bytes((gen.HERE / "certs.pem").read_bytes())
-        doc = dict(gen.PROVISIONING, dps_ca_file="ca.pem", storage_dir="dps_store", log_level="error",
-                   gateway_host="edge-gw.example.local")
+        doc = dict(
+            gen.PROVISIONING,
+            dps_ca_file="ca.pem",
+            storage_dir="dps_store",
+            log_level="error",
+            gateway_host="edge-gw.example.local",
+        )
         (work / "provisioning.json").write_text(json.dumps(doc))
         case_file = work / "cases.bin"
         with open(case_file, "wb") as f:
@@ -126,16 +156,22 @@ def bulk(tmp_path_factory):
 
     results, stray, hangs = {}, [], []
     driver_seconds = [round(seconds, 1) for _, _, seconds in runs]
-    for (work, _, batch), (output, hung, seconds) in zip(procs, runs):
+    for (_work, _, batch), (output, hung, seconds) in zip(procs, runs):
         found, odd = _parse(output)
         results.update(found)
         stray.extend(odd)
         if hung or "DONE" not in output:
             answered = [cid for cid in batch if cid in found]
             missing = [cid for cid in batch if cid not in found]
-            hangs.append({"last_answered": answered[-1] if answered else None,
-                          "first_unanswered": missing[0] if missing else None,
-                          "hung": hung, "seconds": round(seconds, 1), "tail": output[-2000:]})
+            hangs.append(
+                {
+                    "last_answered": answered[-1] if answered else None,
+                    "first_unanswered": missing[0] if missing else None,
+                    "hung": hung,
+                    "seconds": round(seconds, 1),
+                    "tail": output[-2000:],
+                }
+            )
 
     report = _report(cases, results, stray, hangs, generation_s, time.monotonic() - started)
     report["driver_s"] = driver_seconds
@@ -174,10 +210,16 @@ def _problems(kind: str, cases: dict, results: dict) -> list[dict]:
         if problem is None and case.expect and _outcome(result) != case.expect:
             problem = "expected %s, got %s" % (case.expect, _outcome(result))
         if problem:
-            problems.append({"id": cid, "category": case.category, "problem": problem,
-                             "traceback": (result or {}).get("traceback", []), "input": _sample(case.items),
-                             "full_input": [repr(item) for item in case.items] if sum(map(len, case.items)) < 20000
-                             else None})
+            problems.append(
+                {
+                    "id": cid,
+                    "category": case.category,
+                    "problem": problem,
+                    "traceback": (result or {}).get("traceback", []),
+                    "input": _sample(case.items),
+                    "full_input": [repr(item) for item in case.items] if sum(map(len, case.items)) < 20000 else None,
+                }
+            )
     return problems
 
 
@@ -193,8 +235,9 @@ def _distinct(problems: list[dict]) -> list[dict]:
                 key += " @ " + p["traceback"][-2].strip() if len(p["traceback"]) > 1 else ""
         else:
             key = "".join("#" if c.isdigit() else c for c in text)[:120]
-        entry = groups.setdefault(key, {"signature": key, "count": 0, "categories": collections.Counter(),
-                                        "example": p})
+        entry = groups.setdefault(
+            key, {"signature": key, "count": 0, "categories": collections.Counter(), "example": p}
+        )
         entry["count"] += 1
         entry["categories"][p["category"]] += 1
     out = []
@@ -205,8 +248,14 @@ def _distinct(problems: list[dict]) -> list[dict]:
 
 
 def _report(cases, results, stray, hangs, generation_s, total_s) -> dict:
-    report = {"duration_s": round(total_s, 1), "generation_s": round(generation_s, 1), "workers": WORKERS,
-              "classes": {}, "hangs": hangs, "stray_output": stray[:50]}
+    report = {
+        "duration_s": round(total_s, 1),
+        "generation_s": round(generation_s, 1),
+        "workers": WORKERS,
+        "classes": {},
+        "hangs": hangs,
+        "stray_output": stray[:50],
+    }
     for kind in MINIMUM:
         mine = {cid: c for cid, c in cases.items() if c[0] == kind}
         answered = [results[cid] for cid in mine if cid in results]
@@ -234,14 +283,20 @@ def _check(bulk, kind: str) -> None:
     assert figures["ran"] == figures["generated"], "some %s cases got no answer" % kind
     distinct = figures["distinct_problems"]
     if distinct:
-        lines = ["%d %s cases failed, %d distinct problems (details in %s):" % (
-            figures["problems"], kind, len(distinct), REPORT)]
+        lines = [
+            "%d %s cases failed, %d distinct problems (details in %s):"
+            % (figures["problems"], kind, len(distinct), REPORT)
+        ]
         for entry in distinct[:12]:
             example = entry["example"]
-            lines.append("- %dx %s  [%s]" % (entry["count"], entry["signature"], ", ".join(
-                "%s=%d" % kv for kv in entry["categories"].items())))
-            lines.append("    e.g. %s (%s): %s" % (example["id"], example["category"], " | ".join(
-                s[:300] for s in example["input"][-2:])))
+            lines.append(
+                "- %dx %s  [%s]"
+                % (entry["count"], entry["signature"], ", ".join("%s=%d" % kv for kv in entry["categories"].items()))
+            )
+            lines.append(
+                "    e.g. %s (%s): %s"
+                % (example["id"], example["category"], " | ".join(s[:300] for s in example["input"][-2:]))
+            )
             for tb in example["traceback"][-4:]:
                 lines.append("      " + tb)
         pytest.fail("\n".join(lines), pytrace=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.unix_port import device_env, micropython_binary, stage_device_root
+from host_tools.board.unix_port import device_env, micropython_binary, stage_device_root
 
 DEVICE_TESTS = Path(__file__).resolve().parent / "device"
 _TEST_NAME = re.compile(r"^def (test_\w+)\(", re.M)
@@ -26,8 +26,14 @@ def _cases():
 
 @functools.cache
 def _run_module(module: str, root: str) -> dict[str, str]:
-    proc = subprocess.run([micropython_binary(), "-c", f"import runner; runner.run({module!r})"], cwd=root,
-                          env=device_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [micropython_binary(), "-c", f"import runner; runner.run({module!r})"],
+        cwd=root,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     outcomes = {}
     for line in proc.stdout.splitlines():
         verdict, _, rest = line.partition(" ")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import pki
-from host_tools.provision_file import derive_device_key
+from host_tools.provisioning import pki
+from host_tools.provisioning.provision_file import derive_device_key
 from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
 
 FAST = ("--fault", "retry_after=0")
@@ -37,6 +37,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 # --- retry-after, polling, throttling --------------------------------------------------------------------------
 
+
 def test_throttled_register_honours_retry_after(emulator, device):
     _, _, result, _ = _run(emulator, device, {"throttle_register": {"count": 2, "retry_after": 1}})
     assert result.status == 0, result.output
@@ -45,10 +46,15 @@ def test_throttled_register_honours_retry_after(emulator, device):
 
 
 def test_throttled_poll_and_server_error_on_poll(emulator, device):
-    _, _, result, _ = _run(emulator, device, {"throttle_poll": {"count": 1, "retry_after": 0},
-                                              "server_error": {"status": 503, "on": "poll", "count": 1,
-                                                               "retry_after": 0},
-                                              "assigning_polls": 1})
+    _, _, result, _ = _run(
+        emulator,
+        device,
+        {
+            "throttle_poll": {"count": 1, "retry_after": 0},
+            "server_error": {"status": 503, "on": "poll", "count": 1, "retry_after": 0},
+            "assigning_polls": 1,
+        },
+    )
     assert result.status == 0, result.output
     statuses = _statuses(result)
     assert 429 in statuses and 503 in statuses
@@ -60,8 +66,15 @@ def test_several_assigning_polls(emulator, device):
     assert _statuses(result) == [202, 202, 202, 202]  # the register's 202 and three polls still assigning
 
 
-@pytest.mark.parametrize("faults", [{"topic_param_order": "retry_first"}, {"retry_after_case": "upper"},
-                                    {"retry_after_case": "title"}, {"no_retry_after": True}])
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"topic_param_order": "retry_first"},
+        {"retry_after_case": "upper"},
+        {"retry_after_case": "title"},
+        {"no_retry_after": True},
+    ],
+)
 def test_topic_forms(emulator, device, faults):
     _, _, result, _ = _run(emulator, device, faults)
     assert result.status == 0, result.output
@@ -69,8 +82,12 @@ def test_topic_forms(emulator, device, faults):
 
 def test_persistent_server_error_gives_up_classified(emulator, device):
     # Retries continue (backing off) until the registration deadline; then the last answer is the error.
-    _, _, result, _ = _run(emulator, device, {"server_error": {"status": 503, "count": "always", "retry_after": 0}},
-                           registration_timeout_s=8)
+    _, _, result, _ = _run(
+        emulator,
+        device,
+        {"server_error": {"status": 503, "count": "always", "retry_after": 0}},
+        registration_timeout_s=8,
+    )
     assert result.status == 1
     error = result.error
     assert error["kind"] == "service_unavailable" and error["status"] == "503"
@@ -79,8 +96,12 @@ def test_persistent_server_error_gives_up_classified(emulator, device):
 
 
 def test_no_retry_on_4xx(emulator, device):
-    emu, _, result, _ = _run(emulator, device, emulator_args=FAST + ("--fault", "unknown_registration=404"),
-                             entry_extra={"registration_id": "someone-else"})
+    emu, _, result, _ = _run(
+        emulator,
+        device,
+        emulator_args=FAST + ("--fault", "unknown_registration=404"),
+        entry_extra={"registration_id": "someone-else"},
+    )
     assert result.status == 1
     assert result.error["kind"] == "not_found" and result.error["status"] == "404"
     assert result.error["error_code"].startswith("404") and result.error["tracking_id"]
@@ -89,6 +110,7 @@ def test_no_retry_on_4xx(emulator, device):
 
 
 # --- final outcomes ---------------------------------------------------------------------------------------------
+
 
 def test_failed_assignment(emulator, device):
     _, _, result, _ = _run(emulator, device, entry_extra={"allocation_fails": True})
@@ -132,6 +154,7 @@ def test_server_unavailable_at_connack_is_retried(emulator, device):
 
 # --- dropped connections --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("point", ["connack", "suback", "register", "202", "mid_payload"])
 def test_dropped_connection_is_resumed(emulator, device, point):
     _, _, result, _ = _run(emulator, device, {"drop_after": point, "assigning_polls": 1})
@@ -142,11 +165,15 @@ def test_dropped_connection_is_resumed(emulator, device, point):
 
 # --- malformed answers leave stored state untouched -------------------------------------------------------------
 
-@pytest.mark.parametrize("faults, expected", [
-    ({"malformed_json": {"count": "always"}}, "JSON"),
-    ({"omit_fields": ["assignedHub"]}, "assignedHub"),
-    ({"omit_fields": ["trustBundle.etag"]}, "trustBundle"),
-])
+
+@pytest.mark.parametrize(
+    "faults, expected",
+    [
+        ({"malformed_json": {"count": "always"}}, "JSON"),
+        ({"omit_fields": ["assignedHub"]}, "assignedHub"),
+        ({"omit_fields": ["trustBundle.etag"]}, "trustBundle"),
+    ],
+)
 def test_malformed_response_keeps_stored_state(emulator, device, faults, expected):
     key = new_key()
     emu = emulator(enrollment_doc([individual("outcome-dev", key)]), *FAST)
@@ -172,6 +199,7 @@ def test_oversized_response_is_refused(emulator, device):
 
 
 # --- trust bundle lifecycle -------------------------------------------------------------------------------------
+
 
 def test_trust_bundle_rotation_null_and_unchanged(emulator, device, tmp_path):
     key = new_key()
@@ -203,8 +231,9 @@ def test_trust_bundle_rotation_null_and_unchanged(emulator, device, tmp_path):
     assert gone not in stored
 
     # A null bundle removes what DPS installed earlier.
-    emu.update_enrollments(dict(doc, individual=[dict(individual("rotating", key),
-                                                      faults={"trust_bundle_null": True})]))
+    emu.update_enrollments(
+        dict(doc, individual=[dict(individual("rotating", key), faults={"trust_bundle_null": True})])
+    )
     nulled = dev.run()
     assert nulled.event("trust_bundle_absent")
     # Without a bundle there is nothing to verify the private gateway with: a classified refusal, not a crash.
@@ -215,10 +244,16 @@ def test_trust_bundle_rotation_null_and_unchanged(emulator, device, tmp_path):
 
 # --- group enrollment and payloads ------------------------------------------------------------------------------
 
+
 def test_group_enrollment_with_host_derived_key(emulator, device):
     group_key = new_key()
-    group = {"group_id": "fleet-a", "group_key": group_key, "assigned_hub": HUB, "trust_bundle": "bundle",
-             "payload": {"site": "north"}}
+    group = {
+        "group_id": "fleet-a",
+        "group_key": group_key,
+        "assigned_hub": HUB,
+        "trust_bundle": "bundle",
+        "payload": {"site": "north"},
+    }
     emu = emulator(enrollment_doc(groups=[group]), *FAST)
     device_key = derive_device_key(group_key, "fleet-a-0007")
     dev = device(emu, "fleet-a-0007", device_key, payload={"firmware": "1.2.3"})

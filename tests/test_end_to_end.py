@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import pki
+from host_tools.provisioning import pki
 from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
 
 

@@ -11,12 +11,11 @@ import shutil
 import subprocess
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
-from host_tools.provision_file import derive_device_key
-from host_tools.unix_port import device_command, device_env
+from host_tools.board.unix_port import device_command, device_env
+from host_tools.provisioning.provision_file import derive_device_key
 from tests.helpers import ID_SCOPE, assert_no_secret, enrollment_doc, individual, new_key, parse_result
 
 FAST = ("--fault", "retry_after=0")
@@ -125,8 +124,7 @@ def test_token_renewed_across_expiries(emulator, device):
 def test_keepalive_pings_keep_an_idle_connection(emulator, device):
     key = new_key()
     emu = emulator(enrollment_doc([individual("idle-dev", key)]), *FAST)
-    dev = device(emu, "idle-dev", key, mqtt_keepalive_s=2, telemetry_count=2, telemetry_interval_s=5,
-                 log_level="debug")
+    dev = device(emu, "idle-dev", key, mqtt_keepalive_s=2, telemetry_count=2, telemetry_interval_s=5, log_level="debug")
     result = dev.run()
     assert result.status == 0, result.output
     assert len(result.all("gateway_ping")) >= 3
@@ -156,8 +154,14 @@ def test_unset_clock_refuses_to_sign(emulator, device):
     emu = emulator(enrollment_doc([individual("clockless", key)]), *FAST)
     dev = device(emu, "clockless", key)
     # An ESP32 without NTP wakes up a few seconds after 2000-01-01.
-    proc = subprocess.run(["faketime", "2000-01-01 00:00:05", *device_command()], cwd=dev.root,
-                          env=device_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["faketime", "2000-01-01 00:00:05", *device_command()],
+        cwd=dev.root,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     result = parse_result(proc)
     assert result.status == 1
     assert result.error["kind"] == "clock" and "not set" in result.error["message"]
@@ -182,14 +186,19 @@ def test_no_secret_in_any_output_or_file(emulator, device, tmp_path):
     group_key = new_key()
     device_key = derive_device_key(group_key, "secret-dev")
     wrong_key = new_key()
-    group = {"group_id": "secret-group", "group_key": group_key, "assigned_hub": "test-hub.azure-devices.net",
-             "trust_bundle": "bundle", "faults": {"throttle_register": {"count": 1, "retry_after": 0},
-                                                  "drop_after": "202"}}
+    group = {
+        "group_id": "secret-group",
+        "group_key": group_key,
+        "assigned_hub": "test-hub.azure-devices.net",
+        "trust_bundle": "bundle",
+        "faults": {"throttle_register": {"count": 1, "retry_after": 0}, "drop_after": "202"},
+    }
     emu = emulator(enrollment_doc(groups=[group]), *FAST, "-v")
     started = int(time.time())
     outputs = []
-    dev = device(emu, "secret-dev", device_key, log_level="debug", sas_ttl_s=60, telemetry_count=3,
-                 telemetry_interval_s=0)
+    dev = device(
+        emu, "secret-dev", device_key, log_level="debug", sas_ttl_s=60, telemetry_count=3, telemetry_interval_s=0
+    )
     ok = dev.run()
     assert ok.status == 0, ok.output
     outputs.append(ok.output)
@@ -201,16 +210,23 @@ def test_no_secret_in_any_output_or_file(emulator, device, tmp_path):
 
     resources = [f"{ID_SCOPE}/registrations/secret-dev", "test-hub.azure-devices.net/devices/secret-dev"]
     secrets_ = [group_key, device_key, wrong_key]
-    signatures = _signatures(device_key, resources, started + 60, ended + 60) | \
-        _signatures(wrong_key, resources, started + 60, ended + 60)
+    signatures = _signatures(device_key, resources, started + 60, ended + 60) | _signatures(
+        wrong_key, resources, started + 60, ended + 60
+    )
     texts = list(outputs)
     texts.append((emu.state_dir / "emulator.log").read_text())
     # Every file the device or the emulator wrote: all but the firmware's own code, the provisioning file, the
     # emulator's enrollment file (the service side's key store) and its PKI private keys.
-    written = [p for p in dev.root.rglob("*") if p.is_file() and p.parts[len(dev.root.parts)] not in
-               ("azprov", "lib", "main.py", "provisioning.json")]
-    written += [p for p in emu.state_dir.rglob("*") if p.is_file() and p.name != "enrollments.json"
-                and not p.name.endswith("-key.pem")]
+    written = [
+        p
+        for p in dev.root.rglob("*")
+        if p.is_file() and p.parts[len(dev.root.parts)] not in ("azprov", "lib", "main.py", "provisioning.json")
+    ]
+    written += [
+        p
+        for p in emu.state_dir.rglob("*")
+        if p.is_file() and p.name != "enrollments.json" and not p.name.endswith("-key.pem")
+    ]
     assert any(p.name == "state.json" for p in written) and any(p.name == "telemetry.jsonl" for p in written)
     texts += [p.read_text(errors="replace") for p in written]
     everything = "\n".join(texts)

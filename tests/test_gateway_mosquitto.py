@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools import pki
+from host_tools.provisioning import pki
 from tests.helpers import enrollment_doc, free_port, individual, new_key, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -40,13 +40,17 @@ class Mosquitto:
         )
 
     def __enter__(self):
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             wait_for_port(self.port)
         except TimeoutError:
             self.proc.kill()
-            raise AssertionError("mosquitto did not start:\n" + self.proc.communicate()[0])
+            raise AssertionError("mosquitto did not start:\n" + self.proc.communicate()[0]) from None
         return self
 
     def __exit__(self, *exc):
@@ -73,8 +77,7 @@ def _setup(emulator, device, tmp_path, server_for):
 
 
 def test_telemetry_acknowledged_by_mosquitto_behind_trust_bundle(emulator, device, tmp_path):
-    emu, broker, dev = _setup(emulator, device, tmp_path,
-                              lambda ca: pki.make_server_cert(ca, ["localhost"]))
+    emu, broker, dev = _setup(emulator, device, tmp_path, lambda ca: pki.make_server_cert(ca, ["localhost"]))
     received: list = []
     ready = threading.Event()
     with broker:
@@ -93,8 +96,9 @@ def test_telemetry_acknowledged_by_mosquitto_behind_trust_bundle(emulator, devic
 
 
 def test_broker_certificate_for_another_host_is_refused(emulator, device, tmp_path):
-    _, broker, dev = _setup(emulator, device, tmp_path,
-                            lambda ca: pki.make_server_cert(ca, ["not-the-gateway.example"]))
+    _, broker, dev = _setup(
+        emulator, device, tmp_path, lambda ca: pki.make_server_cert(ca, ["not-the-gateway.example"])
+    )
     with broker:
         result = dev.run()
     assert result.status == 1
@@ -104,8 +108,12 @@ def test_broker_certificate_for_another_host_is_refused(emulator, device, tmp_pa
 
 
 def test_broker_certificate_from_another_root_is_refused(emulator, device, tmp_path):
-    _, broker, dev = _setup(emulator, device, tmp_path,
-                            lambda ca: pki.make_server_cert(pki.make_intermediate(pki.make_root()), ["localhost"]))
+    _, broker, dev = _setup(
+        emulator,
+        device,
+        tmp_path,
+        lambda ca: pki.make_server_cert(pki.make_intermediate(pki.make_root()), ["localhost"]),
+    )
     with broker:
         result = dev.run()
     assert result.status == 1

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import pki
-from host_tools.harness import parse_device_line
-from host_tools.unix_port import REPO, micropython_binary, stage_device_root
-from host_tools.virtual_board import FlashImage
+from host_tools.board.harness import parse_device_line
+from host_tools.board.unix_port import REPO, micropython_binary, stage_device_root
+from host_tools.board.virtual_board import FlashImage
+from host_tools.provisioning import pki
 from tests.helpers import enrollment_doc, individual, new_key, provisioning_for
 
 pytestmark = pytest.mark.slow
@@ -56,6 +56,7 @@ STATE, PEM, STAGED, TMP = "state.json", "trust_bundle.pem", "trust_bundle.pem.ne
 
 
 # --- running the power-cut board ---------------------------------------------------------------------------------
+
 
 def _env(image: Path, provisioning: str = "provisioning.json", cut: int | None = None, trace: bool = False) -> dict:
     env = dict(os.environ, PC_IMAGE=str(image), PC_PROVISIONING=provisioning)
@@ -95,16 +96,25 @@ class Boot:
 
 
 def power_on(image: Path, **kw) -> Boot:
-    proc = subprocess.run([micropython_binary(), str(BOOT), "run"], env=_env(image, **kw), capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT_S)
+    proc = subprocess.run(
+        [micropython_binary(), str(BOOT), "run"],
+        env=_env(image, **kw),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
     return Boot(proc.stdout + proc.stderr, proc.returncode)
 
 
 def power_on_and_cut(image: Path, cut: int, provisioning: str) -> tuple[str, int | None]:
     """Boots with the cut armed; SIGKILLs the process once it reports the cut. Returns (output, programmed)."""
-    proc = subprocess.Popen([micropython_binary(), str(BOOT), "run"],
-                            env=_env(image, provisioning, cut=cut), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [micropython_binary(), str(BOOT), "run"],
+        env=_env(image, provisioning, cut=cut),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
     watchdog.start()
     lines, programmed = [], None
@@ -135,6 +145,7 @@ def _bundle_pem(path: Path, *more: Path) -> str:
 
 # --- the test --------------------------------------------------------------------------------------------------------
 
+
 def _cut_points(ops: list[tuple[int, int]], lo: int, hi: int) -> list[int]:
     points = set()
     for start, length in ops:
@@ -160,7 +171,9 @@ def _classify_raw(files: dict[str, str], known: dict[str, str]) -> str:
         if pem == known["pem_a"] and staged == known["pem_b"]:
             return "new-staged"
         return "new state.json with trust_bundle.pem %s and staged %s" % (
-            "A" if pem == known["pem_a"] else pem, "B" if staged == known["pem_b"] else staged)
+            "A" if pem == known["pem_a"] else pem,
+            "B" if staged == known["pem_b"] else staged,
+        )
     return "state.json is neither the old nor the new one (%s)" % state
 
 
@@ -169,8 +182,12 @@ def _restart_and_check(image: Path, known: dict, record: dict, cut_output: str) 
     boot = power_on(image)
     raw = _classify_raw(boot.files["PRE"], known)
     after = _classify_raw(boot.files["POST"], known)
-    record.update(raw=raw, after=after, leftover_tmp=boot.sizes["POST"].get(TMP),
-                  telemetry="telemetry_acknowledged" in boot.events)
+    record.update(
+        raw=raw,
+        after=after,
+        leftover_tmp=boot.sizes["POST"].get(TMP),
+        telemetry="telemetry_acknowledged" in boot.events,
+    )
     problems = []
     if raw not in ("old", "new", "new-staged"):
         problems.append("after the cut: " + raw)
@@ -196,23 +213,36 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
     bundle_a, bundle_b = tmp_path / "bundle-a.pem", tmp_path / "bundle-b.pem"
     pki.write_bundle(bundle_a, pki.make_decoy_roots(1, "power-cut A"))
     pki.write_bundle(bundle_b, pki.make_decoy_roots(2, "power-cut B"))
-    doc = enrollment_doc([individual("pc-dev", key, trust_bundle="bundle-a")], bundle=("pki:trust-root",),
-                         **{"bundle-a": (str(bundle_a), "pki:trust-root"),
-                            "bundle-b": (str(bundle_b), "pki:trust-root")})
+    doc = enrollment_doc(
+        [individual("pc-dev", key, trust_bundle="bundle-a")],
+        bundle=("pki:trust-root",),
+        **{"bundle-a": (str(bundle_a), "pki:trust-root"), "bundle-b": (str(bundle_b), "pki:trust-root")},
+    )
     emu = emulator(doc, "--fault", "retry_after=0")
     trust_root = Path(emu.info["pki"]["trust_root"])
-    known = {"pem_a": _sha(_bundle_pem(bundle_a, trust_root).encode()),
-             "pem_b": _sha(_bundle_pem(bundle_b, trust_root).encode())}
+    known = {
+        "pem_a": _sha(_bundle_pem(bundle_a, trust_root).encode()),
+        "pem_b": _sha(_bundle_pem(bundle_b, trust_root).encode()),
+    }
 
     # The device image, inside a littlefs image.
     src = tmp_path / "image-src"
     provisioning = provisioning_for(emu, "pc-dev", key)
-    stage_device_root(src, provisioning, use_mpy=True, build_dir=tmp_path / "mpy",
-                      ca_files={"certs/dps-root.pem": Path(emu.info["pki"]["dps_root"])})
+    stage_device_root(
+        src,
+        provisioning,
+        use_mpy=True,
+        build_dir=tmp_path / "mpy",
+        ca_files={"certs/dps-root.pem": Path(emu.info["pki"]["dps_root"])},
+    )
     (src / REPROVISION_FILE).write_text(json.dumps(dict(provisioning, force_reprovision=True), indent=2))
     snapshot = tmp_path / "old-state.img"
-    made = subprocess.run([micropython_binary(), str(BOOT), "mkimage", str(snapshot), str(src), str(IMAGE_BLOCKS)],
-                          capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [micropython_binary(), str(BOOT), "mkimage", str(snapshot), str(src), str(IMAGE_BLOCKS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
 
     # 1. Old state: provisioned with bundle A.
@@ -338,7 +368,9 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
         "roll_forward_kill_points": len(roll_records),
         "roll_forward_outcomes": sorted({r.get("raw") or "failure" for r in roll_records}),
         "leftover_state_json_tmp_after_restart": sum(1 for r in records if r.get("leftover_tmp") is not None),
-        "leftover_state_json_tmp_sizes": sorted({r["leftover_tmp"] for r in records if r.get("leftover_tmp") is not None}),
+        "leftover_state_json_tmp_sizes": sorted(
+            {r["leftover_tmp"] for r in records if r.get("leftover_tmp") is not None}
+        ),
         "restarts_with_acknowledged_telemetry": sum(1 for r in records + roll_records if r.get("telemetry")),
         "gateway_telemetry_records": len(telemetry),
         "failures": len(failures),
@@ -352,7 +384,12 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path):
     REPORT.write_text(json.dumps(summary, indent=1) + "\n")
 
     assert not failures, "%d of %d cuts failed; first: cut at byte %d: %s\n%s" % (
-        len(failures), len(points), failures[0]["cut"], failures[0]["failure"], failures[0].get("output", "")[-4000:])
+        len(failures),
+        len(points),
+        failures[0]["cut"],
+        failures[0]["failure"],
+        failures[0].get("output", "")[-4000:],
+    )
     assert counts["old"] and counts["new"] + counts["new-staged"], counts  # the cuts straddle the commit point
     assert roll_records, "no cut left the new state with its PEM staged: the roll-forward was not exercised"
     # First boot + measuring boot + roll-forward probe + one message per restart, as the gateway recorded them.

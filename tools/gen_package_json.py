@@ -27,7 +27,7 @@ def firmware_version() -> str:
     text = (FIRMWARE / "azprov" / "__init__.py").read_text()
     match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
     if not match:
-        raise SystemExit("firmware/azprov/__init__.py: no __version__ = \"...\" line")
+        raise SystemExit('firmware/azprov/__init__.py: no __version__ = "..." line')
     return match.group(1)
 
 

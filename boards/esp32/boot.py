@@ -33,8 +33,17 @@ def _wifi_settings(path="provisioning.json"):
 
 
 def _status_name(network, status):
-    for name in ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL", "STAT_IDLE", "STAT_CONNECTING",
-                 "STAT_GOT_IP", "STAT_BEACON_TIMEOUT", "STAT_ASSOC_FAIL", "STAT_HANDSHAKE_TIMEOUT"):
+    for name in (
+        "STAT_WRONG_PASSWORD",
+        "STAT_NO_AP_FOUND",
+        "STAT_CONNECT_FAIL",
+        "STAT_IDLE",
+        "STAT_CONNECTING",
+        "STAT_GOT_IP",
+        "STAT_BEACON_TIMEOUT",
+        "STAT_ASSOC_FAIL",
+        "STAT_HANDSHAKE_TIMEOUT",
+    ):
         if getattr(network, name, None) == status:
             return name[5:].lower()
     return str(status)
@@ -59,7 +68,11 @@ def _join_wifi(ssid, password):
         if wlan.isconnected():
             _log("INFO", "wifi_connected", "ssid=%s ip=%s attempt=%d" % (ssid, wlan.ifconfig()[0], attempt))
             return True
-        _log("WARNING", "wifi_retry", "ssid=%s attempt=%d status=%s" % (ssid, attempt, _status_name(network, wlan.status())))
+        _log(
+            "WARNING",
+            "wifi_retry",
+            "ssid=%s attempt=%d status=%s" % (ssid, attempt, _status_name(network, wlan.status())),
+        )
         wlan.disconnect()
         time.sleep_ms(1000 * attempt)
     _log("ERROR", "wifi_failed", "ssid=%s attempts=%d" % (ssid, _WIFI_ATTEMPTS))

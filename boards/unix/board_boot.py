@@ -1,4 +1,4 @@
-# The virtual board's power-on: run by `micropython -i board_boot.py` (host_tools/virtual_board.py starts it).
+# The virtual board's power-on: run by `micropython -i board_boot.py` (host_tools/board/virtual_board.py starts it).
 #
 # Does what an ESP32's firmware does before its REPL: mount the littlefs flash at "/" (formatting a blank one),
 # run /boot.py, then /main.py unless the board is rebooting into the raw REPL, then hand over to the REPL (`-i`).

@@ -4,10 +4,9 @@
 # block device whose blocks live in an ordinary file, so the file system code, its atomic renames and its failure
 # modes are the board's, and killing the process mid-write is a power cut.
 #
-# Also the image tool's device half: host_tools/virtual_board.py runs `micropython -c` with calls into this module
+# Also the image tool's device half: host_tools/board/virtual_board.py runs `micropython -c` with calls into this module
 # (mkfs, ls, cat, put) because only MicroPython has the littlefs driver.
 import os
-import sys
 
 BLOCK_SIZE = 4096  # the ESP32's flash sector size, and what MicroPython uses for its vfs partition
 
@@ -63,7 +62,7 @@ def open_vfs(path, block_size=BLOCK_SIZE, format_if_blank=True):
     return os.VfsLfs2(dev), True
 
 
-# --- image tool commands (host_tools/virtual_board.py calls these; output is parsed there) ---------------------------
+# --- image tool commands (host_tools/board/virtual_board.py calls these; output is parsed there) ---------------------------
 
 _MOUNT = "/__flash_image"
 
@@ -92,7 +91,7 @@ def _walk(folder):
 def ls(path, block_size=BLOCK_SIZE):
     _mount(path, block_size)
     for full, size in _walk(_MOUNT):
-        print("%d %s" % (size, full[len(_MOUNT):]))
+        print("%d %s" % (size, full[len(_MOUNT) :]))
     stat = os.statvfs(_MOUNT)
     print("FREE %d %d" % (stat[0] * stat[3], stat[0] * stat[2]))
 

@@ -8,7 +8,6 @@ from azprov import errors, log
 from azprov.errors import ProvisioningError
 from azprov.store import Store
 
-
 # DPS connections made by this boot (a list so provision() can add to it without a global statement).
 _dps_connections = [0]
 
@@ -42,8 +41,12 @@ def provision(cfg, store):
         _dps_connections[0] += session.connections
         session = Session = None
         release("provision", "dps")
-    log.info("registered", ("hub", registration["assignedHub"]), ("device_id", registration["deviceId"]),
-             ("substatus", registration.get("substatus") or "-"))
+    log.info(
+        "registered",
+        ("hub", registration["assignedHub"]),
+        ("device_id", registration["deviceId"]),
+        ("substatus", registration.get("substatus") or "-"),
+    )
     gc.collect()
     parsed = trust_bundle.parse(registration.get("trustBundle"))
     assignment = {
@@ -61,11 +64,20 @@ def provision(cfg, store):
     if parsed is None:
         log.info("trust_bundle_absent", ("written", written))
     else:
-        log.info("trust_bundle_stored", ("certificates", len(parsed["certificates"])), ("id", parsed["id"]),
-                 ("etag", parsed["etag"]), ("written", written))
+        log.info(
+            "trust_bundle_stored",
+            ("certificates", len(parsed["certificates"])),
+            ("id", parsed["id"]),
+            ("etag", parsed["etag"]),
+            ("written", written),
+        )
         for cert in parsed["certificates"]:
-            log.info("trust_bundle_cert", ("sha256", cert["sha256"]), ("subject", cert["subject"] or "-"),
-                     ("not_after", cert["not_after"] or "-"))
+            log.info(
+                "trust_bundle_cert",
+                ("sha256", cert["sha256"]),
+                ("subject", cert["subject"] or "-"),
+                ("not_after", cert["not_after"] or "-"),
+            )
     parsed = trust_bundle = None
     release("bundle")
     return store.load()
@@ -102,8 +114,14 @@ def _gateway(cfg, store, state):
 
 
 def _telemetry_payload(cfg, sequence):
-    return json.dumps({"registrationId": cfg["registration_id"], "sequence": sequence,
-                       "heapFree": gc.mem_free(), "uptimeMs": time.ticks_ms()})
+    return json.dumps(
+        {
+            "registrationId": cfg["registration_id"],
+            "sequence": sequence,
+            "heapFree": gc.mem_free(),
+            "uptimeMs": time.ticks_ms(),
+        }
+    )
 
 
 def _backoff_s(failures):
@@ -120,8 +138,11 @@ def run(cfg, store, make_payload=_telemetry_payload):
     if fresh:
         state = provision(cfg, store)
     else:
-        log.info("using_cached_assignment", ("hub", state["assignment"]["assigned_hub"]),
-                 ("device_id", state["assignment"]["device_id"]))
+        log.info(
+            "using_cached_assignment",
+            ("hub", state["assignment"]["assigned_hub"]),
+            ("device_id", state["assignment"]["device_id"]),
+        )
     log.debug("step", ("name", "gateway"))
     gateway = _gateway(cfg, store, state)
     count = cfg["telemetry_count"]  # 0: run until power-off
@@ -135,8 +156,10 @@ def run(cfg, store, make_payload=_telemetry_payload):
                 gateway.send(make_payload(cfg, sequence))
             except ProvisioningError as exc:
                 failures += 1
-                stale = exc.kind in (errors.AUTHENTICATION, errors.TLS_VERIFICATION, errors.STORAGE) \
+                stale = (
+                    exc.kind in (errors.AUTHENTICATION, errors.TLS_VERIFICATION, errors.STORAGE)
                     or failures >= cfg["max_gateway_failures"]
+                )
                 if stale and not fresh:
                     # The cached assignment or trust bundle may be out of date: DPS knows the current ones.
                     log.warning("reprovisioning", ("reason", exc.kind), ("failures", failures))
@@ -157,9 +180,14 @@ def run(cfg, store, make_payload=_telemetry_payload):
             sequence += 1
     finally:
         gateway.close()
-    log.info("done", ("messages", sequence), ("dps_connections", _dps_connections[0]),
-             ("gateway_connections", gateway.connections), ("renewals", gateway.renewals),
-             ("flash_writes", store.writes))
+    log.info(
+        "done",
+        ("messages", sequence),
+        ("dps_connections", _dps_connections[0]),
+        ("gateway_connections", gateway.connections),
+        ("renewals", gateway.renewals),
+        ("flash_writes", store.writes),
+    )
     return 0
 
 
@@ -179,6 +207,9 @@ def main(path="provisioning.json"):
         return 1
     except MemoryError:
         gc.collect()
-        _log_failure(ProvisioningError(errors.OUT_OF_MEMORY, "the heap is too small for this step (%d bytes free)"
-                                       % gc.mem_free()))
+        _log_failure(
+            ProvisioningError(
+                errors.OUT_OF_MEMORY, "the heap is too small for this step (%d bytes free)" % gc.mem_free()
+            )
+        )
         return 1

@@ -1,6 +1,6 @@
 # The trust bundle from a DPS registration result: validate it and turn it into what the device stores.
-import hashlib
 import binascii
+import hashlib
 
 from azprov import errors
 from azprov.errors import ProvisioningError
@@ -72,15 +72,17 @@ def parse(trust_bundle):
         if not tls.accepts(der):
             raise _bad(where + " is not a certificate the TLS stack can load")
         blocks.append(block)
-        certificates.append({
-            "subject": _meta_text(meta, "subjectName"),
-            "issuer": _meta_text(meta, "issuerName"),
-            "sha1": _meta_text(meta, "sha1Thumbprint"),
-            "sha256": sha256,
-            "serial": _meta_text(meta, "serialNumber"),
-            "not_before": _meta_text(meta, "notBeforeUtc"),
-            "not_after": _meta_text(meta, "notAfterUtc"),
-        })
+        certificates.append(
+            {
+                "subject": _meta_text(meta, "subjectName"),
+                "issuer": _meta_text(meta, "issuerName"),
+                "sha1": _meta_text(meta, "sha1Thumbprint"),
+                "sha256": sha256,
+                "serial": _meta_text(meta, "serialNumber"),
+                "not_before": _meta_text(meta, "notBeforeUtc"),
+                "not_after": _meta_text(meta, "notAfterUtc"),
+            }
+        )
     pem = "".join(blocks)
     return {
         "id": bundle_id,

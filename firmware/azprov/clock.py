@@ -28,6 +28,9 @@ def require_set_clock():
     if now < RELEASED:
         from azprov.errors import CLOCK, ProvisioningError
 
-        raise ProvisioningError(CLOCK, "device clock is not set (unix time %d is before the firmware release); "
-                                "sync it (ntptime) before signing or verifying certificates" % now)
+        raise ProvisioningError(
+            CLOCK,
+            "device clock is not set (unix time %d is before the firmware release); "
+            "sync it (ntptime) before signing or verifying certificates" % now,
+        )
     return now

@@ -60,8 +60,9 @@ def load(path):
     except OSError:
         raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file cannot be read" % path)
     if text is None:
-        raise ProvisioningError(errors.CONFIGURATION, "%s: provisioning file is larger than %d bytes"
-                                % (path, _MAX_FILE_BYTES))
+        raise ProvisioningError(
+            errors.CONFIGURATION, "%s: provisioning file is larger than %d bytes" % (path, _MAX_FILE_BYTES)
+        )
     try:
         check_utf8(text)
         text = text.decode()
@@ -89,8 +90,11 @@ def parse(text, path="provisioning file"):
             continue
         # bool is a subclass of int: a port of `true` is a mistake, not 1.
         if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            raise _error(path, name, "must be " + {str: "a string", int: "a whole number", bool: "true or false",
-                                                   dict: "an object"}[kind])
+            raise _error(
+                path,
+                name,
+                "must be " + {str: "a string", int: "a whole number", bool: "true or false", dict: "an object"}[kind],
+            )
         config[name] = value
     for name in ("dps_host", "id_scope", "registration_id", "symmetric_key", "dps_ca_file", "storage_dir"):
         if not config[name].strip():
@@ -100,8 +104,9 @@ def parse(text, path="provisioning file"):
             raise _error(path, name, "must be between 1 and 65535")
     reg_id = config["registration_id"]
     if len(reg_id) > 128 or any(c not in _REG_ID_CHARS for c in reg_id) or reg_id[-1] in "._:":
-        raise _error(path, "registration_id", "must be up to 128 letters, digits or -._: and end in a letter, "
-                     "digit or -")
+        raise _error(
+            path, "registration_id", "must be up to 128 letters, digits or -._: and end in a letter, digit or -"
+        )
     try:
         key = b64decode(config["symmetric_key"])
     except ValueError:

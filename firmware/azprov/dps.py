@@ -48,7 +48,7 @@ def parse_topic(topic):
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "response topic is not UTF-8")
     if not topic.startswith(_RESPONSE_PREFIX):
         return None
-    rest = topic[len(_RESPONSE_PREFIX):]
+    rest = topic[len(_RESPONSE_PREFIX) :]
     status_text, _, query = rest.partition("/")
     try:
         status = int(status_text)
@@ -118,8 +118,14 @@ def service_error(status, body, retry_after=None):
         kind = errors.SERVICE_UNAVAILABLE
     else:
         kind = errors.BAD_REQUEST
-    return ProvisioningError(kind, message, status=status, error_code=code if isinstance(code, int) else None,
-                             tracking_id=tracking if isinstance(tracking, str) else None, retry_after=retry_after)
+    return ProvisioningError(
+        kind,
+        message,
+        status=status,
+        error_code=code if isinstance(code, int) else None,
+        tracking_id=tracking if isinstance(tracking, str) else None,
+        retry_after=retry_after,
+    )
 
 
 class Registration:
@@ -129,8 +135,9 @@ class Registration:
     next request as (delay_s, topic, body); when `done` is true, `result` holds the registrationState (a dict) with
     `operation_id`. Final errors are raised as ProvisioningError. A request is (delay_s, topic, body)."""
 
-    def __init__(self, registration_id, payload=None, max_attempts=DEFAULT_MAX_ATTEMPTS,
-                 max_polls=DEFAULT_MAX_POLLS, random=None):
+    def __init__(
+        self, registration_id, payload=None, max_attempts=DEFAULT_MAX_ATTEMPTS, max_polls=DEFAULT_MAX_POLLS, random=None
+    ):
         self.registration_id = registration_id
         self.payload = payload
         self.max_attempts = max_attempts
@@ -226,10 +233,13 @@ class Registration:
         if op_status == "failed":
             code = state.get("errorCode")
             message = state.get("errorMessage")
-            raise ProvisioningError(errors.ASSIGNMENT_FAILED,
-                                    message if isinstance(message, str) and message else "assignment failed",
-                                    status=status, error_code=code if isinstance(code, int) else None,
-                                    tracking_id=reply.get("trackingId") if isinstance(reply.get("trackingId"), str) else None)
+            raise ProvisioningError(
+                errors.ASSIGNMENT_FAILED,
+                message if isinstance(message, str) and message else "assignment failed",
+                status=status,
+                error_code=code if isinstance(code, int) else None,
+                tracking_id=reply.get("trackingId") if isinstance(reply.get("trackingId"), str) else None,
+            )
         if op_status == "disabled":
             raise ProvisioningError(errors.DISABLED, "enrollment is disabled", status=status)
         raise ProvisioningError(errors.MALFORMED_RESPONSE, "unknown registration status", status=status)

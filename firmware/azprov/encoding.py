@@ -34,7 +34,6 @@ def url_encode(text):
     return "".join(out)
 
 
-
 # MicroPython's decoder checks UTF-8's structure but lets through overlong forms (b"\xc0\xaf" decodes to "/"),
 # encoded surrogates and code points past U+10FFFF, which strict decoders (CPython, the services) reject.
 _NEVER_IN_UTF8 = b"\xc0\xc1\xf5\xf6\xf7\xf8\xf9\xfa\xfb\xfc\xfd\xfe\xff"

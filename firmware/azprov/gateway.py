@@ -23,8 +23,10 @@ def telemetry_topic(device_id, properties=None):
     """devices/{id}/messages/events/ plus a percent-encoded property bag; `properties` is a list of (name, value)."""
     topic = "devices/%s/messages/events/" % device_id
     if properties:
-        topic += "&".join("%s=%s" % (url_encode(k) if not k.startswith("$.") else "$." + url_encode(k[2:]),
-                                     url_encode(v)) for k, v in properties)
+        topic += "&".join(
+            "%s=%s" % (url_encode(k) if not k.startswith("$.") else "$." + url_encode(k[2:]), url_encode(v))
+            for k, v in properties
+        )
     return topic
 
 
@@ -68,8 +70,17 @@ class Gateway:
         password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
         self.connections += 1
         self.client = transport.connect(
-            self.device_id, self.host, self.port, username(self.hub, self.device_id), password, self.tls_context(),
-            _IO_TIMEOUT_MS, keepalive=self.keepalive_s, on_message=self._on_cloud_message, context="gateway")
+            self.device_id,
+            self.host,
+            self.port,
+            username(self.hub, self.device_id),
+            password,
+            self.tls_context(),
+            _IO_TIMEOUT_MS,
+            keepalive=self.keepalive_s,
+            on_message=self._on_cloud_message,
+            context="gateway",
+        )
         self._last_ping = time.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
 

@@ -34,8 +34,9 @@ def _sleep_within(seconds, deadline, cause=None):
         if cause is not None:
             cause.answered = True
             raise cause
-        raise ProvisioningError(errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds,
-                                retry_after=int(seconds))
+        raise ProvisioningError(
+            errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds, retry_after=int(seconds)
+        )
     time.sleep_ms(int(seconds * 1000))
 
 
@@ -62,9 +63,17 @@ class Session:
         log.debug("dps_connecting", ("host", cfg["dps_host"]), ("port", cfg["dps_port"]))
         self.connections += 1
         client = transport.connect(
-            cfg["registration_id"], cfg["dps_host"], cfg["dps_port"],
-            dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version), password,
-            self._ctx, timeout, keepalive=_KEEPALIVE_S, on_message=self._on_message, context="DPS")
+            cfg["registration_id"],
+            cfg["dps_host"],
+            cfg["dps_port"],
+            dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version),
+            password,
+            self._ctx,
+            timeout,
+            keepalive=_KEEPALIVE_S,
+            on_message=self._on_message,
+            context="DPS",
+        )
         try:
             client.subscribe(dps.RESPONSE_FILTER, qos=1)
         except Exception as exc:

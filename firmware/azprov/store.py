@@ -3,8 +3,8 @@
 # one: the PEM is written beside the old one, state.json is replaced atomically (temp file + rename, atomic on
 # littlefs), and only then is the new PEM moved into place. At load time a state.json whose pem_sha256 matches the
 # staged PEM finishes that last step.
-import hashlib
 import binascii
+import hashlib
 import json
 import os
 
@@ -104,8 +104,12 @@ def _check_state(state):
         raise _corrupt("state.json has no trust_bundle entry")
     bundle = state["trust_bundle"]
     if bundle is not None:
-        if not isinstance(bundle, dict) or not isinstance(bundle.get("pem_sha256"), str) \
-                or not isinstance(bundle.get("etag"), str) or not isinstance(bundle.get("certificates"), list):
+        if (
+            not isinstance(bundle, dict)
+            or not isinstance(bundle.get("pem_sha256"), str)
+            or not isinstance(bundle.get("etag"), str)
+            or not isinstance(bundle.get("certificates"), list)
+        ):
             raise _corrupt("trust_bundle metadata is incomplete")
 
 
@@ -121,8 +125,9 @@ def _serialise(state):
     except (ValueError, TypeError, RuntimeError):  # RuntimeError: nesting deeper than the stack allows
         ok = False
     if not ok:
-        raise ProvisioningError(errors.MALFORMED_RESPONSE,
-                                "the registration result cannot be stored (payload too large or not plain JSON)")
+        raise ProvisioningError(
+            errors.MALFORMED_RESPONSE, "the registration result cannot be stored (payload too large or not plain JSON)"
+        )
     return text
 
 
@@ -169,8 +174,10 @@ class Store:
         from azprov.pem import PemError, split
 
         try:
-            found = [binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
-                     for _, der in split(self.trust_bundle_pem())]
+            found = [
+                binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
+                for _, der in split(self.trust_bundle_pem())
+            ]
         except PemError as exc:
             raise _corrupt("trust_bundle.pem: %s" % exc)
         if found != [entry.get("sha256") if isinstance(entry, dict) else None for entry in listed]:

@@ -75,8 +75,9 @@ class DeadlineSocket:
     def read(self, n):
         self.flush()
         if n > self._max_packet:
-            raise ProvisioningError(errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit"
-                                    % (n, self._max_packet))
+            raise ProvisioningError(
+                errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit" % (n, self._max_packet)
+            )
         if n >= _COLLECT_BEFORE_BYTES:
             gc.collect()  # a DPS result with a trust bundle needs one contiguous block: make room first
         buf = bytearray(n)
@@ -189,23 +190,37 @@ def classify(exc, context):
         return ProvisioningError(errors.TLS_VERIFICATION, "%s: server certificate rejected: %s" % (context, exc))
     if isinstance(exc, MemoryError):
         return ProvisioningError(errors.MALFORMED_RESPONSE, "%s: message too large for free memory" % context)
-    return ProvisioningError(errors.MALFORMED_RESPONSE, "%s: malformed MQTT packet (%s)"
-                             % (context, type(exc).__name__))
+    return ProvisioningError(
+        errors.MALFORMED_RESPONSE, "%s: malformed MQTT packet (%s)" % (context, type(exc).__name__)
+    )
 
 
 def _connack_error(code, context):
     # MQTT 3.1.1 CONNACK: 4 bad user name or password, 5 not authorized; 1-3 are protocol/server problems.
     if code in (4, 5):
-        return ProvisioningError(errors.AUTHENTICATION, "%s: refused at CONNACK (code %d)" % (context, code),
-                                 status=code)
+        return ProvisioningError(
+            errors.AUTHENTICATION, "%s: refused at CONNACK (code %d)" % (context, code), status=code
+        )
     if code == 3:
-        return ProvisioningError(errors.SERVICE_UNAVAILABLE, "%s: server unavailable (CONNACK 3)" % context,
-                                 status=code)
+        return ProvisioningError(
+            errors.SERVICE_UNAVAILABLE, "%s: server unavailable (CONNACK 3)" % context, status=code
+        )
     return ProvisioningError(errors.BAD_REQUEST, "%s: refused at CONNACK (code %s)" % (context, code), status=code)
 
 
-def connect(client_id, host, port, user, password, ctx, timeout_ms, keepalive=0, on_message=None,
-            max_packet=DEFAULT_MAX_PACKET, context="connect"):
+def connect(
+    client_id,
+    host,
+    port,
+    user,
+    password,
+    ctx,
+    timeout_ms,
+    keepalive=0,
+    on_message=None,
+    max_packet=DEFAULT_MAX_PACKET,
+    context="connect",
+):
     """A connected umqtt.simple MQTTClient over verified TLS, or a classified ProvisioningError."""
     import umqtt.simple as umqtt
     from umqtt.simple import MQTTClient, MQTTException

@@ -23,14 +23,26 @@ from host_tools.emulator.faults import CATALOGUE as FAULTS  # noqa: F401
 from host_tools.emulator.sas import derive_device_key, generate_sas_token  # noqa: F401
 
 __all__ = [
-    "Emulator", "EmulatorServer", "EmulatorError", "EnrollmentError", "DEFAULT_HUB", "DEFAULT_ID_SCOPE", "FAULTS",
-    "demo_enrollments", "write_demo_enrollments", "write_enrollments", "load_enrollments", "new_symmetric_key",
-    "derive_device_key", "generate_sas_token",
+    "Emulator",
+    "EmulatorServer",
+    "EmulatorError",
+    "EnrollmentError",
+    "DEFAULT_HUB",
+    "DEFAULT_ID_SCOPE",
+    "FAULTS",
+    "demo_enrollments",
+    "write_demo_enrollments",
+    "write_enrollments",
+    "load_enrollments",
+    "new_symmetric_key",
+    "derive_device_key",
+    "generate_sas_token",
 ]
 
 
 def __getattr__(name):
     if name in ("Emulator", "EmulatorServer", "EmulatorError"):
         from host_tools.emulator import server
+
         return getattr(server, name)
     raise AttributeError(name)

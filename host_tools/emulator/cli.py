@@ -16,41 +16,84 @@ from host_tools.emulator.faults import FaultError, describe, parse_fault_option,
 
 def _fault_epilog() -> str:
     # "\b" keeps click from re-wrapping the list.
-    lines = ["Faults and knobs (--fault NAME=VALUE; per enrollment in the enrollment file's \"faults\"):", "", "\b"]
+    lines = ['Faults and knobs (--fault NAME=VALUE; per enrollment in the enrollment file\'s "faults"):', "", "\b"]
     lines += [f"  {name:22} {description}" for name, description in describe()]
     return "\n".join(lines)
 
 
 @click.command("emulator", epilog=_fault_epilog())
-@click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for pki/, emulator.json, telemetry.jsonl, registrations.jsonl (created if absent).")
-@click.option("--enrollments", "enrollments", type=click.Path(dir_okay=False, path_type=Path),
-              help="Enrollment file (JSON). Re-read when it changes.")
-@click.option("--write-demo-enrollments", "demo", is_flag=True,
-              help="Create the --enrollments file with demo enrollments first if it does not exist.")
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for pki/, emulator.json, telemetry.jsonl, registrations.jsonl (created if absent).",
+)
+@click.option(
+    "--enrollments",
+    "enrollments",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Enrollment file (JSON). Re-read when it changes.",
+)
+@click.option(
+    "--write-demo-enrollments",
+    "demo",
+    is_flag=True,
+    help="Create the --enrollments file with demo enrollments first if it does not exist.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for a LAN).")
 @click.option("--dps-port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--gateway-port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="0 picks a free port.")
-@click.option("--dps-hostname", default="localhost", show_default=True,
-              help="Name devices use for DPS (in the DPS server certificate).")
-@click.option("--gateway-hostname", default="localhost", show_default=True,
-              help="Name devices use for the gateway (in the gateway server certificate).")
+@click.option(
+    "--gateway-port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
+)
+@click.option(
+    "--dps-hostname",
+    default="localhost",
+    show_default=True,
+    help="Name devices use for DPS (in the DPS server certificate).",
+)
+@click.option(
+    "--gateway-hostname",
+    default="localhost",
+    show_default=True,
+    help="Name devices use for the gateway (in the gateway server certificate).",
+)
 @click.option("--ip", "ips", multiple=True, help="Extra IP address for both server certificates (repeatable).")
-@click.option("--fault", "faults", multiple=True, metavar="NAME[=VALUE]",
-              help="Global fault, VALUE as JSON or a bare word (repeatable), e.g. "
-                   "--fault 'throttle_register={\"count\":2}' --fault drop_after=connack. Names: see below.")
-@click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True),
-              help="At most R registrations per second; beyond that DPS answers 429 with retry-after.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="Global fault, VALUE as JSON or a bare word (repeatable), e.g. "
+    "--fault 'throttle_register={\"count\":2}' --fault drop_after=connack. Names: see below.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    help="At most R registrations per second; beyond that DPS answers 429 with retry-after.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug). Keys and tokens are never logged.")
-def emulator(state_dir: Path, enrollments: Path | None, demo: bool, host: str, dps_port: int,
-             gateway_port: int, dps_hostname: str, gateway_hostname: str, ips: tuple[str, ...],
-             faults: tuple[str, ...], rate_limit: float | None, verbose: int):
+def emulator(
+    state_dir: Path,
+    enrollments: Path | None,
+    demo: bool,
+    host: str,
+    dps_port: int,
+    gateway_port: int,
+    dps_hostname: str,
+    gateway_hostname: str,
+    ips: tuple[str, ...],
+    faults: tuple[str, ...],
+    rate_limit: float | None,
+    verbose: int,
+):
     """Run the local DPS + IoT Edge gateway emulator (see docs/emulator.md)."""
     from host_tools.emulator.server import EmulatorServer
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 
     if enrollments is None:
@@ -68,21 +111,30 @@ def emulator(state_dir: Path, enrollments: Path | None, demo: bool, host: str, d
     try:
         validate_faults(fault_values, "--fault")
     except FaultError as exc:
-        raise click.BadParameter(str(exc), param_hint="--fault")
+        raise click.BadParameter(str(exc), param_hint="--fault") from None
 
-    server = EmulatorServer(state_dir, enrollments, host=host, dps_port=dps_port, gateway_port=gateway_port,
-                            dps_hostname=dps_hostname, gateway_hostname=gateway_hostname, faults=fault_values,
-                            rate_limit=rate_limit, ip_addresses=ips)
+    server = EmulatorServer(
+        state_dir,
+        enrollments,
+        host=host,
+        dps_port=dps_port,
+        gateway_port=gateway_port,
+        dps_hostname=dps_hostname,
+        gateway_hostname=gateway_hostname,
+        faults=fault_values,
+        rate_limit=rate_limit,
+        ip_addresses=ips,
+    )
     try:
         server.prepare()
     except EnrollmentError as exc:
-        raise click.ClickException(f"enrollment file: {exc}")
+        raise click.ClickException(f"enrollment file: {exc}") from None
     except (OSError, ValueError) as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(_serve(server))
     except OSError as exc:  # e.g. the port is in use
-        raise click.ClickException(f"cannot listen: {exc}")
+        raise click.ClickException(f"cannot listen: {exc}") from None
 
 
 async def _serve(server) -> None:
@@ -95,14 +147,20 @@ async def _serve(server) -> None:
             pass
     try:
         info = await server.start()
-        click.echo(f"DPS listening on {info['dps']['host']}:{info['dps']['port']} "
-                   f"(TLS name {info['dps']['hostname']}, ID scope {info['id_scope']})")
-        click.echo(f"gateway listening on {info['gateway']['host']}:{info['gateway']['port']} "
-                   f"(TLS name {info['gateway']['hostname']})")
+        click.echo(
+            f"DPS listening on {info['dps']['host']}:{info['dps']['port']} "
+            f"(TLS name {info['dps']['hostname']}, ID scope {info['id_scope']})"
+        )
+        click.echo(
+            f"gateway listening on {info['gateway']['host']}:{info['gateway']['port']} "
+            f"(TLS name {info['gateway']['hostname']})"
+        )
         click.echo(f"DPS CA file: {info['pki']['dps_root']}")
         click.echo(f"trust root (trust bundle) file: {info['pki']['trust_root']}")
-        click.echo(f"state: {server.state_dir / 'emulator.json'}; telemetry: {info['telemetry']}; "
-                   f"registrations: {info['registrations']}")
+        click.echo(
+            f"state: {server.state_dir / 'emulator.json'}; telemetry: {info['telemetry']}; "
+            f"registrations: {info['registrations']}"
+        )
         sys.stdout.flush()
         await stop.wait()
         click.echo("stopping")

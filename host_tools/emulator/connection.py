@@ -25,8 +25,14 @@ class ConnectionDropped(Exception):
 class MqttSession:
     """One client connection: a packet reader over an asyncio stream plus a write lock."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, endpoint: str, peer: str,
-                 max_packet: int = mqtt.DEFAULT_MAX_PACKET):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        endpoint: str,
+        peer: str,
+        max_packet: int = mqtt.DEFAULT_MAX_PACKET,
+    ):
         self.reader, self.writer = reader, writer
         self.endpoint, self.peer = endpoint, peer
         self.client_id: str | None = None
@@ -51,8 +57,9 @@ class MqttSession:
                 data = await self.reader.read(READ_CHUNK)
                 if not data:
                     if self._packets.buffered:
-                        raise mqtt.MqttProtocolError(f"connection closed inside a packet ({self._packets.buffered} "
-                                                     "bytes buffered)")
+                        raise mqtt.MqttProtocolError(
+                            f"connection closed inside a packet ({self._packets.buffered} bytes buffered)"
+                        )
                     return None
                 self._packets.feed(data)
 
@@ -207,9 +214,11 @@ class Endpoint:
         self.stats.client_connected(self.name, connect.client_id)
         self.log.debug("%s: %r", session, connect)
         if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
-            await self.refuse(session, mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
-                              f"protocol {connect.protocol_name!r} level {connect.protocol_level}; "
-                              f"{self.name} needs MQTT 3.1.1")
+            await self.refuse(
+                session,
+                mqtt.CONNACK_UNACCEPTABLE_PROTOCOL,
+                f"protocol {connect.protocol_name!r} level {connect.protocol_level}; {self.name} needs MQTT 3.1.1",
+            )
             return None
         client = await self._authenticate(session, connect)
         if client is None:
@@ -240,7 +249,7 @@ class Endpoint:
         if self.server is not None:
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
 
     def drop_all(self, reason: str) -> int:

@@ -40,9 +40,19 @@ class DeviceCredential:
 
 
 class EmulatorContext:
-    def __init__(self, *, store: EnrollmentStore, pki, stats: Stats, registrations: JsonlLog, telemetry: JsonlLog,
-                 dps_hostname: str, gateway_hostname: str, faults: dict | None = None,
-                 rate_limit: float | None = None):
+    def __init__(
+        self,
+        *,
+        store: EnrollmentStore,
+        pki,
+        stats: Stats,
+        registrations: JsonlLog,
+        telemetry: JsonlLog,
+        dps_hostname: str,
+        gateway_hostname: str,
+        faults: dict | None = None,
+        rate_limit: float | None = None,
+    ):
         self.store = store
         self.pki = pki
         self.stats = stats
@@ -76,8 +86,12 @@ class EmulatorContext:
         file_faults = self.store.current().faults
         merged = {**file_faults, **self.global_faults}
         origins_tag = self.global_tag
-        faults = FaultSet.combine(merged, origins_tag, enrollment.faults if enrollment else None,
-                                  f"enrollment:{enrollment.label}" if enrollment else "enrollment")
+        faults = FaultSet.combine(
+            merged,
+            origins_tag,
+            enrollment.faults if enrollment else None,
+            f"enrollment:{enrollment.label}" if enrollment else "enrollment",
+        )
         for name in file_faults:
             if name not in self.global_faults and faults.origins.get(name) == origins_tag:
                 faults.origins[name] = "file"
@@ -93,20 +107,30 @@ class EmulatorContext:
         cached its assignment and skips DPS still reaches the gateway after an emulator restart)."""
         assignment = self.assignments.get(device_id)
         if assignment is not None:
-            return [DeviceCredential(device_id, assignment.assigned_hub, assignment.device_key,
-                                     assignment.enrollment, "registration")]
+            return [
+                DeviceCredential(
+                    device_id, assignment.assigned_hub, assignment.device_key, assignment.enrollment, "registration"
+                )
+            ]
         enrollments = self.store.current()
         if enrollments.gateway_devices != "enrolled":
             return []
         found = []
         for enrollment in enrollments.individual.values():
-            if enrollment.device_id_for(enrollment.name) == device_id and not enrollment.disabled \
-                    and enrollment.allocation_error is None:
-                found.append(DeviceCredential(device_id, enrollment.assigned_hub, enrollment.key, enrollment,
-                                              "enrollment"))
+            if (
+                enrollment.device_id_for(enrollment.name) == device_id
+                and not enrollment.disabled
+                and enrollment.allocation_error is None
+            ):
+                found.append(
+                    DeviceCredential(device_id, enrollment.assigned_hub, enrollment.key, enrollment, "enrollment")
+                )
         if device_id not in enrollments.individual:  # an individual enrollment shadows groups for its id
             for group in enrollments.groups:
                 if not group.disabled and group.allocation_error is None:
-                    found.append(DeviceCredential(device_id, group.assigned_hub, group.device_key(device_id), group,
-                                                  "enrollment"))
+                    found.append(
+                        DeviceCredential(
+                            device_id, group.assigned_hub, group.device_key(device_id), group, "enrollment"
+                        )
+                    )
         return found

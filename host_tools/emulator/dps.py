@@ -130,7 +130,7 @@ def raw_query(topic: str) -> dict[str, str]:
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def registration_etag() -> str:
@@ -178,25 +178,39 @@ class DpsEndpoint(Endpoint):
             await self.refuse(session, mqtt.CONNACK_BAD_USERNAME_OR_PASSWORD, str(exc))
             return None
         if registration_id != connect.client_id:
-            await self.refuse(session, mqtt.CONNACK_IDENTIFIER_REJECTED,
-                              f"client id {connect.client_id!r} differs from registration id {registration_id!r}")
+            await self.refuse(
+                session,
+                mqtt.CONNACK_IDENTIFIER_REJECTED,
+                f"client id {connect.client_id!r} differs from registration id {registration_id!r}",
+            )
             return None
         api_version = params["api-version"]
         if api_version not in API_VERSIONS:
-            await self.refuse(session, mqtt.CONNACK_BAD_USERNAME_OR_PASSWORD,
-                              f"unsupported api-version {api_version!r} (supported: {', '.join(API_VERSIONS)})")
+            await self.refuse(
+                session,
+                mqtt.CONNACK_BAD_USERNAME_OR_PASSWORD,
+                f"unsupported api-version {api_version!r} (supported: {', '.join(API_VERSIONS)})",
+            )
             return None
 
         enrollments = self.ctx.store.current()
-        client = DpsClient(registration_id=registration_id, api_version=api_version,
-                           client_version=params.get("ClientVersion"), id_scope=scope, enrollments=enrollments,
-                           ctx=self.ctx)
+        client = DpsClient(
+            registration_id=registration_id,
+            api_version=api_version,
+            client_version=params.get("ClientVersion"),
+            id_scope=scope,
+            enrollments=enrollments,
+            ctx=self.ctx,
+        )
         token = self._identify(client, connect)
         if client.problem is None:
             try:
-                check_token(token, expected_resources=[f"{scope}/registrations/{registration_id}"],
-                            allowed_key_names=(None, "registration"),
-                            clock_skew_s=client.faults.get("sas_clock_skew_s", 0))
+                check_token(
+                    token,
+                    expected_resources=[f"{scope}/registrations/{registration_id}"],
+                    allowed_key_names=(None, "registration"),
+                    clock_skew_s=client.faults.get("sas_clock_skew_s", 0),
+                )
             except SasError as exc:
                 client.problem = AuthProblem("auth", str(exc))
 
@@ -204,18 +218,23 @@ class DpsEndpoint(Endpoint):
             problem = client.problem
             mode = client.faults.get("auth_failure" if problem.kind == "auth" else "unknown_registration")
             if mode.startswith("connack_"):
-                await self.refuse(session, int(mode[len("connack_"):]), problem.reason)
+                await self.refuse(session, int(mode[len("connack_") :]), problem.reason)
                 return None
             problem.status = int(mode)
-            self.log.info("%s: accepted but not authorized (%s); requests will get %d", session, problem.reason,
-                          problem.status)
+            self.log.info(
+                "%s: accepted but not authorized (%s); requests will get %d", session, problem.reason, problem.status
+            )
 
         refusal = self.ctx.fault_book.consume(client.faults, "connack_refuse", registration_id)
         if refusal:
             await self.refuse(session, refusal["code"], "fault connack_refuse")
             return None
-        self.log.info("%s: connected (api-version %s, %s)", session, api_version,
-                      client.enrollment.label if client.enrollment and not client.problem else "unauthorized")
+        self.log.info(
+            "%s: connected (api-version %s, %s)",
+            session,
+            api_version,
+            client.enrollment.label if client.enrollment and not client.problem else "unauthorized",
+        )
         return client
 
     def _identify(self, client: DpsClient, connect: mqtt.Connect):
@@ -244,13 +263,13 @@ class DpsEndpoint(Endpoint):
             if signature_matches(token, group.device_key(registration_id)):
                 client.enrollment = group
                 return token
-        client.problem = AuthProblem("unknown", "no individual enrollment, and no group's derived key signed "
-                                                "the token")
+        client.problem = AuthProblem("unknown", "no individual enrollment, and no group's derived key signed the token")
         return None
 
     def _maybe_drop(self, client: DpsClient, point: str) -> None:
-        if self.ctx.fault_book.consume(client.faults, "drop_after", client.registration_id,
-                                       when=lambda v: v["at"] == point):
+        if self.ctx.fault_book.consume(
+            client.faults, "drop_after", client.registration_id, when=lambda v: v["at"] == point
+        ):
             raise ConnectionDropped(f"fault drop_after={point}")
 
     # ------------------------------------------------------------------------------ packets
@@ -283,8 +302,11 @@ class DpsEndpoint(Endpoint):
                     client.subscriptions[topic_filter] = min(qos, 1)
                     codes.append(min(qos, 1))
                 else:
-                    self.log.info("%s: refusing subscription to %r (DPS only serves $dps/registrations/res/#)",
-                                  session, topic_filter)
+                    self.log.info(
+                        "%s: refusing subscription to %r (DPS only serves $dps/registrations/res/#)",
+                        session,
+                        topic_filter,
+                    )
                     codes.append(mqtt.SUBACK_FAILURE)
             await session.send(mqtt.SubAck(packet.packet_id, codes))
             self._maybe_drop(client, "suback")
@@ -340,34 +362,50 @@ class DpsEndpoint(Endpoint):
         if body_error:
             return await self._error(session, client, rid, 400, body_error, "register", attempts)
         if client.problem:
-            return await self._error(session, client, rid, client.problem.status, client.problem.reason, "register",
-                                     attempts)
+            return await self._error(
+                session, client, rid, client.problem.status, client.problem.reason, "register", attempts
+            )
         if self.ctx.rate_limiter is not None:
             allowed, wait_s = self.ctx.rate_limiter.try_acquire()
             if not allowed:
-                return await self._error(session, client, rid, 429, "rate limit exceeded", "register", attempts,
-                                         retry_after=wait_s)
+                return await self._error(
+                    session, client, rid, 429, "rate limit exceeded", "register", attempts, retry_after=wait_s
+                )
         if await self._injected_error(session, client, rid, faults, "register", attempts):
             return
 
         enrollment = client.enrollment
         if enrollment.disabled:
-            body = {"operationId": "", "status": "disabled",
-                    "registrationState": {"registrationId": registration_id, "status": "disabled"}}
+            body = {
+                "operationId": "",
+                "status": "disabled",
+                "registrationState": {"registrationId": registration_id, "status": "disabled"},
+            }
             # Recorded before answering, so the record exists by the time the client sees the answer.
-            self._record(client, status="disabled", http_status=200, attempts=attempts,
-                         request_payload=request_payload)
+            self._record(client, status="disabled", http_status=200, attempts=attempts, request_payload=request_payload)
             await self._respond(session, client, 200, rid, body, stage="200")
             return
         operation = Operation(
-            operation_id=f"4.{secrets.token_hex(8)}.{uuid.uuid4()}", registration_id=registration_id,
-            enrollment=enrollment, enrollments=client.enrollments,
-            polls_remaining=faults.get("assigning_polls", 0), attempts=attempts, request_payload=request_payload)
+            operation_id=f"4.{secrets.token_hex(8)}.{uuid.uuid4()}",
+            registration_id=registration_id,
+            enrollment=enrollment,
+            enrollments=client.enrollments,
+            polls_remaining=faults.get("assigning_polls", 0),
+            attempts=attempts,
+            request_payload=request_payload,
+        )
         self.ctx.operations[operation.operation_id] = operation
         if len(self.ctx.operations) > MAX_OPERATIONS:  # a long fleet run: forget the oldest operations
             del self.ctx.operations[next(iter(self.ctx.operations))]
-        await self._respond(session, client, 202, rid, {"operationId": operation.operation_id, "status": "assigning"},
-                            retry_after=faults.get("retry_after"), stage="202")
+        await self._respond(
+            session,
+            client,
+            202,
+            rid,
+            {"operationId": operation.operation_id, "status": "assigning"},
+            retry_after=faults.get("retry_after"),
+            stage="202",
+        )
         self._maybe_drop(client, "202")
 
     @staticmethod
@@ -398,32 +436,59 @@ class DpsEndpoint(Endpoint):
         if not operation_id:
             return await self._error(session, client, rid, 400, "poll without operationId", "poll", attempts)
         if client.problem:
-            return await self._error(session, client, rid, client.problem.status, client.problem.reason, "poll",
-                                     attempts)
+            return await self._error(
+                session, client, rid, client.problem.status, client.problem.reason, "poll", attempts
+            )
         if await self._injected_error(session, client, rid, faults, "poll", attempts):
             return
         operation = self.ctx.operations.get(operation_id)
         if operation is None or operation.registration_id != registration_id:
-            return await self._error(session, client, rid, 404, f"no operation {operation_id!r} for this registration",
-                                     "poll", attempts, error_code=404202)
+            return await self._error(
+                session,
+                client,
+                rid,
+                404,
+                f"no operation {operation_id!r} for this registration",
+                "poll",
+                attempts,
+                error_code=404202,
+            )
         operation.polls += 1
         if operation.polls_remaining > 0:
             operation.polls_remaining -= 1
             interim = faults.get("interim_answer", {})
             interim_status = interim.get("status", "assigning")
-            body = {"operationId": operation.operation_id, "status": interim_status,
-                    "registrationState": {"registrationId": registration_id, "status": interim_status}}
-            await self._respond(session, client, interim.get("http_status", 202), rid, body,
-                                retry_after=faults.get("retry_after"), stage="202")
+            body = {
+                "operationId": operation.operation_id,
+                "status": interim_status,
+                "registrationState": {"registrationId": registration_id, "status": interim_status},
+            }
+            await self._respond(
+                session,
+                client,
+                interim.get("http_status", 202),
+                rid,
+                body,
+                retry_after=faults.get("retry_after"),
+                stage="202",
+            )
             return
         try:
             body, record = self._final_result(client, operation)
         except EnrollmentError as exc:  # e.g. a certificate file of the bundle vanished: our problem, not the client's
             self.log.error("%s: cannot build the result: %s", session, exc)
-            return await self._error(session, client, rid, 500, "emulator configuration error (see its log)", "poll",
-                                     attempts)
-        self._record(client, http_status=200, attempts=operation.attempts, polls=operation.polls,
-                     operation_id=operation.operation_id, request_payload=operation.request_payload, **record)
+            return await self._error(
+                session, client, rid, 500, "emulator configuration error (see its log)", "poll", attempts
+            )
+        self._record(
+            client,
+            http_status=200,
+            attempts=operation.attempts,
+            polls=operation.polls,
+            operation_id=operation.operation_id,
+            request_payload=operation.request_payload,
+            **record,
+        )
         await self._respond(session, client, 200, rid, body, stage="200")
 
     # ------------------------------------------------------------------------------ results
@@ -438,9 +503,15 @@ class DpsEndpoint(Endpoint):
         created = previous.created if previous else now
         if enrollment.allocation_error is not None:
             code = enrollment.allocation_error
-            state = {"registrationId": registration_id, "createdDateTimeUtc": dotnet_datetime(created, "Z"),
-                     "status": "failed", "errorCode": code, "errorMessage": ALLOCATION_ERRORS[code],
-                     "lastUpdatedDateTimeUtc": dotnet_datetime(now, "Z"), "etag": registration_etag()}
+            state = {
+                "registrationId": registration_id,
+                "createdDateTimeUtc": dotnet_datetime(created, "Z"),
+                "status": "failed",
+                "errorCode": code,
+                "errorMessage": ALLOCATION_ERRORS[code],
+                "lastUpdatedDateTimeUtc": dotnet_datetime(now, "Z"),
+                "etag": registration_etag(),
+            }
             body = {"operationId": operation.operation_id, "status": "failed", "registrationState": state}
             return body, {"status": "failed", "error_code": code}
 
@@ -465,9 +536,12 @@ class DpsEndpoint(Endpoint):
             else:
                 certs = operation.enrollments.bundle_certificates(enrollment.trust_bundle, self.ctx.pki)
                 pem_format = client.faults.get("pem_format", {})
-                bundle = self.ctx.bundles.build(enrollment.trust_bundle, certs,
-                                                line_length=pem_format.get("line_length", 64),
-                                                newline="\n" if pem_format.get("newline") == "lf" else "\r\n")
+                bundle = self.ctx.bundles.build(
+                    enrollment.trust_bundle,
+                    certs,
+                    line_length=pem_format.get("line_length", 64),
+                    newline="\n" if pem_format.get("newline") == "lf" else "\r\n",
+                )
                 state["trustBundle"] = bundle
                 bundle_summary = {"id": bundle["id"], "etag": bundle["etag"], "certificates": len(certs)}
         state.update(client.faults.get("extra_fields", {}))
@@ -475,27 +549,46 @@ class DpsEndpoint(Endpoint):
             remove_path(state, dotted)
         with self.ctx.lock:
             self.ctx.assignments[device_id] = Assignment(
-                registration_id=registration_id, device_id=device_id, assigned_hub=enrollment.assigned_hub,
-                device_key=enrollment.device_key(registration_id), enrollment=enrollment, created=created,
-                last_updated=now, generation_id=generation_id)
+                registration_id=registration_id,
+                device_id=device_id,
+                assigned_hub=enrollment.assigned_hub,
+                device_key=enrollment.device_key(registration_id),
+                enrollment=enrollment,
+                created=created,
+                last_updated=now,
+                generation_id=generation_id,
+            )
         self.stats.incr(self.name, "assigned")
         body = {"operationId": operation.operation_id, "status": "assigned", "registrationState": state}
-        return body, {"status": "assigned", "device_id": device_id, "assigned_hub": enrollment.assigned_hub,
-                      "trust_bundle": bundle_summary}
+        return body, {
+            "status": "assigned",
+            "device_id": device_id,
+            "assigned_hub": enrollment.assigned_hub,
+            "trust_bundle": bundle_summary,
+        }
 
     # ------------------------------------------------------------------------------ answering
 
     def _topic(self, status: int, rid: str, retry_after: int | None, faults: FaultSet) -> str:
         params = [("$rid", rid)]
         if retry_after is not None and not faults.get("no_retry_after"):
-            name = {"lower": "retry-after", "upper": "RETRY-AFTER",
-                    "title": "Retry-After"}[faults.get("retry_after_case", "lower")]
+            name = {"lower": "retry-after", "upper": "RETRY-AFTER", "title": "Retry-After"}[
+                faults.get("retry_after_case", "lower")
+            ]
             retry = (name, str(retry_after))
             params = [retry] + params if faults.get("topic_param_order") == "retry_first" else params + [retry]
         return f"$dps/registrations/res/{status}/?" + "&".join(f"{k}={v}" for k, v in params)
 
-    async def _respond(self, session: MqttSession, client: DpsClient, status: int, rid: str, body: dict,
-                       retry_after: int | None = None, stage: str | None = None) -> None:
+    async def _respond(
+        self,
+        session: MqttSession,
+        client: DpsClient,
+        status: int,
+        rid: str,
+        body: dict,
+        retry_after: int | None = None,
+        stage: str | None = None,
+    ) -> None:
         faults = client.faults
         topic = self._topic(status, rid, retry_after, faults)
         payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
@@ -503,15 +596,21 @@ class DpsEndpoint(Endpoint):
         if stage and book.consume(faults, "malformed_json", client.registration_id, when=lambda v: v["at"] == stage):
             self.log.info("%s: fault malformed_json: truncating the %s body", session, stage)
             payload = payload[: len(payload) // 2]
-        cut = stage == "200" and book.consume(faults, "drop_after", client.registration_id,
-                                              when=lambda v: v["at"] == "mid_payload")
+        cut = stage == "200" and book.consume(
+            faults, "drop_after", client.registration_id, when=lambda v: v["at"] == "mid_payload"
+        )
         qos = client.granted_qos(topic)
         if qos is None:
             self.stats.incr(self.name, "undelivered")
-            self.log.warning("%s: answer %d not delivered: the client has not subscribed to "
-                             "$dps/registrations/res/#", session, status)
+            self.log.warning(
+                "%s: answer %d not delivered: the client has not subscribed to $dps/registrations/res/#",
+                session,
+                status,
+            )
             return
-        packet = mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=session.next_packet_id() if qos else None)
+        packet = mqtt.Publish(
+            topic=topic, payload=payload, qos=qos, packet_id=session.next_packet_id() if qos else None
+        )
         raw = mqtt.encode(packet)
         self.log.debug("%s: -> %s %s", session, topic, "(cut mid-payload)" if cut else "")
         if cut:
@@ -519,33 +618,71 @@ class DpsEndpoint(Endpoint):
             raise ConnectionDropped("fault drop_after=mid_payload")
         await session.send_bytes(raw)
 
-    async def _injected_error(self, session: MqttSession, client: DpsClient, rid: str, faults, request: str,
-                              attempts: int) -> bool:
+    async def _injected_error(
+        self, session: MqttSession, client: DpsClient, rid: str, faults, request: str, attempts: int
+    ) -> bool:
         """Answers a `request` ("register" or "poll") with a throttle_<request> 429 or a server_error 5xx when such
         a fault is due for this device; True when it did."""
         registration_id = client.registration_id
         throttle = self.ctx.fault_book.consume(faults, f"throttle_{request}", registration_id)
         if throttle:
-            await self._error(session, client, rid, 429, f"fault throttle_{request}", request, attempts,
-                              retry_after=throttle["retry_after"])
+            await self._error(
+                session,
+                client,
+                rid,
+                429,
+                f"fault throttle_{request}",
+                request,
+                attempts,
+                retry_after=throttle["retry_after"],
+            )
             return True
-        failure = self.ctx.fault_book.consume(faults, "server_error", registration_id,
-                                              when=lambda v: v["on"] == request)
+        failure = self.ctx.fault_book.consume(
+            faults, "server_error", registration_id, when=lambda v: v["on"] == request
+        )
         if failure:
-            await self._error(session, client, rid, failure["status"], "fault server_error", request, attempts,
-                              retry_after=failure.get("retry_after"))
+            await self._error(
+                session,
+                client,
+                rid,
+                failure["status"],
+                "fault server_error",
+                request,
+                attempts,
+                retry_after=failure.get("retry_after"),
+            )
             return True
         return False
 
-    async def _error(self, session: MqttSession, client: DpsClient, rid: str, status: int, reason: str, request: str,
-                     attempts: int, retry_after: int | None = None, error_code: int | None = None) -> None:
+    async def _error(
+        self,
+        session: MqttSession,
+        client: DpsClient,
+        rid: str,
+        status: int,
+        reason: str,
+        request: str,
+        attempts: int,
+        retry_after: int | None = None,
+        error_code: int | None = None,
+    ) -> None:
         code = error_code or ERROR_CODES.get(status, status * 1000 + 1)
-        body = {"errorCode": code, "trackingId": str(uuid.uuid4()),
-                "message": ERROR_MESSAGES.get(status, reason) if status in (401, 404) else reason,
-                "timestampUtc": dotnet_datetime(utc_now(), "Z")}
+        body = {
+            "errorCode": code,
+            "trackingId": str(uuid.uuid4()),
+            "message": ERROR_MESSAGES.get(status, reason) if status in (401, 404) else reason,
+            "timestampUtc": dotnet_datetime(utc_now(), "Z"),
+        }
         self.log.info("%s: %s answered %d (%s)", session, request, status, reason)
-        self._record(client, status="error", http_status=status, error_code=code, reason=reason, request=request,
-                     attempts=attempts)
+        self._record(
+            client,
+            status="error",
+            http_status=status,
+            error_code=code,
+            reason=reason,
+            request=request,
+            attempts=attempts,
+        )
         await self._respond(session, client, status, rid, body, retry_after=retry_after)
 
     def _record(self, client: DpsClient, *, status: str, http_status: int, attempts: int, **extra) -> None:
@@ -560,6 +697,10 @@ class DpsEndpoint(Endpoint):
         }
         record.update({k: v for k, v in extra.items()})
         if status != "error":
-            self.log.info("%s %s%s", client.registration_id, status,
-                          f" to {extra.get('assigned_hub')} as {extra.get('device_id')}" if status == "assigned" else "")
+            self.log.info(
+                "%s %s%s",
+                client.registration_id,
+                status,
+                f" to {extra.get('assigned_hub')} as {extra.get('device_id')}" if status == "assigned" else "",
+            )
         self.ctx.registrations.append(record)

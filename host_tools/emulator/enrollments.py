@@ -76,8 +76,9 @@ SCHEMA = {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["certificates"],
-                "properties": {"certificates": {"type": "array", "minItems": 1,
-                                                "items": {"type": "string", "minLength": 1}}},
+                "properties": {
+                    "certificates": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
+                },
             },
         },
         "individual": {
@@ -159,7 +160,7 @@ class Enrollments:
 
     def certificate_path(self, reference: str, pki=None) -> Path:
         if reference.startswith(PKI_PREFIX):
-            attribute = PKI_NAMES[reference[len(PKI_PREFIX):]]
+            attribute = PKI_NAMES[reference[len(PKI_PREFIX) :]]
             if pki is None:
                 raise EnrollmentError("", f"{reference} needs the emulator's PKI")
             return Path(getattr(pki, attribute))
@@ -202,7 +203,9 @@ def _check_base64_key(value: str, where: str, source):
 def parse_enrollments(document: Any, source: Path | None = None, pki=None, check_files: bool = True) -> Enrollments:
     """Validate a decoded enrollment document. Raises EnrollmentError naming the field."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    errors = sorted(validator.iter_errors(document), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(document), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         path = _field_path(error.absolute_path)
@@ -214,8 +217,9 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
             message = f"{json.dumps(error.instance)} has characters or a length that are not allowed"
         raise EnrollmentError(path, message, source)
 
-    result = Enrollments(id_scope=document.get("id_scope", DEFAULT_ID_SCOPE), source=source,
-                         settings=dict(document.get("settings", {})))
+    result = Enrollments(
+        id_scope=document.get("id_scope", DEFAULT_ID_SCOPE), source=source, settings=dict(document.get("settings", {}))
+    )
     try:
         result.faults = validate_faults(document.get("faults"), "faults")
     except FaultError as exc:
@@ -224,9 +228,12 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     for bundle_id, spec in document.get("trust_bundles", {}).items():
         for index, reference in enumerate(spec["certificates"]):
             where = f"trust_bundles.{bundle_id}.certificates[{index}]"
-            if reference.startswith(PKI_PREFIX) and reference[len(PKI_PREFIX):] not in PKI_NAMES:
-                raise EnrollmentError(where, f"unknown PKI name {reference!r} (known: "
-                                             f"{', '.join(PKI_PREFIX + n for n in PKI_NAMES)})", source)
+            if reference.startswith(PKI_PREFIX) and reference[len(PKI_PREFIX) :] not in PKI_NAMES:
+                raise EnrollmentError(
+                    where,
+                    f"unknown PKI name {reference!r} (known: {', '.join(PKI_PREFIX + n for n in PKI_NAMES)})",
+                    source,
+                )
         result.trust_bundles[bundle_id] = list(spec["certificates"])
     if check_files:
         for bundle_id in result.trust_bundles:
@@ -237,8 +244,9 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
                     if not reference.startswith(PKI_PREFIX):
                         where = f"trust_bundles.{bundle_id}.certificates[{index}]"
                         if not result.certificate_path(reference).is_file():
-                            raise EnrollmentError(where, f"file {result.certificate_path(reference)} does not exist",
-                                                  source)
+                            raise EnrollmentError(
+                                where, f"file {result.certificate_path(reference)} does not exist", source
+                            )
 
     def common(entry: dict, where: str) -> dict:
         bundle = entry.get("trust_bundle")
@@ -252,10 +260,14 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
             raise EnrollmentError(f"{where}.faults.{name}", "can only be set globally", source)
         fails = entry.get("allocation_fails", False)
         return dict(
-            assigned_hub=entry["assigned_hub"], trust_bundle=bundle, payload=entry.get("payload"),
-            has_payload="payload" in entry, disabled=entry.get("disabled", False),
+            assigned_hub=entry["assigned_hub"],
+            trust_bundle=bundle,
+            payload=entry.get("payload"),
+            has_payload="payload" in entry,
+            disabled=entry.get("disabled", False),
             allocation_error=(400207 if fails is True else (fails or None)),
-            substatus=entry.get("substatus", "initialAssignment"), faults=faults,
+            substatus=entry.get("substatus", "initialAssignment"),
+            faults=faults,
         )
 
     device_ids: dict[str, str] = {}
@@ -267,12 +279,17 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
             raise EnrollmentError(f"{where}.registration_id", f"{registration_id!r} is enrolled twice", source)
         device_id = entry.get("device_id", registration_id)
         if device_id in device_ids:
-            raise EnrollmentError(f"{where}.device_id", f"device id {device_id!r} is also used by "
-                                                        f"{device_ids[device_id]}", source)
+            raise EnrollmentError(
+                f"{where}.device_id", f"device id {device_id!r} is also used by {device_ids[device_id]}", source
+            )
         device_ids[device_id] = where
         result.individual[registration_id] = Enrollment(
-            kind="individual", name=registration_id, key=entry["symmetric_key"], device_id=entry.get("device_id"),
-            **common(entry, where))
+            kind="individual",
+            name=registration_id,
+            key=entry["symmetric_key"],
+            device_id=entry.get("device_id"),
+            **common(entry, where),
+        )
     group_ids = set()
     for index, entry in enumerate(document.get("groups", [])):
         where = f"groups[{index}]"
@@ -280,8 +297,9 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
         if entry["group_id"] in group_ids:
             raise EnrollmentError(f"{where}.group_id", f"{entry['group_id']!r} is defined twice", source)
         group_ids.add(entry["group_id"])
-        result.groups.append(Enrollment(kind="group", name=entry["group_id"], key=entry["group_key"],
-                                        **common(entry, where)))
+        result.groups.append(
+            Enrollment(kind="group", name=entry["group_id"], key=entry["group_key"], **common(entry, where))
+        )
     return result
 
 
@@ -334,8 +352,11 @@ class EnrollmentStore:
                 self._current = load_enrollments(self.path, self.pki)
                 self.last_error = None
                 self.generation += 1
-                log.info("enrollment file re-read: %d individual, %d group enrollments",
-                         len(self._current.individual), len(self._current.groups))
+                log.info(
+                    "enrollment file re-read: %d individual, %d group enrollments",
+                    len(self._current.individual),
+                    len(self._current.groups),
+                )
             except EnrollmentError as exc:
                 self.last_error = exc
                 log.error("enrollment file change ignored, keeping the previous version: %s", exc)
@@ -362,24 +383,39 @@ def write_enrollments(path: str | os.PathLike, document: dict) -> Path:
     return path
 
 
-def demo_enrollments(id_scope: str = DEFAULT_ID_SCOPE, hub: str = DEFAULT_HUB,
-                     devices=("sensor-001",), group_id: str | None = "fleet",
-                     trust_bundle=("pki:trust-root",), payload: Any = None) -> dict:
+def demo_enrollments(
+    id_scope: str = DEFAULT_ID_SCOPE,
+    hub: str = DEFAULT_HUB,
+    devices=("sensor-001",),
+    group_id: str | None = "fleet",
+    trust_bundle=("pki:trust-root",),
+    payload: Any = None,
+) -> dict:
     """A ready-to-use document: individual enrollments for `devices`, one group, one trust bundle 'edge'."""
     document: dict[str, Any] = {
         "id_scope": id_scope,
         "trust_bundles": {"edge": {"certificates": list(trust_bundle)}} if trust_bundle else {},
         "individual": [
-            {"registration_id": device, "symmetric_key": new_symmetric_key(), "assigned_hub": hub,
-             "trust_bundle": "edge" if trust_bundle else None,
-             **({"payload": payload} if payload is not None else {})}
+            {
+                "registration_id": device,
+                "symmetric_key": new_symmetric_key(),
+                "assigned_hub": hub,
+                "trust_bundle": "edge" if trust_bundle else None,
+                **({"payload": payload} if payload is not None else {}),
+            }
             for device in devices
         ],
         "groups": [],
     }
     if group_id:
-        document["groups"].append({"group_id": group_id, "group_key": new_symmetric_key(64), "assigned_hub": hub,
-                                   "trust_bundle": "edge" if trust_bundle else None})
+        document["groups"].append(
+            {
+                "group_id": group_id,
+                "group_key": new_symmetric_key(64),
+                "assigned_hub": hub,
+                "trust_bundle": "edge" if trust_bundle else None,
+            }
+        )
     return document
 
 

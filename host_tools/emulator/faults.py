@@ -19,72 +19,144 @@ import jsonschema
 
 _COUNT = {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "always"}]}
 _RETRY = {"type": "integer", "minimum": 0, "maximum": 86400}
-_THROTTLE = {"oneOf": [
-    {"type": "integer", "minimum": 1},
-    {"type": "object", "additionalProperties": False,
-     "properties": {"count": _COUNT, "retry_after": _RETRY}},
-]}
+_THROTTLE = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "object", "additionalProperties": False, "properties": {"count": _COUNT, "retry_after": _RETRY}},
+    ]
+}
 _CONNACK_CODE = {"type": "integer", "minimum": 1, "maximum": 5}
-_REFUSE = {"oneOf": [_CONNACK_CODE, {"type": "object", "additionalProperties": False, "required": ["code"],
-                                     "properties": {"code": _CONNACK_CODE, "count": _COUNT}}]}
+_REFUSE = {
+    "oneOf": [
+        _CONNACK_CODE,
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["code"],
+            "properties": {"code": _CONNACK_CODE, "count": _COUNT},
+        },
+    ]
+}
 DROP_POINTS = ["connack", "suback", "register", "202", "mid_payload"]
 
 # name -> (JSON schema of the value, one-line description). The description feeds `--help` and the docs.
 CATALOGUE: dict[str, tuple[dict, str]] = {
     # --- DPS behaviour knobs (not faults, but set the same way)
     "retry_after": (_RETRY, "seconds in the retry-after of 202 answers (default 1)"),
-    "assigning_polls": ({"type": "integer", "minimum": 0, "maximum": 1000},
-                        "polls answered 202 'assigning' before the final 200 (default 0)"),
-    "auth_failure": ({"enum": ["401", 401, "connack", "connack_5", "connack_4"]},
-                     "bad/expired DPS token: accept and answer 401 (default), or refuse: connack (=5), connack_4"),
-    "unknown_registration": ({"enum": ["401", 401, "404", 404, "connack", "connack_5", "connack_4"]},
-                             "no enrollment for the registration: 401 (default), 404, connack (=5), connack_4"),
-    "sas_clock_skew_s": ({"type": "integer", "minimum": 0, "maximum": 3600},
-                         "seconds an expired token is still accepted (default 0)"),
+    "assigning_polls": (
+        {"type": "integer", "minimum": 0, "maximum": 1000},
+        "polls answered 202 'assigning' before the final 200 (default 0)",
+    ),
+    "auth_failure": (
+        {"enum": ["401", 401, "connack", "connack_5", "connack_4"]},
+        "bad/expired DPS token: accept and answer 401 (default), or refuse: connack (=5), connack_4",
+    ),
+    "unknown_registration": (
+        {"enum": ["401", 401, "404", 404, "connack", "connack_5", "connack_4"]},
+        "no enrollment for the registration: 401 (default), 404, connack (=5), connack_4",
+    ),
+    "sas_clock_skew_s": (
+        {"type": "integer", "minimum": 0, "maximum": 3600},
+        "seconds an expired token is still accepted (default 0)",
+    ),
     # --- DPS faults
     "throttle_register": (_THROTTLE, "answer register requests 429 (count, retry_after)"),
     "throttle_poll": (_THROTTLE, "answer polls 429 (count, retry_after)"),
-    "server_error": ({"oneOf": [
-        {"type": "integer", "minimum": 500, "maximum": 599},
-        {"type": "object", "additionalProperties": False, "properties": {
-            "status": {"type": "integer", "minimum": 500, "maximum": 599}, "count": _COUNT,
-            "on": {"enum": ["register", "poll"]}, "retry_after": _RETRY}},
-    ]}, "answer with a 5xx (status 503, count, on register|poll, optional retry_after)"),
+    "server_error": (
+        {
+            "oneOf": [
+                {"type": "integer", "minimum": 500, "maximum": 599},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "status": {"type": "integer", "minimum": 500, "maximum": 599},
+                        "count": _COUNT,
+                        "on": {"enum": ["register", "poll"]},
+                        "retry_after": _RETRY,
+                    },
+                },
+            ]
+        },
+        "answer with a 5xx (status 503, count, on register|poll, optional retry_after)",
+    ),
     "delay_ms": ({"type": "integer", "minimum": 0, "maximum": 600_000}, "delay every DPS answer"),
-    "drop_after": ({"oneOf": [
-        {"enum": DROP_POINTS},
-        {"type": "object", "additionalProperties": False, "required": ["at"],
-         "properties": {"at": {"enum": DROP_POINTS}, "count": _COUNT}},
-    ]}, "close the DPS connection after connack|suback|register|202, or mid_payload (half of the final 200)"),
-    "malformed_json": ({"oneOf": [
-        {"type": "boolean"},
-        {"type": "object", "additionalProperties": False,
-         "properties": {"count": _COUNT, "at": {"enum": ["202", "200"]}}},
-    ]}, "send a truncated JSON body (final 200 by default)"),
-    "omit_fields": ({"type": "array", "items": {"type": "string", "minLength": 1}},
-                    "drop these registrationState fields (dotted paths, e.g. trustBundle.etag)"),
-    "trust_bundle_null": ({"type": "boolean"}, "send \"trustBundle\": null to preview clients"),
-    "extra_fields": ({"type": "object"}, "add these fields to the final registrationState (unknown fields, "
-                                         "issuedClientCertificate, ...)"),
-    "pem_format": ({"type": "object", "additionalProperties": False, "properties": {
-        "line_length": {"enum": [64, 76]}, "newline": {"enum": ["crlf", "lf"]}}},
-                   "PEM in the trust bundle: line_length 64 (default) or 76, newline crlf (default) or lf"),
-    "interim_answer": ({"type": "object", "additionalProperties": False, "properties": {
-        "status": {"enum": ["assigning", "unassigned"]}, "http_status": {"enum": [200, 202]}}},
-                       "'assigning' poll answers: status assigning|unassigned, on topic 202 (default) or 200"),
+    "drop_after": (
+        {
+            "oneOf": [
+                {"enum": DROP_POINTS},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["at"],
+                    "properties": {"at": {"enum": DROP_POINTS}, "count": _COUNT},
+                },
+            ]
+        },
+        "close the DPS connection after connack|suback|register|202, or mid_payload (half of the final 200)",
+    ),
+    "malformed_json": (
+        {
+            "oneOf": [
+                {"type": "boolean"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"count": _COUNT, "at": {"enum": ["202", "200"]}},
+                },
+            ]
+        },
+        "send a truncated JSON body (final 200 by default)",
+    ),
+    "omit_fields": (
+        {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "drop these registrationState fields (dotted paths, e.g. trustBundle.etag)",
+    ),
+    "trust_bundle_null": ({"type": "boolean"}, 'send "trustBundle": null to preview clients'),
+    "extra_fields": (
+        {"type": "object"},
+        "add these fields to the final registrationState (unknown fields, issuedClientCertificate, ...)",
+    ),
+    "pem_format": (
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"line_length": {"enum": [64, 76]}, "newline": {"enum": ["crlf", "lf"]}},
+        },
+        "PEM in the trust bundle: line_length 64 (default) or 76, newline crlf (default) or lf",
+    ),
+    "interim_answer": (
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"status": {"enum": ["assigning", "unassigned"]}, "http_status": {"enum": [200, 202]}},
+        },
+        "'assigning' poll answers: status assigning|unassigned, on topic 202 (default) or 200",
+    ),
     "retry_after_case": ({"enum": ["lower", "upper", "title"]}, "spell retry-after / RETRY-AFTER / Retry-After"),
     "topic_param_order": ({"enum": ["rid_first", "retry_first"]}, "put retry-after before $rid in topics"),
     "connack_refuse": (_REFUSE, "refuse DPS CONNECTs with this return code (code, count)"),
     "no_retry_after": ({"type": "boolean"}, "omit retry-after from 202 and 429 answers"),
     # --- gateway faults
     "gateway_refuse": (_REFUSE, "refuse gateway CONNECTs with this return code (code, count)"),
-    "gateway_drop_after": ({"oneOf": [
-        {"const": "connack"},
-        {"type": "integer", "minimum": 1},
-        {"type": "object", "additionalProperties": False, "properties": {
-            "at": {"enum": ["connack", "message"]}, "messages": {"type": "integer", "minimum": 1},
-            "count": _COUNT}},
-    ]}, "close the gateway connection after CONNACK, or on the Nth telemetry message before its PUBACK"),
+    "gateway_drop_after": (
+        {
+            "oneOf": [
+                {"const": "connack"},
+                {"type": "integer", "minimum": 1},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "at": {"enum": ["connack", "message"]},
+                        "messages": {"type": "integer", "minimum": 1},
+                        "count": _COUNT,
+                    },
+                },
+            ]
+        },
+        "close the gateway connection after CONNACK, or on the Nth telemetry message before its PUBACK",
+    ),
 }
 
 GLOBAL_ONLY = {"unknown_registration"}
@@ -182,8 +254,9 @@ class FaultSet:
     origins: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def combine(cls, global_faults: dict, global_tag: str, enrollment_faults: dict | None,
-                enrollment_tag: str = "enrollment") -> "FaultSet":
+    def combine(
+        cls, global_faults: dict, global_tag: str, enrollment_faults: dict | None, enrollment_tag: str = "enrollment"
+    ) -> FaultSet:
         values = {**DEFAULTS}
         origins = {name: "default" for name in DEFAULTS}
         for source, tag in ((global_faults, global_tag), (enrollment_faults or {}, enrollment_tag)):

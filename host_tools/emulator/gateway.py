@@ -74,8 +74,12 @@ class GatewayClient:
         return f"devices/{self.device_id}/messages/events"
 
     def allowed_filters(self) -> set[str]:
-        return {f"devices/{self.device_id}/messages/devicebound/#", "$iothub/twin/res/#",
-                "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#"}
+        return {
+            f"devices/{self.device_id}/messages/devicebound/#",
+            "$iothub/twin/res/#",
+            "$iothub/twin/PATCH/properties/desired/#",
+            "$iothub/methods/POST/#",
+        }
 
 
 class GatewayEndpoint(Endpoint):
@@ -85,11 +89,16 @@ class GatewayEndpoint(Endpoint):
         client = await self.accept_client(session)
         if client is None:
             return
-        self.log.info("%s: connected to hub %s (token valid %d s more)", session, client.hub,
-                      int(client.token_expiry - time.time()))
+        self.log.info(
+            "%s: connected to hub %s (token valid %d s more)",
+            session,
+            client.hub,
+            int(client.token_expiry - time.time()),
+        )
         client.expiry_task = asyncio.create_task(self._expire(session, client))
-        if self.ctx.fault_book.consume(client.faults, "gateway_drop_after", client.device_id,
-                                       when=lambda v: v["at"] == "connack"):
+        if self.ctx.fault_book.consume(
+            client.faults, "gateway_drop_after", client.device_id, when=lambda v: v["at"] == "connack"
+        ):
             raise ConnectionDropped("fault gateway_drop_after=connack")
         timeout = session.keepalive_timeout
         while not session.closed:
@@ -119,8 +128,11 @@ class GatewayEndpoint(Endpoint):
             await self.refuse(session, mqtt.CONNACK_BAD_USERNAME_OR_PASSWORD, str(exc))
             return None
         if device_id != connect.client_id:
-            await self.refuse(session, mqtt.CONNACK_IDENTIFIER_REJECTED,
-                              f"client id {connect.client_id!r} differs from device id {device_id!r} in the user name")
+            await self.refuse(
+                session,
+                mqtt.CONNACK_IDENTIFIER_REJECTED,
+                f"client id {connect.client_id!r} differs from device id {device_id!r} in the user name",
+            )
             return None
 
         credentials = self.ctx.gateway_credentials(device_id)
@@ -146,15 +158,24 @@ class GatewayEndpoint(Endpoint):
             await self.refuse(session, not_authorized, "token not signed with the device's key")
             return None
         if hub.lower() != credential.assigned_hub.lower():
-            await self.refuse(session, not_authorized,
-                              f"hub {hub!r} in the user name is not the device's hub {credential.assigned_hub!r}")
+            await self.refuse(
+                session,
+                not_authorized,
+                f"hub {hub!r} in the user name is not the device's hub {credential.assigned_hub!r}",
+            )
             return None
         faults = self.ctx.faults_for(credential.enrollment)
         skew = faults.get("sas_clock_skew_s", 0)
         try:
-            check_token(token, expected_resources=[f"{credential.assigned_hub}/devices/{device_id}",
-                                                   f"{self.ctx.gateway_hostname}/devices/{device_id}"],
-                        allowed_key_names=(None,), clock_skew_s=skew)
+            check_token(
+                token,
+                expected_resources=[
+                    f"{credential.assigned_hub}/devices/{device_id}",
+                    f"{self.ctx.gateway_hostname}/devices/{device_id}",
+                ],
+                allowed_key_names=(None,),
+                clock_skew_s=skew,
+            )
         except SasError as exc:
             await self.refuse(session, not_authorized, str(exc))
             return None
@@ -196,7 +217,7 @@ class GatewayEndpoint(Endpoint):
         topic = packet.topic
         prefix = client.telemetry_prefix
         if topic == prefix or topic.startswith(prefix + "/"):
-            await self._telemetry(session, client, packet, topic[len(prefix) + 1:])
+            await self._telemetry(session, client, packet, topic[len(prefix) + 1 :])
         elif topic.startswith("devices/"):
             raise ConnectionDropped(f"PUBLISH to {topic!r}, which is not this device's telemetry topic")
         elif topic.startswith("$iothub/twin/"):
@@ -214,8 +235,12 @@ class GatewayEndpoint(Endpoint):
 
     async def _telemetry(self, session: MqttSession, client: GatewayClient, packet: mqtt.Publish, bag: str) -> None:
         client.messages += 1
-        if self.ctx.fault_book.consume(client.faults, "gateway_drop_after", client.device_id,
-                                       when=lambda v: v["at"] == "message" and v["messages"] == client.messages):
+        if self.ctx.fault_book.consume(
+            client.faults,
+            "gateway_drop_after",
+            client.device_id,
+            when=lambda v: v["at"] == "message" and v["messages"] == client.messages,
+        ):
             # Dropped before it is stored: not recorded, not acknowledged; the client must send it again.
             raise ConnectionDropped(f"fault gateway_drop_after message {client.messages}")
         record = {
@@ -236,8 +261,9 @@ class GatewayEndpoint(Endpoint):
         """A minimal twin: GET returns desired/reported, reported PATCH merges and bumps the version."""
         rid = raw_query(topic).get("$rid", "")
         with self.ctx.lock:
-            twin = self.ctx.twins.setdefault(client.device_id, {"desired": {"$version": 1},
-                                                                "reported": {"$version": 1}})
+            twin = self.ctx.twins.setdefault(
+                client.device_id, {"desired": {"$version": 1}, "reported": {"$version": 1}}
+            )
         if topic.startswith("$iothub/twin/GET/"):
             await self._deliver(session, client, f"$iothub/twin/res/200/?$rid={rid}", json.dumps(twin).encode())
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
@@ -251,8 +277,9 @@ class GatewayEndpoint(Endpoint):
             reported = twin["reported"]
             reported.update({k: v for k, v in patch.items() if not k.startswith("$")})
             reported["$version"] += 1
-            await self._deliver(session, client, f"$iothub/twin/res/204/?$rid={rid}&$version={reported['$version']}",
-                                b"")
+            await self._deliver(
+                session, client, f"$iothub/twin/res/204/?$rid={rid}&$version={reported['$version']}", b""
+            )
         else:
             raise ConnectionDropped(f"PUBLISH to an unknown twin topic {topic!r}")
 
@@ -261,8 +288,9 @@ class GatewayEndpoint(Endpoint):
         if qos is None:
             self.log.warning("%s: twin answer not delivered: not subscribed to $iothub/twin/res/#", session)
             return
-        await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos,
-                                        packet_id=session.next_packet_id() if qos else None))
+        await session.send(
+            mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=session.next_packet_id() if qos else None)
+        )
 
     def drop_connections(self, reason: str = "dropped on request") -> int:
         return self.drop_all(reason)

@@ -31,9 +31,19 @@ PINGRESP = 13
 DISCONNECT = 14
 
 PACKET_NAMES = {
-    CONNECT: "CONNECT", CONNACK: "CONNACK", PUBLISH: "PUBLISH", PUBACK: "PUBACK", PUBREC: "PUBREC",
-    PUBREL: "PUBREL", PUBCOMP: "PUBCOMP", SUBSCRIBE: "SUBSCRIBE", SUBACK: "SUBACK",
-    UNSUBSCRIBE: "UNSUBSCRIBE", UNSUBACK: "UNSUBACK", PINGREQ: "PINGREQ", PINGRESP: "PINGRESP",
+    CONNECT: "CONNECT",
+    CONNACK: "CONNACK",
+    PUBLISH: "PUBLISH",
+    PUBACK: "PUBACK",
+    PUBREC: "PUBREC",
+    PUBREL: "PUBREL",
+    PUBCOMP: "PUBCOMP",
+    SUBSCRIBE: "SUBSCRIBE",
+    SUBACK: "SUBACK",
+    UNSUBSCRIBE: "UNSUBSCRIBE",
+    UNSUBACK: "UNSUBACK",
+    PINGREQ: "PINGREQ",
+    PINGRESP: "PINGRESP",
     DISCONNECT: "DISCONNECT",
 }
 
@@ -75,9 +85,11 @@ class Connect:
     will_retain: bool = False
 
     def __repr__(self):  # never show the password (a SAS token) in logs or assertion messages
-        return (f"Connect(client_id={self.client_id!r}, username={self.username!r}, "
-                f"password={'<redacted>' if self.password is not None else None}, keepalive={self.keepalive}, "
-                f"clean_session={self.clean_session}, protocol={self.protocol_name!r}/{self.protocol_level})")
+        return (
+            f"Connect(client_id={self.client_id!r}, username={self.username!r}, "
+            f"password={'<redacted>' if self.password is not None else None}, keepalive={self.keepalive}, "
+            f"clean_session={self.clean_session}, protocol={self.protocol_name!r}/{self.protocol_level})"
+        )
 
 
 @dataclass
@@ -139,7 +151,9 @@ class Disconnect:
     pass
 
 
-Packet = Connect | ConnAck | Publish | PubAck | Subscribe | SubAck | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect
+Packet = (
+    Connect | ConnAck | Publish | PubAck | Subscribe | SubAck | Unsubscribe | UnsubAck | PingReq | PingResp | Disconnect
+)
 
 
 # --------------------------------------------------------------------------------------------- primitives
@@ -209,7 +223,7 @@ class _Cursor:
         if self.remaining() < length:
             raise MqttProtocolError(f"{self.what}: {field_name} runs past the end of the packet")
         self.pos += length
-        return self.body[self.pos - length:self.pos]
+        return self.body[self.pos - length : self.pos]
 
     def text(self, field_name: str) -> str:
         raw = self.raw(field_name)
@@ -222,7 +236,7 @@ class _Cursor:
         return text
 
     def rest(self) -> bytes:
-        data = self.body[self.pos:]
+        data = self.body[self.pos :]
         self.pos = len(self.body)
         return data
 
@@ -306,8 +320,16 @@ def encode(packet: Packet) -> bytes:
 
 # Fixed-header flag nibbles the spec mandates for each type (PUBLISH carries its own flags).
 _REQUIRED_FLAGS = {
-    CONNECT: 0, CONNACK: 0, PUBACK: 0, SUBSCRIBE: 2, SUBACK: 0, UNSUBSCRIBE: 2, UNSUBACK: 0,
-    PINGREQ: 0, PINGRESP: 0, DISCONNECT: 0,
+    CONNECT: 0,
+    CONNACK: 0,
+    PUBACK: 0,
+    SUBSCRIBE: 2,
+    SUBACK: 0,
+    UNSUBSCRIBE: 2,
+    UNSUBACK: 0,
+    PINGREQ: 0,
+    PINGRESP: 0,
+    DISCONNECT: 0,
 }
 
 
@@ -345,10 +367,19 @@ def decode_packet(first_byte: int, body: bytes) -> Packet:
             raise MqttProtocolError("CONNECT: password flag set without user name flag")
         password = cur.raw("password") if connect_flags & 0x40 else None
         cur.done()
-        return Connect(client_id=client_id, username=username, password=password, keepalive=keepalive,
-                       clean_session=bool(connect_flags & 0x02), protocol_name=protocol_name,
-                       protocol_level=protocol_level, will_topic=will_topic, will_message=will_message,
-                       will_qos=will_qos, will_retain=bool(connect_flags & 0x20))
+        return Connect(
+            client_id=client_id,
+            username=username,
+            password=password,
+            keepalive=keepalive,
+            clean_session=bool(connect_flags & 0x02),
+            protocol_name=protocol_name,
+            protocol_level=protocol_level,
+            will_topic=will_topic,
+            will_message=will_message,
+            will_qos=will_qos,
+            will_retain=bool(connect_flags & 0x20),
+        )
     if packet_type == CONNACK:
         ack_flags = cur.u8()
         if ack_flags & 0xFE:
@@ -368,8 +399,14 @@ def decode_packet(first_byte: int, body: bytes) -> Packet:
         packet_id = cur.u16() if qos else None
         if qos and packet_id == 0:
             raise MqttProtocolError("PUBLISH: packet identifier 0")
-        return Publish(topic=topic, payload=cur.rest(), qos=qos, packet_id=packet_id,
-                       retain=bool(flags & 0x01), dup=bool(flags & 0x08))
+        return Publish(
+            topic=topic,
+            payload=cur.rest(),
+            qos=qos,
+            packet_id=packet_id,
+            retain=bool(flags & 0x01),
+            dup=bool(flags & 0x08),
+        )
     if packet_type in (PUBACK, UNSUBACK):
         packet_id = cur.u16()
         cur.done()
@@ -433,7 +470,7 @@ class PacketReader:
         if len(self._buffer) < end:
             return None
         first_byte = self._buffer[0]
-        body = bytes(self._buffer[1 + used:end])
+        body = bytes(self._buffer[1 + used : end])
         del self._buffer[:end]
         return decode_packet(first_byte, body)
 

@@ -29,8 +29,9 @@ class ConnectionClosed(ConnectionError):
         self.partial = partial
 
 
-def dps_username(id_scope: str, registration_id: str, api_version: str = PREVIEW_API,
-                 client_version: str | None = None) -> str:
+def dps_username(
+    id_scope: str, registration_id: str, api_version: str = PREVIEW_API, client_version: str | None = None
+) -> str:
     username = f"{id_scope}/registrations/{registration_id}/api-version={api_version}"
     return username + (f"&ClientVersion={client_version}" if client_version else "")
 
@@ -58,8 +59,15 @@ def topic_params(topic: str) -> dict[str, str]:
 
 
 class RawMqttClient:
-    def __init__(self, host: str, port: int, ca_file=None, server_hostname: str = "localhost",
-                 timeout: float = 5.0, cadata: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ca_file=None,
+        server_hostname: str = "localhost",
+        timeout: float = 5.0,
+        cadata: str | None = None,
+    ):
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None, cadata=cadata)
         raw = socket.create_connection((host, port), timeout=timeout)
         try:
@@ -113,7 +121,7 @@ class RawMqttClient:
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("no packet from the server in time") from None
             except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as exc:
                 raise ConnectionClosed(f"connection lost: {exc}", self.reader.buffered) from exc
@@ -133,13 +141,28 @@ class RawMqttClient:
 
     # --- MQTT
 
-    def connect(self, client_id: str, username: str | None, password: str | bytes | None, keepalive: int = 60,
-                clean_session: bool = True, protocol_level: int = 4) -> int:
+    def connect(
+        self,
+        client_id: str,
+        username: str | None,
+        password: str | bytes | None,
+        keepalive: int = 60,
+        clean_session: bool = True,
+        protocol_level: int = 4,
+    ) -> int:
         """Send CONNECT; return the CONNACK return code."""
         if isinstance(password, str):
             password = password.encode("utf-8")
-        self.send(mqtt.Connect(client_id=client_id, username=username, password=password, keepalive=keepalive,
-                               clean_session=clean_session, protocol_level=protocol_level))
+        self.send(
+            mqtt.Connect(
+                client_id=client_id,
+                username=username,
+                password=password,
+                keepalive=keepalive,
+                clean_session=clean_session,
+                protocol_level=protocol_level,
+            )
+        )
         packet = self.receive()
         if not isinstance(packet, mqtt.ConnAck):
             raise AssertionError(f"expected CONNACK, got {packet!r}")

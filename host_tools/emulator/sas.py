@@ -75,8 +75,9 @@ def encode_resource(resource: str, lower_hex: bool = False) -> str:
     return encoded
 
 
-def generate_sas_token(resource: str, key_b64: str, expiry: int, key_name: str | None = None,
-                       lower_hex: bool = False) -> str:
+def generate_sas_token(
+    resource: str, key_b64: str, expiry: int, key_name: str | None = None, lower_hex: bool = False
+) -> str:
     """Build a token the way a device does. For tests and demos; the emulator itself only verifies."""
     sr = encode_resource(resource, lower_hex=lower_hex)
     signature = sign(key_b64, f"{sr}\n{expiry}")
@@ -91,7 +92,7 @@ def parse_sas_token(token: str) -> SasToken:
     if not isinstance(token, str) or not token.startswith(SAS_PREFIX):
         raise SasError("malformed", "password is not a SharedAccessSignature token")
     fields: dict[str, str] = {}
-    for part in token[len(SAS_PREFIX):].split("&"):
+    for part in token[len(SAS_PREFIX) :].split("&"):
         name, sep, value = part.partition("=")
         if not sep or not name:
             raise SasError("malformed", f"token field {name or part!r} has no value")
@@ -109,31 +110,40 @@ def parse_sas_token(token: str) -> SasToken:
     except (binascii.Error, ValueError) as exc:
         raise SasError("malformed", "token signature 'sig' is not base64") from exc
     key_name = urllib.parse.unquote(fields["skn"]) if "skn" in fields else None
-    return SasToken(raw_sr=fields["sr"], resource=urllib.parse.unquote(fields["sr"]), signature=signature,
-                    expiry=int(raw_expiry), raw_expiry=raw_expiry, key_name=key_name)
+    return SasToken(
+        raw_sr=fields["sr"],
+        resource=urllib.parse.unquote(fields["sr"]),
+        signature=signature,
+        expiry=int(raw_expiry),
+        raw_expiry=raw_expiry,
+        key_name=key_name,
+    )
 
 
 def signature_matches(token: SasToken, key_b64: str) -> bool:
     """Whether the token was signed with this key (over `sr` and `se` exactly as sent)."""
-    expected = hmac.new(decode_key(key_b64), f"{token.raw_sr}\n{token.raw_expiry}".encode("utf-8"),
-                        hashlib.sha256).digest()
+    expected = hmac.new(decode_key(key_b64), f"{token.raw_sr}\n{token.raw_expiry}".encode(), hashlib.sha256).digest()
     return hmac.compare_digest(expected, token.signature)
 
 
 def resource_matches(token: SasToken, expected_resources) -> bool:
     """Host names are case-insensitive; the path after the host is compared exactly."""
+
     def normalise(resource: str) -> tuple[str, str]:
         host, _, path = resource.strip("/").partition("/")
         return host.lower(), path
+
     return normalise(token.resource) in {normalise(r) for r in expected_resources}
 
 
-def check_token(token: SasToken, *, expected_resources, allowed_key_names=(None,), now: float | None = None,
-                clock_skew_s: float = 0) -> None:
+def check_token(
+    token: SasToken, *, expected_resources, allowed_key_names=(None,), now: float | None = None, clock_skew_s: float = 0
+) -> None:
     """Everything except the signature: resource, key name and expiry. Raises SasError."""
     if not resource_matches(token, expected_resources):
-        raise SasError("wrong_resource", f"token resource {token.resource!r} is not one of "
-                                         f"{sorted(expected_resources)}")
+        raise SasError(
+            "wrong_resource", f"token resource {token.resource!r} is not one of {sorted(expected_resources)}"
+        )
     if token.key_name not in allowed_key_names:
         raise SasError("wrong_key_name", f"token key name {token.key_name!r} is not accepted here")
     now = time.time() if now is None else now
@@ -141,12 +151,24 @@ def check_token(token: SasToken, *, expected_resources, allowed_key_names=(None,
         raise SasError("expired", f"token expired {int(now - token.expiry)} s ago")
 
 
-def verify_sas_token(token_text: str, key_b64: str, *, expected_resources, allowed_key_names=(None,),
-                     now: float | None = None, clock_skew_s: float = 0) -> SasToken:
+def verify_sas_token(
+    token_text: str,
+    key_b64: str,
+    *,
+    expected_resources,
+    allowed_key_names=(None,),
+    now: float | None = None,
+    clock_skew_s: float = 0,
+) -> SasToken:
     """Parse and fully verify a token against one key. Returns the parsed token or raises SasError."""
     token = parse_sas_token(token_text)
     if not signature_matches(token, key_b64):
         raise SasError("bad_signature", "token signature does not match the key")
-    check_token(token, expected_resources=expected_resources, allowed_key_names=allowed_key_names, now=now,
-                clock_skew_s=clock_skew_s)
+    check_token(
+        token,
+        expected_resources=expected_resources,
+        allowed_key_names=allowed_key_names,
+        now=now,
+        clock_skew_s=clock_skew_s,
+    )
     return token

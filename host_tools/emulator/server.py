@@ -23,7 +23,7 @@ from host_tools.emulator.dps import DpsEndpoint
 from host_tools.emulator.enrollments import EnrollmentStore, write_enrollments
 from host_tools.emulator.gateway import GatewayEndpoint
 from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic
-from host_tools.pki import EmulatorPki, ensure_emulator_pki
+from host_tools.provisioning.pki import EmulatorPki, ensure_emulator_pki
 
 log = logging.getLogger("host_tools.emulator")
 
@@ -39,11 +39,21 @@ def server_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
 class EmulatorServer:
     """Both endpoints on one event loop, plus the files in the state folder."""
 
-    def __init__(self, state_dir: str | os.PathLike, enrollments: str | os.PathLike | dict, *,
-                 host: str = "127.0.0.1", dps_port: int = 0, gateway_port: int = 0,
-                 dps_hostname: str = "localhost", gateway_hostname: str = "localhost",
-                 faults: dict | None = None, rate_limit: float | None = None, ip_addresses=(),
-                 gateway_certificate: tuple[str | os.PathLike, str | os.PathLike] | None = None):
+    def __init__(
+        self,
+        state_dir: str | os.PathLike,
+        enrollments: str | os.PathLike | dict,
+        *,
+        host: str = "127.0.0.1",
+        dps_port: int = 0,
+        gateway_port: int = 0,
+        dps_hostname: str = "localhost",
+        gateway_hostname: str = "localhost",
+        faults: dict | None = None,
+        rate_limit: float | None = None,
+        ip_addresses=(),
+        gateway_certificate: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+    ):
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if isinstance(enrollments, dict):
@@ -67,15 +77,24 @@ class EmulatorServer:
     def prepare(self) -> None:
         """Everything that can fail on bad input, before anything listens: PKI, enrollments, faults."""
         extra_ips = [h for h in (self.host,) if h not in ("0.0.0.0", "::", "")] + list(self.ip_addresses)
-        self.pki = ensure_emulator_pki(self.state_dir / "pki", dps_hostname=self.dps_hostname,
-                                       gateway_hostname=self.gateway_hostname, ip_addresses=extra_ips)
+        self.pki = ensure_emulator_pki(
+            self.state_dir / "pki",
+            dps_hostname=self.dps_hostname,
+            gateway_hostname=self.gateway_hostname,
+            ip_addresses=extra_ips,
+        )
         store = EnrollmentStore(self.enrollments_path, pki=self.pki)
         self.ctx = EmulatorContext(
-            store=store, pki=self.pki, stats=Stats(),
+            store=store,
+            pki=self.pki,
+            stats=Stats(),
             registrations=JsonlLog(self.state_dir / "registrations.jsonl"),
             telemetry=JsonlLog(self.state_dir / "telemetry.jsonl"),
-            dps_hostname=self.dps_hostname, gateway_hostname=self.gateway_hostname,
-            faults=self.initial_faults, rate_limit=self.rate_limit)
+            dps_hostname=self.dps_hostname,
+            gateway_hostname=self.gateway_hostname,
+            faults=self.initial_faults,
+            rate_limit=self.rate_limit,
+        )
         gateway_cert, gateway_key = self.gateway_certificate or (self.pki.gateway_server, self.pki.gateway_server_key)
         self.dps = DpsEndpoint(self.ctx, server_ssl_context(self.pki.dps_server, self.pki.dps_server_key))
         self.gateway = GatewayEndpoint(self.ctx, server_ssl_context(Path(gateway_cert), Path(gateway_key)))
@@ -130,7 +149,7 @@ class Emulator:
 
     # --- lifecycle
 
-    def start(self, timeout: float = 30) -> "Emulator":
+    def start(self, timeout: float = 30) -> Emulator:
         try:
             self.server.prepare()  # in the caller's thread, so errors (bad enrollment file) surface right here
         except Exception as exc:
@@ -173,7 +192,7 @@ class Emulator:
         self._thread.join(timeout)
         self._thread = None
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -181,8 +200,10 @@ class Emulator:
 
     def _call(self, function, *args):
         """Run `function(*args)` on the emulator's loop and return its result (thread-safe)."""
+
         async def wrapper():
             return function(*args)
+
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(10)
 
     # --- where things are
@@ -232,16 +253,24 @@ class Emulator:
 
     def wait_for_telemetry(self, count: int = 1, timeout: float = 10, device_id: str | None = None) -> list[dict]:
         """Block until `count` records (for `device_id` if given) arrived; returns them (fewer on timeout)."""
+
         def enough(records):
             return sum(1 for r in records if device_id is None or r["device_id"] == device_id) >= count
+
         records = self.server.ctx.telemetry.wait_for(enough, timeout)
         return [r for r in records if device_id is None or r["device_id"] == device_id]
 
-    def wait_for_registrations(self, count: int = 1, timeout: float = 10, registration_id: str | None = None,
-                               status: str | None = None) -> list[dict]:
+    def wait_for_registrations(
+        self, count: int = 1, timeout: float = 10, registration_id: str | None = None, status: str | None = None
+    ) -> list[dict]:
         def pick(records):
-            return [r for r in records if (registration_id is None or r["registration_id"] == registration_id)
-                    and (status is None or r["status"] == status)]
+            return [
+                r
+                for r in records
+                if (registration_id is None or r["registration_id"] == registration_id)
+                and (status is None or r["status"] == status)
+            ]
+
         records = self.server.ctx.registrations.wait_for(lambda rs: len(pick(rs)) >= count, timeout)
         return pick(records)
 

@@ -20,7 +20,6 @@ from host_tools.emulator.rawclient import (
 )
 from host_tools.emulator.sas import generate_sas_token
 
-
 TEST_HUB = "test-hub.azure-devices.net"
 
 
@@ -38,23 +37,32 @@ def wait_until(condition, timeout: float = 3.0, interval: float = 0.02) -> None:
         time.sleep(interval)
 
 
-def dps_token(emu, registration_id: str, key: str, ttl: int = 300, skn: str | None = "registration",
-              **kwargs) -> str:
-    return generate_sas_token(f"{emu.id_scope}/registrations/{registration_id}", key, int(time.time()) + ttl, skn,
-                              **kwargs)
+def dps_token(emu, registration_id: str, key: str, ttl: int = 300, skn: str | None = "registration", **kwargs) -> str:
+    return generate_sas_token(
+        f"{emu.id_scope}/registrations/{registration_id}", key, int(time.time()) + ttl, skn, **kwargs
+    )
 
 
 def hub_token(hub: str, device_id: str, key: str, ttl: int = 300, expiry: int | None = None) -> str:
     return generate_sas_token(f"{hub}/devices/{device_id}", key, expiry or int(time.time()) + ttl)
 
 
-def connect_dps(emu, registration_id: str, key: str, api_version: str = PREVIEW_API, subscribe: bool = True,
-                token: str | None = None) -> RawMqttClient:
+def connect_dps(
+    emu,
+    registration_id: str,
+    key: str,
+    api_version: str = PREVIEW_API,
+    subscribe: bool = True,
+    token: str | None = None,
+) -> RawMqttClient:
     """A raw client connected to the emulator's DPS (CONNACK 0 asserted) and subscribed to the answers."""
     client = RawMqttClient(emu.host, emu.dps_port, ca_file=emu.pki.dps_root)
     try:
-        code = client.connect(registration_id, dps_username(emu.id_scope, registration_id, api_version),
-                              token or dps_token(emu, registration_id, key))
+        code = client.connect(
+            registration_id,
+            dps_username(emu.id_scope, registration_id, api_version),
+            token or dps_token(emu, registration_id, key),
+        )
         assert code == 0, f"DPS CONNACK {code}"
         if subscribe:
             assert client.subscribe() == [1]
@@ -64,8 +72,9 @@ def connect_dps(emu, registration_id: str, key: str, api_version: str = PREVIEW_
     return client
 
 
-def connect_gateway(emu, device_id: str, key: str, hub: str, token: str | None = None,
-                    expect: int = 0) -> RawMqttClient:
+def connect_gateway(
+    emu, device_id: str, key: str, hub: str, token: str | None = None, expect: int = 0
+) -> RawMqttClient:
     """A raw client connected to the emulator's gateway, trusting only the trust root."""
     client = RawMqttClient(emu.host, emu.gateway_port, ca_file=emu.pki.trust_root)
     try:
@@ -77,8 +86,9 @@ def connect_gateway(emu, device_id: str, key: str, hub: str, token: str | None =
     return client
 
 
-def register_raw(client: RawMqttClient, registration_id: str, body=None, qos: int = 1,
-                 rid: str = "1") -> tuple[int, dict]:
+def register_raw(
+    client: RawMqttClient, registration_id: str, body=None, qos: int = 1, rid: str = "1"
+) -> tuple[int, dict]:
     """Register and poll until the final answer; returns (status, body) of the final answer."""
     body = {"registrationId": registration_id, "payload": None} if body is None else body
     status, params, answer = client.dps_request(register_topic(rid), body, qos=qos)
@@ -86,8 +96,7 @@ def register_raw(client: RawMqttClient, registration_id: str, body=None, qos: in
     polls = 0
     while status == 202:
         polls += 1
-        status, params, answer = client.dps_request(poll_topic(f"{rid}.{polls}", answer["operationId"]), b"",
-                                                    qos=qos)
+        status, params, answer = client.dps_request(poll_topic(f"{rid}.{polls}", answer["operationId"]), b"", qos=qos)
         assert params["$rid"] == f"{rid}.{polls}", params
     return status, answer
 

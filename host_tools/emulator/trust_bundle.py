@@ -60,12 +60,12 @@ def serial_hex(cert: x509.Certificate) -> str:
 
 
 def utc_with_z(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def dotnet_datetime(moment: dt.datetime, suffix: str = "") -> str:
     """`2021-09-08T03:27:35.7833333` (seven fractional digits, as .NET round-trip dates print)."""
-    moment = moment.astimezone(dt.timezone.utc)
+    moment = moment.astimezone(dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0" + suffix
 
 
@@ -73,7 +73,7 @@ def pem_text(cert: x509.Certificate, line_length: int = 64, newline: str = "\r\n
     """PEM with the given base64 line length and line ending, ending with a line ending."""
     body = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
     lines = ["-----BEGIN CERTIFICATE-----"]
-    lines += [body[i:i + line_length] for i in range(0, len(body), line_length)]
+    lines += [body[i : i + line_length] for i in range(0, len(body), line_length)]
     lines.append("-----END CERTIFICATE-----")
     return newline.join(lines) + newline
 
@@ -109,12 +109,13 @@ class TrustBundleRegistry:
     result behave like the service's: `createdDateTime` is stable, `lastModifiedDateTime` moves with the etag."""
 
     def __init__(self, clock=None):
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._seen: dict[str, tuple[str, dt.datetime, dt.datetime]] = {}
         self._lock = threading.Lock()
 
-    def build(self, bundle_id: str, certs: list[x509.Certificate], line_length: int = 64,
-              newline: str = "\r\n") -> dict:
+    def build(
+        self, bundle_id: str, certs: list[x509.Certificate], line_length: int = 64, newline: str = "\r\n"
+    ) -> dict:
         etag = content_etag(bundle_id, certs)
         with self._lock:
             now = self._clock()

@@ -30,10 +30,11 @@ import time
 _HERE = sys.path[0]
 sys.path[:] = ["", ".frozen", "lib", _HERE]
 
+import stub_provision  # noqa: E402
+
+import azprov.provision as real_provision  # noqa: E402
 from azprov import app, config, dps, errors, gateway, log, sas, store, transport  # noqa: E402
 from azprov.errors import ProvisioningError  # noqa: E402
-import azprov.provision as real_provision  # noqa: E402
-import stub_provision  # noqa: E402
 
 stub_provision.read_text = real_provision.read_text
 sys.modules["azprov.provision"] = stub_provision
@@ -106,6 +107,7 @@ def _half():
 
 # --- DPS responses -----------------------------------------------------------------------------------------------
 
+
 class DpsBench:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -115,10 +117,15 @@ class DpsBench:
         from azprov import bundle
 
         pem = real_provision.read_text(cfg["dps_ca_file"], "ca")
-        first = pem[:pem.index("-----END CERTIFICATE-----") + 25] + "\n"
+        first = pem[: pem.index("-----END CERTIFICATE-----") + 25] + "\n"
         base = bundle.parse({"id": "base-bundle", "etag": "base-etag", "certificates": [{"certificate": first}]})
-        assignment = {"registration_id": cfg["registration_id"], "assigned_hub": "base-hub.azure-devices.net",
-                      "device_id": "base-device", "substatus": "initialAssignment", "payload": None}
+        assignment = {
+            "registration_id": cfg["registration_id"],
+            "assigned_hub": "base-hub.azure-devices.net",
+            "device_id": "base-device",
+            "substatus": "initialAssignment",
+            "payload": None,
+        }
         assert store.Store(self.folder).save(assignment, base)
         self.baseline = {name: _read(self.folder + "/" + name) for name in os.listdir(self.folder)}
         self.baseline_snapshot = snapshot(self.folder)
@@ -138,8 +145,10 @@ class DpsBench:
         try:
             for item in items:
                 if len(item) > transport.DEFAULT_MAX_PACKET:  # DeadlineSocket.read refuses it before umqtt sees it
-                    raise ProvisioningError(errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit"
-                                            % (len(item), transport.DEFAULT_MAX_PACKET))
+                    raise ProvisioningError(
+                        errors.MALFORMED_RESPONSE,
+                        "a %d-byte packet exceeds the %d-byte limit" % (len(item), transport.DEFAULT_MAX_PACKET),
+                    )
             stage = "dps"
             reg = dps.Registration(self.cfg["registration_id"], self.cfg["payload"], random=_half)
             reg.start()
@@ -174,8 +183,10 @@ class DpsBench:
         except ProvisioningError as exc:
             if snapshot(self.folder) != before:
                 self.dirty = True
-                print("BAD %s %s %s rejected (%s: %s) but the stored state changed" % (
-                    cid, category, stage, exc.kind, _one_line(exc.message)))
+                print(
+                    "BAD %s %s %s rejected (%s: %s) but the stored state changed"
+                    % (cid, category, stage, exc.kind, _one_line(exc.message))
+                )
             else:
                 print("ERR %s %s %s %s" % (cid, category, exc.kind, stage))
         except Bad as exc:
@@ -202,7 +213,7 @@ class DpsBench:
             real_provision._sleep_within(delay, time.ticks_ms())
         except ProvisioningError as exc:
             if exc.kind != errors.TIMEOUT:
-                raise Bad("waiting %r gave %s" % (delay, exc.kind))
+                raise Bad("waiting %r gave %s" % (delay, exc.kind)) from None
 
     def check_state(self, state, result):
         """What app.provision committed is what DPS sent, and the files agree with it."""
@@ -227,9 +238,19 @@ class DpsBench:
 
 # --- provisioning files --------------------------------------------------------------------------------------------
 
-_TYPES = {"dps_host": str, "dps_port": int, "id_scope": str, "registration_id": str, "symmetric_key": str,
-          "dps_ca_file": str, "gateway_port": int, "storage_dir": str, "log_level": str, "sas_ttl_s": int,
-          "force_reprovision": bool}
+_TYPES = {
+    "dps_host": str,
+    "dps_port": int,
+    "id_scope": str,
+    "registration_id": str,
+    "symmetric_key": str,
+    "dps_ca_file": str,
+    "gateway_port": int,
+    "storage_dir": str,
+    "log_level": str,
+    "sas_ttl_s": int,
+    "force_reprovision": bool,
+}
 
 
 def check_config(cfg):
@@ -243,7 +264,9 @@ def check_config(cfg):
     for name in ("dps_port", "gateway_port"):
         if not 0 < cfg[name] < 65536:
             raise Bad(name + " accepted out of range")
-    if cfg["gateway_host"] is not None and (not isinstance(cfg["gateway_host"], str) or not cfg["gateway_host"].strip()):
+    if cfg["gateway_host"] is not None and (
+        not isinstance(cfg["gateway_host"], str) or not cfg["gateway_host"].strip()
+    ):
         raise Bad("gateway_host accepted as %r" % (cfg["gateway_host"],))
     if cfg["log_level"] not in config.LOG_LEVELS:
         raise Bad("log_level accepted as %r" % cfg["log_level"])
@@ -303,11 +326,16 @@ class Recommit:
 
         pem = real_provision.read_text(cfg["dps_ca_file"], "ca")
         blocks = [b + "-----END CERTIFICATE-----\n" for b in pem.split("-----END CERTIFICATE-----\n") if b.strip()]
-        self.bundle = bundle.parse({"id": "bulk-bundle", "etag": "recommit-etag",
-                                    "certificates": [{"certificate": b} for b in blocks[:2]]})
-        self.assignment = {"registration_id": cfg["registration_id"], "assigned_hub": "recommit-hub.example",
-                           "device_id": cfg["registration_id"], "substatus": "reprovisionedToInitialAssignment",
-                           "payload": None}
+        self.bundle = bundle.parse(
+            {"id": "bulk-bundle", "etag": "recommit-etag", "certificates": [{"certificate": b} for b in blocks[:2]]}
+        )
+        self.assignment = {
+            "registration_id": cfg["registration_id"],
+            "assigned_hub": "recommit-hub.example",
+            "device_id": cfg["registration_id"],
+            "substatus": "reprovisionedToInitialAssignment",
+            "payload": None,
+        }
 
     def check(self, folder):
         store.Store(folder).save(dict(self.assignment), self.bundle)
@@ -316,8 +344,10 @@ class Recommit:
             raise Bad("the re-registration's commit did not load back")
         files = snapshot(folder)
         if files.get(_PEM) != self.bundle["pem_sha256"] or _STAGED in files:
-            raise Bad("after the re-registration's commit trust_bundle.pem is not its bundle (files %s)" % (
-                ", ".join(sorted(files))))
+            raise Bad(
+                "after the re-registration's commit trust_bundle.pem is not its bundle (files %s)"
+                % (", ".join(sorted(files)))
+            )
 
 
 def run_stored(cid, category, items, cfg, recommit):
@@ -389,6 +419,7 @@ def _stored_verdict(cid, category, items, cfg):
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
+
 
 def cases(path):
     with open(path, "rb") as f:

@@ -60,8 +60,14 @@ def collect(strategy, count: int) -> list:
     """`count` draws of `strategy`, the same on every run."""
     found = []
 
-    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def draw(value):
         found.append(value)
@@ -71,6 +77,7 @@ def collect(strategy, count: int) -> list:
 
 
 # --- JSON helpers ----------------------------------------------------------------------------------------------------
+
 
 def dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
@@ -111,10 +118,16 @@ def splice(obj, path, raw: bytes) -> bytes:
 
 
 WRONG_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=24), st.sampled_from(["", " ", "0", "true", "null", "[]", "{}"]),
-    st.lists(st.integers(-5, 5), max_size=4), st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
-    st.just([]), st.just({}),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=24),
+    st.sampled_from(["", " ", "0", "true", "null", "[]", "{}"]),
+    st.lists(st.integers(-5, 5), max_size=4),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
+    st.just([]),
+    st.just({}),
 )
 
 # Raw JSON text for "huge values": long strings, long numbers, out-of-range floats, deep nesting, wide containers,
@@ -124,14 +137,27 @@ HUGE_RAW = st.one_of(
     st.integers(100, 8000).map(lambda n: json.dumps("\u00e9\u20ac" * n, ensure_ascii=False).encode()),
     st.integers(20, 900).map(lambda n: ("9" * n).encode()),
     st.integers(20, 400).map(lambda n: ("-" + "9" * n + "." + "9" * n + "e" + "9" * 5).encode()),
-    st.sampled_from([b"1e400", b"-1e400", b"1e-400", b"123456789e999999", b"-0", b"1E+308", b"2e308",
-                     b"0.000000000000000000000000000001", b"18446744073709551616", b"-9223372036854775809"]),
+    st.sampled_from(
+        [
+            b"1e400",
+            b"-1e400",
+            b"1e-400",
+            b"123456789e999999",
+            b"-0",
+            b"1E+308",
+            b"2e308",
+            b"0.000000000000000000000000000001",
+            b"18446744073709551616",
+            b"-9223372036854775809",
+        ]
+    ),
     st.integers(10, 7000).map(lambda d: b"[" * d + b"]" * d),
     st.integers(10, 3000).map(lambda d: b'{"a":' * d + b"1" + b"}" * d),
     st.integers(100, 5000).map(lambda n: b"[" + b",".join([b"1"] * n) + b"]"),
     st.integers(50, 1000).map(lambda n: b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(n)) + b"}"),
     st.integers(100, 15000).map(lambda n: b'"' + b"\x01" * n + b'"'),
 )
+
 
 def _nested(depth: int, shape: str) -> bytes:
     if shape == "array":
@@ -143,28 +169,62 @@ def _nested(depth: int, shape: str) -> bytes:
 
 # Deep nesting at depths around what a recursive serialiser survives (on the Unix port about 1,000 levels; far fewer
 # on an ESP32's small C stack), all small enough for an 8 KB provisioning file or a 16 KB packet.
-NESTING = st.tuples(st.sampled_from([16, 32, 64, 100, 128, 200, 256, 500, 512, 700, 1000, 1024, 1500, 2000, 2700,
-                                     3000, 3500, 4000]),
-                    st.sampled_from(["array", "object", "mixed"])).map(lambda t: _nested(*t))
+NESTING = st.tuples(
+    st.sampled_from([16, 32, 64, 100, 128, 200, 256, 500, 512, 700, 1000, 1024, 1500, 2000, 2700, 3000, 3500, 4000]),
+    st.sampled_from(["array", "object", "mixed"]),
+).map(lambda t: _nested(*t))
 
 # Byte sequences no strict UTF-8 decoder accepts whatever follows them: stray and impossible bytes, overlong forms,
 # encoded surrogates, code points past U+10FFFF, a lead byte followed by ASCII.
-ALWAYS_INVALID_UTF8 = [b"\xff", b"\xfe", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf",
-                       b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80",
-                       b"\xfc\x84\x80\x80\x80\x80", b"\xc3\x28", b"\xa0\xa1"]
+ALWAYS_INVALID_UTF8 = [
+    b"\xff",
+    b"\xfe",
+    b"\x80",
+    b"\xbf",
+    b"\xc0\xaf",
+    b"\xc1\xbf",
+    b"\xe0\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xfc\x84\x80\x80\x80\x80",
+    b"\xc3\x28",
+    b"\xa0\xa1",
+]
 # Sequences cut short: invalid here because the templates are ASCII, so what follows is never a continuation byte.
 TRUNCATED_UTF8 = [b"\xe2\x82", b"\xc3", b"\xf0\x9f\x98"]
-BAD_UTF8 = st.one_of(st.sampled_from(ALWAYS_INVALID_UTF8 + TRUNCATED_UTF8),
-                     st.tuples(st.sampled_from(ALWAYS_INVALID_UTF8), st.binary(max_size=6)).map(lambda t: t[0] + t[1]))
+BAD_UTF8 = st.one_of(
+    st.sampled_from(ALWAYS_INVALID_UTF8 + TRUNCATED_UTF8),
+    st.tuples(st.sampled_from(ALWAYS_INVALID_UTF8), st.binary(max_size=6)).map(lambda t: t[0] + t[1]),
+)
 
-ODD_STRINGS = st.sampled_from([r"\u0000", r"\ud800", r"\udfff", r"\ud83d\ude00", r"\u202e", r"\ufeff", r"\uffff",
-                               r"\u0000\u0000", r"a\u0000b", "\u00e9", "\u4e2d\u6587", r"\"", "\\\\", r"\n\r\t",
-                               "\U0001f600", r"\u2028\u2029"])
+ODD_STRINGS = st.sampled_from(
+    [
+        r"\u0000",
+        r"\ud800",
+        r"\udfff",
+        r"\ud83d\ude00",
+        r"\u202e",
+        r"\ufeff",
+        r"\uffff",
+        r"\u0000\u0000",
+        r"a\u0000b",
+        "\u00e9",
+        "\u4e2d\u6587",
+        r"\"",
+        "\\\\",
+        r"\n\r\t",
+        "\U0001f600",
+        r"\u2028\u2029",
+    ]
+)
 
 JSON_JUNK = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=24)
+    max_leaves=24,
+)
 
 
 def truncations(data: bytes):
@@ -177,15 +237,18 @@ def insert_at(data: bytes, chunk: bytes):
 
 # --- certificates ----------------------------------------------------------------------------------------------------
 
+
 def pem_of(cert, newline="\r\n", line=64) -> str:
     body = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
-    lines = ["-----BEGIN CERTIFICATE-----"] + [body[i:i + line] for i in range(0, len(body), line)]
+    lines = ["-----BEGIN CERTIFICATE-----"] + [body[i : i + line] for i in range(0, len(body), line)]
     lines.append("-----END CERTIFICATE-----")
     return newline.join(lines) + newline
 
 
 def der_from_pem_body(text: str) -> bytes | None:
-    body = "".join(line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip() and "-----" not in line)
+    body = "".join(
+        line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip() and "-----" not in line
+    )
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -193,12 +256,17 @@ def der_from_pem_body(text: str) -> bytes | None:
 
 
 def trust_bundle(certs, bundle_id="bulk-bundle") -> dict:
-    return {"certificates": [certificate_entry(c) for c in certs], "id": bundle_id,
-            "createdDateTime": "2026-03-01T10:20:30.1234567", "lastModifiedDateTime": "2026-03-01T10:20:30.1234567",
-            "etag": content_etag(bundle_id, certs)}
+    return {
+        "certificates": [certificate_entry(c) for c in certs],
+        "id": bundle_id,
+        "createdDateTime": "2026-03-01T10:20:30.1234567",
+        "lastModifiedDateTime": "2026-03-01T10:20:30.1234567",
+        "etag": content_etag(bundle_id, certs),
+    }
 
 
 # --- DPS responses -----------------------------------------------------------------------------------------------------
+
 
 def topic(status, rid, retry_after=None) -> bytes:
     text = f"$dps/registrations/res/{status}/?$rid={rid}"
@@ -208,9 +276,17 @@ def topic(status, rid, retry_after=None) -> bytes:
 
 
 def assigned_body(certs=CERTS[:2], payload=None, bundle=True) -> dict:
-    state = {"registrationId": REG_ID, "createdDateTimeUtc": DATE, "assignedHub": HUB, "deviceId": REG_ID,
-             "status": "assigned", "substatus": "initialAssignment", "generationId": TRACKING,
-             "lastUpdatedDateTimeUtc": DATE, "etag": "IjAxMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCI="}
+    state = {
+        "registrationId": REG_ID,
+        "createdDateTimeUtc": DATE,
+        "assignedHub": HUB,
+        "deviceId": REG_ID,
+        "status": "assigned",
+        "substatus": "initialAssignment",
+        "generationId": TRACKING,
+        "lastUpdatedDateTimeUtc": DATE,
+        "etag": "IjAxMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCI=",
+    }
     if payload is not None:
         state["payload"] = payload
     state["trustBundle"] = trust_bundle(certs) if bundle else None
@@ -218,29 +294,54 @@ def assigned_body(certs=CERTS[:2], payload=None, bundle=True) -> dict:
 
 
 ASSIGNING = {"operationId": OP_ID, "status": "assigning"}
-ASSIGNING_STATE = {"operationId": OP_ID, "status": "assigning",
-                   "registrationState": {"registrationId": REG_ID, "status": "assigning"}}
-FAILED = {"operationId": OP_ID, "status": "failed",
-          "registrationState": {"registrationId": REG_ID, "createdDateTimeUtc": DATE, "status": "failed",
-                                "errorCode": 400207, "errorMessage": "Custom allocation failed with status code: 400",
-                                "lastUpdatedDateTimeUtc": DATE, "etag": "IjAxIg=="}}
-DISABLED = {"operationId": OP_ID, "status": "disabled",
-            "registrationState": {"registrationId": REG_ID, "status": "disabled"}}
+ASSIGNING_STATE = {
+    "operationId": OP_ID,
+    "status": "assigning",
+    "registrationState": {"registrationId": REG_ID, "status": "assigning"},
+}
+FAILED = {
+    "operationId": OP_ID,
+    "status": "failed",
+    "registrationState": {
+        "registrationId": REG_ID,
+        "createdDateTimeUtc": DATE,
+        "status": "failed",
+        "errorCode": 400207,
+        "errorMessage": "Custom allocation failed with status code: 400",
+        "lastUpdatedDateTimeUtc": DATE,
+        "etag": "IjAxIg==",
+    },
+}
+DISABLED = {
+    "operationId": OP_ID,
+    "status": "disabled",
+    "registrationState": {"registrationId": REG_ID, "status": "disabled"},
+}
 
 
 def error_body(status) -> dict:
-    return {"errorCode": status * 1000 + 1, "trackingId": TRACKING, "message": f"service answered {status}",
-            "timestampUtc": "2026-03-01T10:20:30.1234567Z"}
+    return {
+        "errorCode": status * 1000 + 1,
+        "trackingId": TRACKING,
+        "message": f"service answered {status}",
+        "timestampUtc": "2026-03-01T10:20:30.1234567Z",
+    }
 
 
 # name -> (messages before the last, (last topic, last body), the unmutated outcome)
 DPS_TEMPLATES = {
     "assigned": ([], (topic(200, 1), assigned_body()), "OK stored"),
-    "assigned_polled": ([(topic(202, 1, 3), ASSIGNING)],
-                        (topic(200, 2), assigned_body(CERTS, {"site": "north", "floors": [1, 2]})), "OK stored"),
+    "assigned_polled": (
+        [(topic(202, 1, 3), ASSIGNING)],
+        (topic(200, 2), assigned_body(CERTS, {"site": "north", "floors": [1, 2]})),
+        "OK stored",
+    ),
     "assigned_no_bundle": ([], (topic(200, 1), assigned_body(bundle=False)), "OK stored"),
-    "assigned_after_429": ([(topic(429, 1, 1), error_body(429))], (topic(200, 2), assigned_body(CERTS[:1])),
-                           "OK stored"),
+    "assigned_after_429": (
+        [(topic(429, 1, 1), error_body(429))],
+        (topic(200, 2), assigned_body(CERTS[:1])),
+        "OK stored",
+    ),
     "assigning": ([], (topic(202, 1, 2), ASSIGNING), "OK request"),
     "assigning_state": ([(topic(202, 1, 1), ASSIGNING)], (topic(202, 2, 1), ASSIGNING_STATE), "OK request"),
     "failed": ([], (topic(200, 1), FAILED), "ERR assignment_failed"),
@@ -250,8 +351,11 @@ DPS_TEMPLATES = {
     "bad_request": ([], (topic(400, 1), error_body(400)), "ERR bad_request"),
     "unavailable": ([], (topic(503, 1, 1), error_body(503)), "OK request"),
 }
-ASSIGNED_TEMPLATES = [name for name, t in DPS_TEMPLATES.items() if t[1][1].get("status") == "assigned"
-                      and t[1][1]["registrationState"].get("trustBundle")]
+ASSIGNED_TEMPLATES = [
+    name
+    for name, t in DPS_TEMPLATES.items()
+    if t[1][1].get("status") == "assigned" and t[1][1]["registrationState"].get("trustBundle")
+]
 JSON_STATUS = (200, 202)
 
 
@@ -334,19 +438,41 @@ def dps_bad_base64(draw):
     pem = entries[index]["certificate"]
     head, _, rest = pem.partition("\r\n")
     body, _, tail = rest.rpartition("-----END")
-    how = draw(st.sampled_from(["insert", "delete", "substitute", "padding", "random", "der_prefix", "truncated_der",
-                                "urlsafe", "one_line", "short_lines"]))
+    how = draw(
+        st.sampled_from(
+            [
+                "insert",
+                "delete",
+                "substitute",
+                "padding",
+                "random",
+                "der_prefix",
+                "truncated_der",
+                "urlsafe",
+                "one_line",
+                "short_lines",
+            ]
+        )
+    )
     if how == "insert":
         pos = draw(st.integers(0, len(body)))
-        body = body[:pos] + draw(st.sampled_from(list("!#$%&*(),.:;<>?@[]^_`{|}~-\\\"'\t\x00\x7f") +
-                                                 ["\u00e9", "\u20ac", "\u2028", "=", "==", "===="])) + body[pos:]
+        body = (
+            body[:pos]
+            + draw(
+                st.sampled_from(
+                    list("!#$%&*(),.:;<>?@[]^_`{|}~-\\\"'\t\x00\x7f")
+                    + ["\u00e9", "\u20ac", "\u2028", "=", "==", "===="]
+                )
+            )
+            + body[pos:]
+        )
     elif how == "delete":
         pos = draw(st.integers(0, len(body) - 1))
-        body = body[:pos] + body[pos + draw(st.integers(1, 3)):]
+        body = body[:pos] + body[pos + draw(st.integers(1, 3)) :]
     elif how == "substitute":
         pos = draw(st.integers(0, len(body) - 1))
         if body[pos] not in "\r\n":
-            body = body[:pos] + draw(st.sampled_from(string.ascii_letters + string.digits + "+/")) + body[pos + 1:]
+            body = body[:pos] + draw(st.sampled_from(string.ascii_letters + string.digits + "+/")) + body[pos + 1 :]
     elif how == "padding":
         body = body.rstrip("\r\n=") + draw(st.sampled_from(["", "=", "==", "===", "====", "=A=", "A"])) + "\r\n"
     elif how == "random":
@@ -356,7 +482,7 @@ def dps_bad_base64(draw):
         body = base64.b64encode(b"\x30\x82" + len(junk).to_bytes(2, "big") + junk).decode() + "\r\n"
     elif how == "truncated_der":
         der = CERTS[index].public_bytes(serialization.Encoding.DER)
-        body = base64.b64encode(der[:draw(st.integers(0, len(der) - 1))]).decode() + "\r\n"
+        body = base64.b64encode(der[: draw(st.integers(0, len(der) - 1))]).decode() + "\r\n"
     elif how == "urlsafe":
         body = body.replace("+", "-").replace("/", "_")
     elif how == "one_line":
@@ -364,7 +490,7 @@ def dps_bad_base64(draw):
     else:
         flat = body.replace("\r\n", "")
         width = draw(st.integers(1, 80))
-        body = "".join(flat[i:i + width] + "\r\n" for i in range(0, len(flat), width))
+        body = "".join(flat[i : i + width] + "\r\n" for i in range(0, len(flat), width))
     mutated = head + "\r\n" + body + "-----END" + tail
     return dps_case("bad_base64", name, t, _with_certificate(b, index, mutated, draw))
 
@@ -386,9 +512,26 @@ def _with_certificate(body: dict, index: int, pem: str, draw) -> dict:
     return body
 
 
-PEM_TEXT_MUTATIONS = ["header", "footer", "no_header", "no_footer", "two_certs", "prefix", "suffix", "cr_only",
-                      "empty", "blank", "swapped", "private_key", "nested", "lowercase", "spaces", "other_eol", "mixed_eol",
-                      "other_cert"]
+PEM_TEXT_MUTATIONS = [
+    "header",
+    "footer",
+    "no_header",
+    "no_footer",
+    "two_certs",
+    "prefix",
+    "suffix",
+    "cr_only",
+    "empty",
+    "blank",
+    "swapped",
+    "private_key",
+    "nested",
+    "lowercase",
+    "spaces",
+    "other_eol",
+    "mixed_eol",
+    "other_cert",
+]
 
 
 @st.composite
@@ -397,9 +540,19 @@ def bad_pem_text(draw, pem: str) -> str:
     begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
     eol = "\r\n" if "\r\n" in pem else "\n"
     other_eol = "\n" if eol == "\r\n" else "\r\n"
-    odd_lines = st.sampled_from(["-----BEGIN PUBLIC KEY-----", "-----BEGIN X509 CERTIFICATE-----", "----BEGIN CERTIFICATE----",
-                                 "-----BEGIN CERTIFICATE", "BEGIN CERTIFICATE", "-----END CERTIFICATE-----",
-                                 "-----BEGIN TRUSTED CERTIFICATE-----", "", "-----"])
+    odd_lines = st.sampled_from(
+        [
+            "-----BEGIN PUBLIC KEY-----",
+            "-----BEGIN X509 CERTIFICATE-----",
+            "----BEGIN CERTIFICATE----",
+            "-----BEGIN CERTIFICATE",
+            "BEGIN CERTIFICATE",
+            "-----END CERTIFICATE-----",
+            "-----BEGIN TRUSTED CERTIFICATE-----",
+            "",
+            "-----",
+        ]
+    )
     if how == "header":
         return pem.replace(begin, draw(odd_lines), 1)
     if how == "footer":
@@ -472,16 +625,95 @@ def _get(obj, path):
     return obj
 
 
-PREFIXES = ["$dps/registrations/res/", "$dps/registrations/res", "$DPS/registrations/res/", "$dps/registrations/res//",
-            "$dps/registrations/PUT/iotdps-register/", "dps/registrations/res/", "", "$dps/registrations/res/x/",
-            "$iothub/twin/res/", "$dps/registrations/res/ ", "/$dps/registrations/res/"]
-STATUSES = ["200", "202", "201", "204", "300", "399", "400", "401", "404", "409", "412", "428", "429", "499", "500",
-            "503", "599", "600", "999", "0", "-1", "-200", "+200", " 200", "200 ", "2OO", "", "0200", "200.0", "2e2",
-            "0x1F", "\u0661\u0662\u0663", "2_00", "9" * 40, "-" + "9" * 40, "\u0000"]
-PARAM_NAMES = ["$rid", "$RID", "$Rid", "retry-after", "Retry-After", "RETRY-AFTER", "retry_after", "operationId", "",
-               "x", "rid", "$rid$rid", " $rid"]
-PARAM_VALUES = ["1", "2", "", "01", " 1", "1 ", "-1", "0", "3", "10", "99999999999999999999", "9" * 400, "1.5", "1e3",
-                "abc", "-5", "+3", "\uff10", "1&", "=", "%31"]
+PREFIXES = [
+    "$dps/registrations/res/",
+    "$dps/registrations/res",
+    "$DPS/registrations/res/",
+    "$dps/registrations/res//",
+    "$dps/registrations/PUT/iotdps-register/",
+    "dps/registrations/res/",
+    "",
+    "$dps/registrations/res/x/",
+    "$iothub/twin/res/",
+    "$dps/registrations/res/ ",
+    "/$dps/registrations/res/",
+]
+STATUSES = [
+    "200",
+    "202",
+    "201",
+    "204",
+    "300",
+    "399",
+    "400",
+    "401",
+    "404",
+    "409",
+    "412",
+    "428",
+    "429",
+    "499",
+    "500",
+    "503",
+    "599",
+    "600",
+    "999",
+    "0",
+    "-1",
+    "-200",
+    "+200",
+    " 200",
+    "200 ",
+    "2OO",
+    "",
+    "0200",
+    "200.0",
+    "2e2",
+    "0x1F",
+    "\u0661\u0662\u0663",
+    "2_00",
+    "9" * 40,
+    "-" + "9" * 40,
+    "\u0000",
+]
+PARAM_NAMES = [
+    "$rid",
+    "$RID",
+    "$Rid",
+    "retry-after",
+    "Retry-After",
+    "RETRY-AFTER",
+    "retry_after",
+    "operationId",
+    "",
+    "x",
+    "rid",
+    "$rid$rid",
+    " $rid",
+]
+PARAM_VALUES = [
+    "1",
+    "2",
+    "",
+    "01",
+    " 1",
+    "1 ",
+    "-1",
+    "0",
+    "3",
+    "10",
+    "99999999999999999999",
+    "9" * 400,
+    "1.5",
+    "1e3",
+    "abc",
+    "-5",
+    "+3",
+    "\uff10",
+    "1&",
+    "=",
+    "%31",
+]
 
 
 @st.composite
@@ -489,10 +721,14 @@ def dps_topic(draw):
     name = draw(TEMPLATE_NAMES)
     _, b = DPS_TEMPLATES[name][1]
     prefix = draw(st.one_of(st.sampled_from(PREFIXES), st.text(max_size=30)))
-    status = draw(st.one_of(st.sampled_from(STATUSES), st.integers(-(10 ** 6), 10 ** 6).map(str)))
+    status = draw(st.one_of(st.sampled_from(STATUSES), st.integers(-(10**6), 10**6).map(str)))
     sep = draw(st.sampled_from(["/?", "/", "?", "//?", "/??", "", "/?&"]))
-    params = draw(st.lists(st.tuples(st.sampled_from(PARAM_NAMES),
-                                     st.one_of(st.sampled_from(PARAM_VALUES), st.text(max_size=8))), max_size=6))
+    params = draw(
+        st.lists(
+            st.tuples(st.sampled_from(PARAM_NAMES), st.one_of(st.sampled_from(PARAM_VALUES), st.text(max_size=8))),
+            max_size=6,
+        )
+    )
     if draw(st.booleans()):
         params.insert(draw(st.integers(0, len(params))), ("$rid", "1"))
     joiner = draw(st.sampled_from(["&", "&", "&&", ";", "&amp;"]))
@@ -524,16 +760,27 @@ def dps_json_junk(draw):
     status = draw(st.sampled_from([200, 202, 200, 202, 429, 401]))
     shaped = draw(st.booleans())
     if shaped:
-        body = {"status": draw(st.one_of(st.sampled_from(["assigned", "assigning", "unassigned", "failed", "disabled",
-                                                          "", "ASSIGNED", "Assigned"]), JSON_JUNK)),
-                "operationId": draw(st.one_of(st.just(OP_ID), JSON_JUNK)),
-                "registrationState": draw(st.one_of(st.just(assigned_body()["registrationState"]), JSON_JUNK))}
-        body = dict(list(body.items())[:draw(st.integers(1, 3))])
+        body = {
+            "status": draw(
+                st.one_of(
+                    st.sampled_from(
+                        ["assigned", "assigning", "unassigned", "failed", "disabled", "", "ASSIGNED", "Assigned"]
+                    ),
+                    JSON_JUNK,
+                )
+            ),
+            "operationId": draw(st.one_of(st.just(OP_ID), JSON_JUNK)),
+            "registrationState": draw(st.one_of(st.just(assigned_body()["registrationState"]), JSON_JUNK)),
+        }
+        body = dict(list(body.items())[: draw(st.integers(1, 3))])
     else:
         body = draw(JSON_JUNK)
     raw = json.dumps(body).encode()
-    expect = "ERR malformed_response" if status in JSON_STATUS and not isinstance(body, dict) and body not in (
-        None, "", 0, False, [], {}) else None
+    expect = (
+        "ERR malformed_response"
+        if status in JSON_STATUS and not isinstance(body, dict) and body not in (None, "", 0, False, [], {})
+        else None
+    )
     return Case("D", "json_junk", [topic(status, 1, 1 if status == 202 else None), raw], expect)
 
 
@@ -550,11 +797,21 @@ def dps_unicode(draw):
         original = _get(b, path)
         pos = draw(st.integers(0, len(original)))
         odd = draw(ODD_STRINGS)
-        raw = b'"' + json.dumps(original[:pos])[1:-1].encode() + odd.encode() + json.dumps(original[pos:])[1:-1].encode() + b'"'
+        raw = (
+            b'"'
+            + json.dumps(original[:pos])[1:-1].encode()
+            + odd.encode()
+            + json.dumps(original[pos:])[1:-1].encode()
+            + b'"'
+        )
         return dps_case("unicode", name, t, splice(b, path, raw))
     if how == "raw_control":
-        return dps_case("unicode", name, t, splice(b, path, b'"' + bytes(draw(st.lists(st.integers(0, 31), min_size=1,
-                                                                                           max_size=8))) + b'"'))
+        return dps_case(
+            "unicode",
+            name,
+            t,
+            splice(b, path, b'"' + bytes(draw(st.lists(st.integers(0, 31), min_size=1, max_size=8))) + b'"'),
+        )
     text = draw(st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40))
     return dps_case("unicode", name, t, dumps(set_path(b, path, text)).encode())
 
@@ -564,8 +821,12 @@ def dps_nesting(draw):
     name = draw(st.sampled_from(ASSIGNED_TEMPLATES + ["assigning", "failed"]))
     t, b = DPS_TEMPLATES[name][1]
     if "registrationState" in b:
-        choices = [("registrationState", "payload")] * 4 + [("registrationState", "trustBundle"),
-                                                            ("registrationState",), ("operationId",), ("extra",)]
+        choices = [("registrationState", "payload")] * 4 + [
+            ("registrationState", "trustBundle"),
+            ("registrationState",),
+            ("operationId",),
+            ("extra",),
+        ]
     else:
         choices = [("operationId",), ("extra",), ("registrationState",)]
     return dps_case("nesting", name, t, splice(b, draw(st.sampled_from(choices)), draw(NESTING)))
@@ -591,11 +852,23 @@ DPS_CATEGORIES = {  # category -> (strategy, examples)
 # --- provisioning files ------------------------------------------------------------------------------------------------
 
 PROVISIONING = {
-    "dps_host": "global.azure-devices-provisioning.net", "dps_port": 8883, "id_scope": "0ne00AAAAAA",
-    "registration_id": REG_ID, "symmetric_key": KEY, "dps_ca_file": "certs/dps-root.pem",
-    "payload": {"model": "thermo-1"}, "gateway_host": "edge-gw.example.local", "gateway_port": 8883,
-    "storage_dir": "azprov_state", "log_level": "info", "sas_ttl_s": 3600, "force_reprovision": False,
-    "telemetry_count": 1, "telemetry_interval_s": 10, "registration_timeout_s": 120, "max_gateway_failures": 3,
+    "dps_host": "global.azure-devices-provisioning.net",
+    "dps_port": 8883,
+    "id_scope": "0ne00AAAAAA",
+    "registration_id": REG_ID,
+    "symmetric_key": KEY,
+    "dps_ca_file": "certs/dps-root.pem",
+    "payload": {"model": "thermo-1"},
+    "gateway_host": "edge-gw.example.local",
+    "gateway_port": 8883,
+    "storage_dir": "azprov_state",
+    "log_level": "info",
+    "sas_ttl_s": 3600,
+    "force_reprovision": False,
+    "telemetry_count": 1,
+    "telemetry_interval_s": 10,
+    "registration_timeout_s": 120,
+    "max_gateway_failures": 3,
     "wifi": {"ssid": "lab", "password": "secret"},
 }
 PROV_BYTES = json.dumps(PROVISIONING, indent=2).encode()
@@ -611,8 +884,24 @@ def prov_case(category, data, expect=None) -> Case:
 @st.composite
 def prov_valid(draw):
     doc = dict(PROVISIONING)
-    for name in draw(st.lists(st.sampled_from(["payload", "gateway_host", "gateway_port", "storage_dir", "log_level",
-                                               "sas_ttl_s", "wifi", "dps_port", "force_reprovision"]), max_size=4)):
+    for name in draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    "payload",
+                    "gateway_host",
+                    "gateway_port",
+                    "storage_dir",
+                    "log_level",
+                    "sas_ttl_s",
+                    "wifi",
+                    "dps_port",
+                    "force_reprovision",
+                ]
+            ),
+            max_size=4,
+        )
+    ):
         doc.pop(name, None)
     doc["registration_id"] = draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}[A-Za-z0-9-]", fullmatch=True))
     return prov_case("valid", doc, "OK config")
@@ -642,31 +931,77 @@ def prov_missing(draw):
 def prov_huge(draw):
     path = (draw(st.sampled_from(PROV_FIELDS + ["extra"])),)
     if draw(st.booleans()):
-        value = draw(st.sampled_from([0, -1, 65536, 65535, 1, 2 ** 31, 2 ** 63, 2 ** 64, -(2 ** 63), 10 ** 40, 4, 5,
-                                      31622400, 31622401, 1740, 1741, 2, 1]))
+        value = draw(
+            st.sampled_from(
+                [
+                    0,
+                    -1,
+                    65536,
+                    65535,
+                    1,
+                    2**31,
+                    2**63,
+                    2**64,
+                    -(2**63),
+                    10**40,
+                    4,
+                    5,
+                    31622400,
+                    31622401,
+                    1740,
+                    1741,
+                    2,
+                    1,
+                ]
+            )
+        )
         return prov_case("huge", set_path(PROVISIONING, path, value))
     return prov_case("huge", splice(PROVISIONING, path, draw(HUGE_RAW)))
 
 
 @st.composite
 def prov_bad_key(draw):
-    key = draw(st.one_of(
-        st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
-        st.binary(min_size=16, max_size=64).map(lambda b: base64.b64encode(b).decode().rstrip("=")),
-        st.binary(min_size=16, max_size=64).map(lambda b: base64.urlsafe_b64encode(b).decode()),
-        st.text(max_size=60),
-        st.tuples(st.integers(0, len(KEY)), st.sampled_from(list("!*-_ .\t\n=\u00e9"))).map(
-            lambda t: KEY[:t[0]] + t[1] + KEY[t[0]:]),
-        st.integers(1, len(KEY) - 1).map(lambda n: KEY[:n]),
-    ))
+    key = draw(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+            st.binary(min_size=16, max_size=64).map(lambda b: base64.b64encode(b).decode().rstrip("=")),
+            st.binary(min_size=16, max_size=64).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+            st.text(max_size=60),
+            st.tuples(st.integers(0, len(KEY)), st.sampled_from(list("!*-_ .\t\n=\u00e9"))).map(
+                lambda t: KEY[: t[0]] + t[1] + KEY[t[0] :]
+            ),
+            st.integers(1, len(KEY) - 1).map(lambda n: KEY[:n]),
+        )
+    )
     return prov_case("bad_base64", dict(PROVISIONING, symmetric_key=key))
 
 
 @st.composite
 def prov_registration_id(draw):
-    reg = draw(st.one_of(st.text(max_size=140), st.from_regex(r"[A-Za-z0-9._:-]{1,140}", fullmatch=True),
-                         st.sampled_from(["a" * 128, "a" * 129, "dev.", "dev_", "dev:", "dev-", "-", ".", "", " ",
-                                          "dev\u00e9", "dev/1", "dev 1", "dev\x00"])))
+    reg = draw(
+        st.one_of(
+            st.text(max_size=140),
+            st.from_regex(r"[A-Za-z0-9._:-]{1,140}", fullmatch=True),
+            st.sampled_from(
+                [
+                    "a" * 128,
+                    "a" * 129,
+                    "dev.",
+                    "dev_",
+                    "dev:",
+                    "dev-",
+                    "-",
+                    ".",
+                    "",
+                    " ",
+                    "dev\u00e9",
+                    "dev/1",
+                    "dev 1",
+                    "dev\x00",
+                ]
+            ),
+        )
+    )
     return prov_case("registration_id", dict(PROVISIONING, registration_id=reg))
 
 
@@ -688,13 +1023,21 @@ def prov_json_junk(draw):
         return prov_case("json_junk", b"\xef\xbb\xbf" + PROV_BYTES)
     if how == "duplicate":
         name = draw(st.sampled_from(PROV_FIELDS))
-        return prov_case("json_junk", PROV_BYTES[:-2] + b',\n  "%s": %s\n}' % (
-            name.encode(), json.dumps(draw(WRONG_VALUES)).encode()))
+        return prov_case(
+            "json_junk",
+            PROV_BYTES[:-2] + b',\n  "%s": %s\n}' % (name.encode(), json.dumps(draw(WRONG_VALUES)).encode()),
+        )
     if how == "trailing":
         return prov_case("json_junk", PROV_BYTES + draw(st.sampled_from([b",", b"}", b" x", b"\x00", b"{}", b"\n\n"])))
     if how == "nan":
-        return prov_case("json_junk", splice(PROVISIONING, (draw(st.sampled_from(PROV_FIELDS)),),
-                                             draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"nan", b"inf"]))))
+        return prov_case(
+            "json_junk",
+            splice(
+                PROVISIONING,
+                (draw(st.sampled_from(PROV_FIELDS)),),
+                draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"nan", b"inf"])),
+            ),
+        )
     return prov_case("json_junk", b"// provisioning\n" + PROV_BYTES)
 
 
@@ -731,21 +1074,39 @@ PROV_CATEGORIES = {
 
 # --- stored files --------------------------------------------------------------------------------------------------------
 
+
 def _cert_meta(cert) -> dict:
     der = cert.public_bytes(serialization.Encoding.DER)
-    return {"subject": format_name(cert.subject), "issuer": format_name(cert.issuer),
-            "sha1": hashlib.sha1(der).hexdigest().upper(), "sha256": hashlib.sha256(der).hexdigest().upper(),
-            "serial": serial_hex(cert), "not_before": "2026-01-01T00:00:00Z", "not_after": "2126-01-01T00:00:00Z"}
+    return {
+        "subject": format_name(cert.subject),
+        "issuer": format_name(cert.issuer),
+        "sha1": hashlib.sha1(der).hexdigest().upper(),
+        "sha256": hashlib.sha256(der).hexdigest().upper(),
+        "serial": serial_hex(cert),
+        "not_before": "2026-01-01T00:00:00Z",
+        "not_after": "2126-01-01T00:00:00Z",
+    }
 
 
 def stored_pair(certs, etag) -> tuple[dict, str]:
     """(state, pem) as azprov.store commits them for this bundle."""
     pem = "".join(pem_of(c, "\n") for c in certs)
-    state = {"version": 1,
-             "assignment": {"registration_id": REG_ID, "assigned_hub": HUB, "device_id": REG_ID,
-                            "substatus": "initialAssignment", "payload": {"site": "north"}},
-             "trust_bundle": {"id": "bulk-bundle", "etag": etag, "pem_sha256": hashlib.sha256(pem.encode()).hexdigest(),
-                              "certificates": [_cert_meta(c) for c in certs]}}
+    state = {
+        "version": 1,
+        "assignment": {
+            "registration_id": REG_ID,
+            "assigned_hub": HUB,
+            "device_id": REG_ID,
+            "substatus": "initialAssignment",
+            "payload": {"site": "north"},
+        },
+        "trust_bundle": {
+            "id": "bulk-bundle",
+            "etag": etag,
+            "pem_sha256": hashlib.sha256(pem.encode()).hexdigest(),
+            "certificates": [_cert_meta(c) for c in certs],
+        },
+    }
     return state, pem
 
 
@@ -800,9 +1161,7 @@ def stored_truncated(draw):
     data = _file_bytes(files[which])
     files[which] = draw(truncations(data))
     expect = None
-    if which == "state.json":
-        expect = "ERR storage"
-    elif name == "committed":
+    if which == "state.json" or name == "committed":
         expect = "ERR storage"
     return stored_case("truncated", files, expect)
 
@@ -862,11 +1221,12 @@ def stored_bad_base64(draw):
     pem = _file_bytes(STORED_TEMPLATES[name][pem_name]).decode()
     start = pem.index("\n") + 1
     pos = draw(st.integers(start, len(pem) - 30))
-    mutated = pem[:pos] + draw(st.sampled_from(list("!*-_.=\t") + ["\u00e9", "A", "===="])) + pem[pos + 1:]
+    mutated = pem[:pos] + draw(st.sampled_from(list("!*-_.=\t") + ["\u00e9", "A", "===="])) + pem[pos + 1 :]
     if draw(st.booleans()):
         return stored_case("bad_base64_committed", _consistent(STORED_TEMPLATES[name], pem_name, mutated))
-    return stored_case("bad_base64", dict(STORED_TEMPLATES[name], **{pem_name: mutated}),
-                       "ERR storage" if mutated != pem else None)
+    return stored_case(
+        "bad_base64", dict(STORED_TEMPLATES[name], **{pem_name: mutated}), "ERR storage" if mutated != pem else None
+    )
 
 
 @st.composite
@@ -887,10 +1247,12 @@ def stored_bad_utf8(draw):
 @st.composite
 def stored_mixed(draw):
     """Files from different commits, missing files, empty files, junk: what a broken flash could hold."""
-    pool = {"state.json": [STATE_NEW, STATE_OLD, STATE_NULL, b"", b"{}", b"null", b"[]", b"\xff" * 64, b"\x00" * 64],
-            "trust_bundle.pem": [PEM_NEW, PEM_OLD, b"", b"\xff" * 64, PEM_NEW + PEM_OLD, PEM_NEW[:-1]],
-            "trust_bundle.pem.new": [PEM_NEW, PEM_OLD, b"", b"\xff" * 64],
-            "state.json.tmp": [STATE_NEW, b"", b"{"]}
+    pool = {
+        "state.json": [STATE_NEW, STATE_OLD, STATE_NULL, b"", b"{}", b"null", b"[]", b"\xff" * 64, b"\x00" * 64],
+        "trust_bundle.pem": [PEM_NEW, PEM_OLD, b"", b"\xff" * 64, PEM_NEW + PEM_OLD, PEM_NEW[:-1]],
+        "trust_bundle.pem.new": [PEM_NEW, PEM_OLD, b"", b"\xff" * 64],
+        "state.json.tmp": [STATE_NEW, b"", b"{"],
+    }
     files = {}
     for name, options in pool.items():
         choice = draw(st.integers(-1, len(options) - 1))
@@ -903,8 +1265,9 @@ def stored_mixed(draw):
 def stored_nesting(draw):
     name = draw(st.sampled_from(["committed", "no_bundle"]))
     state = STORED_TEMPLATES[name]["state.json"]
-    path = draw(st.sampled_from([("assignment", "payload"), ("assignment", "payload"), ("extra",),
-                                 ("assignment", "substatus")]))
+    path = draw(
+        st.sampled_from([("assignment", "payload"), ("assignment", "payload"), ("extra",), ("assignment", "substatus")])
+    )
     return stored_case("nesting", _with_state(name, splice(state, path, draw(NESTING))))
 
 
@@ -925,8 +1288,7 @@ STORED_CATEGORIES = {
 def generate() -> dict[str, list[Case]]:
     """Every case, by input class: {"dps": [...], "provisioning": [...], "stored": [...]}."""
     out = {}
-    for kind, categories in (("dps", DPS_CATEGORIES), ("provisioning", PROV_CATEGORIES),
-                             ("stored", STORED_CATEGORIES)):
+    for kind, categories in (("dps", DPS_CATEGORIES), ("provisioning", PROV_CATEGORIES), ("stored", STORED_CATEGORIES)):
         cases, seen = [], set()
         for strategy, count in categories.values():
             for case in collect(strategy, count):

@@ -1,25 +1,37 @@
 # Trust bundle parsing: every certificate kept, PEM normalised, thumbprints checked, bad input classified.
 import json
 
+from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, CERT_C
+
 from azprov import bundle, errors
 from azprov.errors import ProvisioningError
 from azprov.pem import PemError, der_certificates, split
-from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, CERT_C
 
 
 def _entry(pem, sha256=None, crlf=True):
     text = pem.replace("\n", "\r\n") if crlf else pem
-    meta = {"subjectName": "CN=fixture", "issuerName": "CN=fixture", "sha1Thumbprint": "AB" * 20,
-            "serialNumber": "6620A198A418AD45", "notBeforeUtc": "2019-08-24T14:15:22Z",
-            "notAfterUtc": "2039-08-24T14:15:22Z", "version": 3}
+    meta = {
+        "subjectName": "CN=fixture",
+        "issuerName": "CN=fixture",
+        "sha1Thumbprint": "AB" * 20,
+        "serialNumber": "6620A198A418AD45",
+        "notBeforeUtc": "2019-08-24T14:15:22Z",
+        "notAfterUtc": "2039-08-24T14:15:22Z",
+        "version": 3,
+    }
     if sha256:
         meta["sha256Thumbprint"] = sha256
     return {"certificate": text, "metadata": meta}
 
 
 def _bundle(*entries):
-    return {"certificates": list(entries), "id": "TestTrustBundle-1", "createdDateTime": "2021-09-08T04:19:05",
-            "lastModifiedDateTime": "2021-09-08T04:19:05", "etag": '"5301e830-0000-0300-0000-613864190000"'}
+    return {
+        "certificates": list(entries),
+        "id": "TestTrustBundle-1",
+        "createdDateTime": "2021-09-08T04:19:05",
+        "lastModifiedDateTime": "2021-09-08T04:19:05",
+        "etag": '"5301e830-0000-0300-0000-613864190000"',
+    }
 
 
 def _raises(fn, *args):
@@ -57,10 +69,15 @@ def test_thumbprint_mismatch_rejected():
 
 
 def test_structural_errors():
-    for bad in ("x", {}, {"certificates": []}, {"certificates": [{}], "id": "i", "etag": "e"},
-                {"certificates": [_entry(CERT_A)], "etag": "e"},
-                {"certificates": [{"certificate": 5}], "id": "i", "etag": "e"},
-                {"certificates": [{"certificate": CERT_A, "metadata": "m"}], "id": "i", "etag": "e"}):
+    for bad in (
+        "x",
+        {},
+        {"certificates": []},
+        {"certificates": [{}], "id": "i", "etag": "e"},
+        {"certificates": [_entry(CERT_A)], "etag": "e"},
+        {"certificates": [{"certificate": 5}], "id": "i", "etag": "e"},
+        {"certificates": [{"certificate": CERT_A, "metadata": "m"}], "id": "i", "etag": "e"},
+    ):
         _raises(bundle.parse, bad)
 
 
@@ -69,8 +86,14 @@ def test_bad_pem_rejected():
     broken_b64 = "\n".join([body[0], "!!!!" + body[1][4:]] + body[2:])
     truncated = "\n".join(body[:3])
     two_in_one = CERT_A + CERT_B
-    for text in (broken_b64, truncated, "hello", "", two_in_one,
-                 "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"):
+    for text in (
+        broken_b64,
+        truncated,
+        "hello",
+        "",
+        two_in_one,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ):
         _raises(bundle.parse, _bundle({"certificate": text}))
 
 

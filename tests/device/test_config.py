@@ -4,9 +4,13 @@ import json
 from azprov import config, errors
 from azprov.errors import ProvisioningError
 
-GOOD = {"dps_host": "global.azure-devices-provisioning.net", "id_scope": "0ne00000001",
-        "registration_id": "sensor-001", "symmetric_key": "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=",
-        "dps_ca_file": "certs/dps-root.pem"}
+GOOD = {
+    "dps_host": "global.azure-devices-provisioning.net",
+    "id_scope": "0ne00000001",
+    "registration_id": "sensor-001",
+    "symmetric_key": "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=",
+    "dps_ca_file": "certs/dps-root.pem",
+}
 
 
 def _with(**changes):
@@ -38,14 +42,23 @@ def test_good_file_with_defaults_and_relative_paths():
 
 def test_each_bad_field_is_named():
     cases = [
-        (_with(dps_host=...), "dps_host"), (_with(id_scope=""), "id_scope"), (_with(dps_port="8883"), "dps_port"),
-        (_with(dps_port=70000), "dps_port"), (_with(dps_port=True), "dps_port"),
-        (_with(registration_id="bad id!"), "registration_id"), (_with(registration_id="x" * 129), "registration_id"),
-        (_with(symmetric_key="not base64!"), "symmetric_key"), (_with(symmetric_key="c2hvcnQ="), "symmetric_key"),
-        (_with(symmetric_key=123), "symmetric_key"), (_with(log_level="loud"), "log_level"),
-        (_with(gateway_host=""), "gateway_host"), (_with(gateway_port=0), "gateway_port"),
-        (_with(sas_ttl_s=1), "sas_ttl_s"), (_with(force_reprovision="yes"), "force_reprovision"),
-        (_with(wifi="ssid"), "wifi"), (_with(dps_ca_file=...), "dps_ca_file"),
+        (_with(dps_host=...), "dps_host"),
+        (_with(id_scope=""), "id_scope"),
+        (_with(dps_port="8883"), "dps_port"),
+        (_with(dps_port=70000), "dps_port"),
+        (_with(dps_port=True), "dps_port"),
+        (_with(registration_id="bad id!"), "registration_id"),
+        (_with(registration_id="x" * 129), "registration_id"),
+        (_with(symmetric_key="not base64!"), "symmetric_key"),
+        (_with(symmetric_key="c2hvcnQ="), "symmetric_key"),
+        (_with(symmetric_key=123), "symmetric_key"),
+        (_with(log_level="loud"), "log_level"),
+        (_with(gateway_host=""), "gateway_host"),
+        (_with(gateway_port=0), "gateway_port"),
+        (_with(sas_ttl_s=1), "sas_ttl_s"),
+        (_with(force_reprovision="yes"), "force_reprovision"),
+        (_with(wifi="ssid"), "wifi"),
+        (_with(dps_ca_file=...), "dps_ca_file"),
     ]
     for text, field in cases:
         message = _error(text)

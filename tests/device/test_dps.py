@@ -4,9 +4,19 @@ import json
 from azprov import dps, errors
 from azprov.errors import ProvisioningError
 
-ASSIGNED = {"operationId": "4.abc", "status": "assigned", "registrationState": {
-    "registrationId": "dev1", "assignedHub": "hub.azure-devices.net", "deviceId": "dev1", "status": "assigned",
-    "substatus": "initialAssignment", "payload": {"x": 1}, "someFutureField": [1, 2]}}
+ASSIGNED = {
+    "operationId": "4.abc",
+    "status": "assigned",
+    "registrationState": {
+        "registrationId": "dev1",
+        "assignedHub": "hub.azure-devices.net",
+        "deviceId": "dev1",
+        "status": "assigned",
+        "substatus": "initialAssignment",
+        "payload": {"x": 1},
+        "someFutureField": [1, 2],
+    },
+}
 
 
 def _raises(kind, fn, *args):
@@ -107,12 +117,23 @@ def test_backoff_window_grows_and_is_capped():
 
 
 def test_final_errors_carry_service_fields():
-    for status, kind in ((401, errors.AUTHENTICATION), (404, errors.NOT_FOUND), (400, errors.BAD_REQUEST),
-                         (412, errors.BAD_REQUEST)):
+    for status, kind in (
+        (401, errors.AUTHENTICATION),
+        (404, errors.NOT_FOUND),
+        (400, errors.BAD_REQUEST),
+        (412, errors.BAD_REQUEST),
+    ):
         reg = dps.Registration("dev1")
         reg.start()
-        body = json.dumps({"errorCode": status * 1000 + 2, "trackingId": "tr", "message": "nope",
-                           "timestampUtc": "2026-01-01T00:00:00Z", "info": {}})
+        body = json.dumps(
+            {
+                "errorCode": status * 1000 + 2,
+                "trackingId": "tr",
+                "message": "nope",
+                "timestampUtc": "2026-01-01T00:00:00Z",
+                "info": {},
+            }
+        )
         exc = _raises(kind, reg.on_message, _topic(status, "1"), body)
         assert exc.error_code == status * 1000 + 2 and exc.tracking_id == "tr" and exc.message == "nope"
 
@@ -127,23 +148,41 @@ def test_error_with_unparseable_body_is_still_classified():
 def test_failed_and_disabled():
     reg = dps.Registration("dev1")
     reg.start()
-    failed = {"operationId": "4.a", "status": "failed", "registrationState": {
-        "registrationId": "dev1", "status": "failed", "errorCode": 400207,
-        "errorMessage": "Custom allocation failed with status code: 400"}}
+    failed = {
+        "operationId": "4.a",
+        "status": "failed",
+        "registrationState": {
+            "registrationId": "dev1",
+            "status": "failed",
+            "errorCode": 400207,
+            "errorMessage": "Custom allocation failed with status code: 400",
+        },
+    }
     exc = _raises(errors.ASSIGNMENT_FAILED, reg.on_message, _topic(200, "1"), json.dumps(failed))
     assert exc.error_code == 400207 and "Custom allocation" in exc.message
     reg = dps.Registration("dev1")
     reg.start()
-    _raises(errors.DISABLED, reg.on_message, _topic(200, "1"),
-            b'{"operationId":"","status":"disabled","registrationState":{"status":"disabled"}}')
+    _raises(
+        errors.DISABLED,
+        reg.on_message,
+        _topic(200, "1"),
+        b'{"operationId":"","status":"disabled","registrationState":{"status":"disabled"}}',
+    )
 
 
 def test_malformed_bodies():
-    cases = [b"{not json", b"[1,2]", b"", b'{"status":"assigned"}',
-             b'{"status":"assigned","registrationState":{"deviceId":"d"}}',
-             b'{"status":"assigned","registrationState":{"assignedHub":5,"deviceId":"d"}}',
-             b'{"status":"assigned","registrationState":"x"}', b'{"status":7}',
-             b'{"status":"assigning"}', b'{"status":"weird","operationId":"1"}']
+    cases = [
+        b"{not json",
+        b"[1,2]",
+        b"",
+        b'{"status":"assigned"}',
+        b'{"status":"assigned","registrationState":{"deviceId":"d"}}',
+        b'{"status":"assigned","registrationState":{"assignedHub":5,"deviceId":"d"}}',
+        b'{"status":"assigned","registrationState":"x"}',
+        b'{"status":7}',
+        b'{"status":"assigning"}',
+        b'{"status":"weird","operationId":"1"}',
+    ]
     for body in cases:
         reg = dps.Registration("dev1")
         reg.start()

@@ -4,13 +4,17 @@ from azprov.encoding import b64decode, url_encode
 
 
 def test_signature_vector_from_sdk_tests():
-    assert sas.sign("NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", "sign this message") == \
-        "8NJRMT83CcplGrAGaUVIUM/md5914KpWVNngSVoF9/M="
+    assert (
+        sas.sign("NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", "sign this message")
+        == "8NJRMT83CcplGrAGaUVIUM/md5914KpWVNngSVoF9/M="
+    )
 
 
 def test_derived_group_key_vector():
-    assert sas.derive_device_key("NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", "sign this message") == \
-        "8NJRMT83CcplGrAGaUVIUM/md5914KpWVNngSVoF9/M="
+    assert (
+        sas.derive_device_key("NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", "sign this message")
+        == "8NJRMT83CcplGrAGaUVIUM/md5914KpWVNngSVoF9/M="
+    )
 
 
 def test_signature_vector_password():
@@ -19,8 +23,8 @@ def test_signature_vector_password():
 
 def test_hub_token_vector_with_unpadded_key():
     assert sas.hub_token("host", "device", "key", 12345) == (
-        "SharedAccessSignature sr=host%2Fdevices%2Fdevice"
-        "&sig=wM3XiP6gD960IxP7J5WHqnxQHEcWC6YaQCtoMT%2BkKHc%3D&se=12345")
+        "SharedAccessSignature sr=host%2Fdevices%2Fdevice&sig=wM3XiP6gD960IxP7J5WHqnxQHEcWC6YaQCtoMT%2BkKHc%3D&se=12345"
+    )
 
 
 def test_dps_token_shape_and_string_to_sign():

@@ -2,9 +2,10 @@
 # corruption detected, and nothing half-written.
 import os
 
+from fixtures import CERT_A, CERT_B, CERT_C
+
 from azprov import bundle, errors, store
 from azprov.errors import ProvisioningError
-from fixtures import CERT_A, CERT_B, CERT_C
 
 _DIR = "azprov_test_store"
 
@@ -20,8 +21,13 @@ def _clean():
 
 
 def _assignment(hub="hub.azure-devices.net"):
-    return {"registration_id": "dev1", "assigned_hub": hub, "device_id": "dev1", "substatus": "initialAssignment",
-            "payload": None}
+    return {
+        "registration_id": "dev1",
+        "assigned_hub": hub,
+        "device_id": "dev1",
+        "substatus": "initialAssignment",
+        "payload": None,
+    }
 
 
 def _parsed(etag, *pems):
@@ -62,8 +68,9 @@ def test_changed_etag_replaces_set():
     s.save(_assignment(), _parsed("e1", CERT_A, CERT_B))
     assert s.save(_assignment(), _parsed("e2", CERT_C))
     assert _read(_DIR + "/trust_bundle.pem") == CERT_C
-    assert [c["sha256"] for c in s.load()["trust_bundle"]["certificates"]] == \
-        [c["sha256"] for c in _parsed("x", CERT_C)["certificates"]]
+    assert [c["sha256"] for c in s.load()["trust_bundle"]["certificates"]] == [
+        c["sha256"] for c in _parsed("x", CERT_C)["certificates"]
+    ]
     _clean()
 
 
@@ -90,8 +97,10 @@ def test_interrupted_commit_rolls_forward():
         f.write(new["pem"])
     meta = {k: new[k] for k in ("id", "etag", "pem_sha256", "certificates")}
     import json
-    store.write_atomic(_DIR + "/state.json", json.dumps({"version": 1, "assignment": _assignment(),
-                                                         "trust_bundle": meta}))
+
+    store.write_atomic(
+        _DIR + "/state.json", json.dumps({"version": 1, "assignment": _assignment(), "trust_bundle": meta})
+    )
     state = store.Store(_DIR).load()
     assert state["trust_bundle"]["etag"] == "e2"
     assert _read(_DIR + "/trust_bundle.pem") == CERT_B

@@ -12,7 +12,7 @@ import pytest
 from host_tools.emulator import Emulator, demo_enrollments
 from host_tools.emulator.testing import TEST_HUB as HUB
 from host_tools.emulator.testing import ForwardingProxy, individual_key
-from host_tools.pki import ensure_emulator_pki
+from host_tools.provisioning.pki import ensure_emulator_pki
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +35,12 @@ def enrollment_doc() -> dict:
     """dev-1, dev-2 (individual, trust bundle 'edge', payload), group 'fleet', dev-disabled, dev-fails."""
     doc = demo_enrollments(hub=HUB, devices=("dev-1", "dev-2"), group_id="fleet", payload={"role": "sensor"})
     key = doc["individual"][0]["symmetric_key"]
-    doc["individual"].append({"registration_id": "dev-disabled", "symmetric_key": key, "assigned_hub": HUB,
-                              "disabled": True})
-    doc["individual"].append({"registration_id": "dev-fails", "symmetric_key": key, "assigned_hub": HUB,
-                              "allocation_fails": True})
+    doc["individual"].append(
+        {"registration_id": "dev-disabled", "symmetric_key": key, "assigned_hub": HUB, "disabled": True}
+    )
+    doc["individual"].append(
+        {"registration_id": "dev-fails", "symmetric_key": key, "assigned_hub": HUB, "allocation_fails": True}
+    )
     return doc
 
 

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "host_tools", "emulator", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "host_tools", "emulator", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 class Running:
@@ -45,8 +51,17 @@ def test_runs_records_and_stops_cleanly(tmp_path, signum):
     state = tmp_path / "state"
     document = write_demo_enrollments(tmp_path / "enrollments.json", devices=("dev-1",))
     key = document["individual"][0]["symmetric_key"]
-    process = run_cli("--state-dir", state, "--enrollments", tmp_path / "enrollments.json", "-v",
-                      "--fault", "assigning_polls=1", "--fault", 'throttle_register={"count": 1}')
+    process = run_cli(
+        "--state-dir",
+        state,
+        "--enrollments",
+        tmp_path / "enrollments.json",
+        "-v",
+        "--fault",
+        "assigning_polls=1",
+        "--fault",
+        'throttle_register={"count": 1}',
+    )
     try:
         info = wait_for_info(state, process)
         assert info["pid"] == process.pid and info["dps"]["hostname"] == "localhost"
@@ -101,8 +116,7 @@ def test_demo_enrollments_and_port_in_use(tmp_path):
     try:
         info = wait_for_info(tmp_path / "s", first)
         assert json.loads(enrollments.read_text())["individual"][0]["registration_id"] == "sensor-001"
-        second = run_cli("--state-dir", tmp_path / "t", "--enrollments", enrollments,
-                         "--dps-port", info["dps"]["port"])
+        second = run_cli("--state-dir", tmp_path / "t", "--enrollments", enrollments, "--dps-port", info["dps"]["port"])
         _, err = second.communicate(timeout=30)
         assert second.returncode == 1 and "cannot listen" in err
     finally:
@@ -112,8 +126,9 @@ def test_demo_enrollments_and_port_in_use(tmp_path):
 
 
 def test_help_lists_the_faults():
-    result = subprocess.run([sys.executable, "-m", "host_tools", "emulator", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "host_tools", "emulator", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
     for word in ("--state-dir", "--enrollments", "--fault", "--rate-limit", "throttle_register", "mid_payload"):
         assert word in result.stdout

@@ -19,22 +19,25 @@ from host_tools.emulator.rawclient import (
 )
 from host_tools.emulator.testing import TEST_HUB as HUB
 from host_tools.emulator.testing import connect_dps as dps_client
-from host_tools.emulator.testing import dps_token, individual_key, register_raw as register, wait_until
-from host_tools.pki import load_certificates, make_root, write_bundle
+from host_tools.emulator.testing import dps_token, individual_key, wait_until
+from host_tools.emulator.testing import register_raw as register
+from host_tools.provisioning.pki import load_certificates, make_root, write_bundle
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def load_certificates_from_text(pem):
     from cryptography import x509
+
     return x509.load_pem_x509_certificates(pem.encode())
 
 
 def test_register_individual_preview_with_trust_bundle(emu, enrollment_doc):
     key = individual_key(enrollment_doc, "dev-1")
     with dps_client(emu, "dev-1", key) as client:
-        status, params, answer = client.dps_request(register_topic("42"), {"registrationId": "dev-1",
-                                                                           "payload": {"fw": "1.0"}})
+        status, params, answer = client.dps_request(
+            register_topic("42"), {"registrationId": "dev-1", "payload": {"fw": "1.0"}}
+        )
         assert status == 202 and params == {"$rid": "42", "retry-after": "1"}
         assert answer["status"] == "assigning"
         assert re.fullmatch(r"4\.[0-9a-f]{16}\.[0-9a-f-]{36}", answer["operationId"])
@@ -42,8 +45,19 @@ def test_register_individual_preview_with_trust_bundle(emu, enrollment_doc):
     assert status == 200 and params == {"$rid": "43"}
     assert final["operationId"] == answer["operationId"] and final["status"] == "assigned"
     state = final["registrationState"]
-    for field in ("registrationId", "createdDateTimeUtc", "assignedHub", "deviceId", "status", "substatus",
-                  "generationId", "lastUpdatedDateTimeUtc", "etag", "payload", "trustBundle"):
+    for field in (
+        "registrationId",
+        "createdDateTimeUtc",
+        "assignedHub",
+        "deviceId",
+        "status",
+        "substatus",
+        "generationId",
+        "lastUpdatedDateTimeUtc",
+        "etag",
+        "payload",
+        "trustBundle",
+    ):
         assert field in state, field
     assert (state["registrationId"], state["deviceId"], state["assignedHub"]) == ("dev-1", "dev-1", HUB)
     assert state["substatus"] == "initialAssignment" and state["payload"] == {"role": "sensor"}
@@ -139,8 +153,7 @@ def test_expired_token_and_wrong_scope_get_401(emu, enrollment_doc):
         assert client.dps_request(register_topic("1"), b"")[0] == 401
 
 
-@pytest.mark.parametrize("mode, expect_connack, expect_status", [
-    (None, 0, 401), ("404", 0, 404), ("connack", 5, None)])
+@pytest.mark.parametrize("mode, expect_connack, expect_status", [(None, 0, 401), ("404", 0, 404), ("connack", 5, None)])
 def test_unknown_registration(make_emulator, enrollment_doc, mode, expect_connack, expect_status):
     emu = make_emulator(faults={"unknown_registration": mode} if mode else None)
     key = individual_key(enrollment_doc, "dev-1")  # a key, but no enrollment for "stranger" uses it
@@ -153,13 +166,16 @@ def test_unknown_registration(make_emulator, enrollment_doc, mode, expect_connac
             assert status == expect_status and answer["errorCode"] == {401: 401002, 404: 404201}[status]
 
 
-@pytest.mark.parametrize("client_id, username, expected", [
-    ("other", "{scope}/registrations/dev-1/api-version=2021-11-01-preview", 2),
-    ("dev-1", "{scope}/registrations/dev-1/?api-version=2021-11-01-preview", 4),
-    ("dev-1", "{scope}/registrations/dev-1/api-version=2099-01-01", 4),
-    ("dev-1", "{scope}/devices/dev-1/api-version=2019-03-31", 4),
-    ("dev-1", None, 4),
-])
+@pytest.mark.parametrize(
+    "client_id, username, expected",
+    [
+        ("other", "{scope}/registrations/dev-1/api-version=2021-11-01-preview", 2),
+        ("dev-1", "{scope}/registrations/dev-1/?api-version=2021-11-01-preview", 4),
+        ("dev-1", "{scope}/registrations/dev-1/api-version=2099-01-01", 4),
+        ("dev-1", "{scope}/devices/dev-1/api-version=2019-03-31", 4),
+        ("dev-1", None, 4),
+    ],
+)
 def test_connect_refusals(emu, enrollment_doc, client_id, username, expected):
     key = individual_key(enrollment_doc, "dev-1")
     with RawMqttClient("127.0.0.1", emu.dps_port, ca_file=emu.pki.dps_root) as client:
@@ -212,8 +228,9 @@ def test_answers_never_leak_between_connections(emu, enrollment_doc):
 
     def device(registration_id):
         try:
-            with dps_client(emu, registration_id, derive_device_key(enrollment_doc["groups"][0]["group_key"],
-                                                                    registration_id)) as client:
+            with dps_client(
+                emu, registration_id, derive_device_key(enrollment_doc["groups"][0]["group_key"], registration_id)
+            ) as client:
                 status, final = register(client, registration_id, rid="same")
                 assert status == 200 and final["registrationState"]["registrationId"] == registration_id
                 with pytest.raises(TimeoutError):
@@ -253,9 +270,17 @@ def test_records_and_logs_hold_no_secrets(emu, enrollment_doc, caplog):
         assert secret not in text
 
 
-@pytest.mark.parametrize("garbage", [b"\x10\xff\xff\xff\xff\x7f", b"\x30\x05\x00\x01", b"GET / HTTP/1.1\r\n\r\n",
-                                     mqtt.encode(mqtt.PingReq()), b"\x10\x02\x00\x00"],
-                         ids=["bad-length", "half-publish", "http", "ping-first", "short-connect"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x10\xff\xff\xff\xff\x7f",
+        b"\x30\x05\x00\x01",
+        b"GET / HTTP/1.1\r\n\r\n",
+        mqtt.encode(mqtt.PingReq()),
+        b"\x10\x02\x00\x00",
+    ],
+    ids=["bad-length", "half-publish", "http", "ping-first", "short-connect"],
+)
 def test_misbehaving_clients_are_dropped_and_the_server_keeps_serving(emu, enrollment_doc, garbage):
     with RawMqttClient("127.0.0.1", emu.dps_port, ca_file=emu.pki.dps_root) as client:
         client.send_raw(garbage)
@@ -270,12 +295,15 @@ def test_misbehaving_clients_are_dropped_and_the_server_keeps_serving(emu, enrol
     assert emu.stats["dps"].get("internal_errors", 0) == 0
 
 
-@pytest.mark.parametrize("packet", [
-    mqtt.Publish(register_topic("1"), b"", qos=2, packet_id=1),
-    mqtt.Publish("devices/dev-1/messages/events/", b"", qos=0),
-    mqtt.Publish("$dps/registrations/PUT/iotdps-register/", b"", qos=0),  # no $rid
-    mqtt.Connect("dev-1"),
-])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        mqtt.Publish(register_topic("1"), b"", qos=2, packet_id=1),
+        mqtt.Publish("devices/dev-1/messages/events/", b"", qos=0),
+        mqtt.Publish("$dps/registrations/PUT/iotdps-register/", b"", qos=0),  # no $rid
+        mqtt.Connect("dev-1"),
+    ],
+)
 def test_policy_violations_drop_the_connection(emu, enrollment_doc, packet):
     with dps_client(emu, "dev-1", individual_key(enrollment_doc, "dev-1")) as client:
         client.send(packet)

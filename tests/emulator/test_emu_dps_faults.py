@@ -6,8 +6,6 @@ import time
 import pytest
 
 from host_tools.emulator import write_enrollments
-from host_tools.emulator.testing import connect_dps as dps_client
-from host_tools.emulator.testing import dps_token, individual_key
 from host_tools.emulator.faults import FaultError, parse_fault_option, validate_faults
 from host_tools.emulator.rawclient import (
     ConnectionClosed,
@@ -17,6 +15,8 @@ from host_tools.emulator.rawclient import (
     register_topic,
     response_status,
 )
+from host_tools.emulator.testing import connect_dps as dps_client
+from host_tools.emulator.testing import dps_token, individual_key
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -66,8 +66,10 @@ def test_throttle_poll_and_assigning_polls(emu, key):
     assert emu.registrations()[-1]["polls"] == 3
 
 
-@pytest.mark.parametrize("fault, on_register", [
-    ({"status": 503, "count": 1}, True), (500, True), ({"status": 502, "on": "poll", "retry_after": 4}, False)])
+@pytest.mark.parametrize(
+    "fault, on_register",
+    [({"status": 503, "count": 1}, True), (500, True), ({"status": 502, "on": "poll", "retry_after": 4}, False)],
+)
 def test_server_error(emu, key, fault, on_register):
     emu.set_faults(server_error=fault)
     with connect(emu, key) as client:
@@ -157,12 +159,15 @@ def test_omit_fields_and_trust_bundle_null(emu, key):
     assert state["trustBundle"] is None
 
 
-@pytest.mark.parametrize("faults, expected_query", [
-    ({"retry_after_case": "upper"}, "?$rid=7&RETRY-AFTER=1"),
-    ({"retry_after_case": "title"}, "?$rid=7&Retry-After=1"),
-    ({"topic_param_order": "retry_first"}, "?retry-after=1&$rid=7"),
-    ({"no_retry_after": True}, "?$rid=7"),
-])
+@pytest.mark.parametrize(
+    "faults, expected_query",
+    [
+        ({"retry_after_case": "upper"}, "?$rid=7&RETRY-AFTER=1"),
+        ({"retry_after_case": "title"}, "?$rid=7&Retry-After=1"),
+        ({"topic_param_order": "retry_first"}, "?retry-after=1&$rid=7"),
+        ({"no_retry_after": True}, "?$rid=7"),
+    ],
+)
 def test_topic_forms(emu, key, faults, expected_query):
     emu.set_faults(faults)
     with connect(emu, key) as client:
@@ -217,6 +222,7 @@ def test_rate_limit(make_emulator, enrollment_doc):
     emu = make_emulator(rate_limit=2)
     group_key = enrollment_doc["groups"][0]["group_key"]
     from host_tools.emulator import derive_device_key
+
     statuses = []
     for i in range(4):
         with dps_client(emu, f"bench-{i}", derive_device_key(group_key, f"bench-{i}")) as client:
@@ -260,8 +266,9 @@ def final_state(emu, key, registration_id="dev-1"):
     return final["registrationState"]
 
 
-@pytest.mark.parametrize("pem_format, line, newline", [
-    ({}, 64, "\r\n"), ({"line_length": 76}, 76, "\r\n"), ({"newline": "lf"}, 64, "\n")])
+@pytest.mark.parametrize(
+    "pem_format, line, newline", [({}, 64, "\r\n"), ({"line_length": 76}, 76, "\r\n"), ({"newline": "lf"}, 64, "\n")]
+)
 def test_pem_format(emu, key, pem_format, line, newline):
     emu.set_faults(pem_format=pem_format)
     pem = final_state(emu, key)["trustBundle"]["certificates"][0]["certificate"]
@@ -273,15 +280,15 @@ def test_pem_format(emu, key, pem_format, line, newline):
 
 
 def test_extra_fields_and_absent_trust_bundle(emu, key):
-    emu.set_faults(extra_fields={"issuedClientCertificate": None, "futureField": {"a": 1}},
-                   omit_fields=["trustBundle"])
+    emu.set_faults(extra_fields={"issuedClientCertificate": None, "futureField": {"a": 1}}, omit_fields=["trustBundle"])
     state = final_state(emu, key)
     assert state["futureField"] == {"a": 1} and state["issuedClientCertificate"] is None
     assert "trustBundle" not in state
 
 
-@pytest.mark.parametrize("interim, expected", [
-    ({"status": "unassigned"}, (202, "unassigned")), ({"http_status": 200}, (200, "assigning"))])
+@pytest.mark.parametrize(
+    "interim, expected", [({"status": "unassigned"}, (202, "unassigned")), ({"http_status": 200}, (200, "assigning"))]
+)
 def test_interim_answer_forms(emu, key, interim, expected):
     emu.set_faults(assigning_polls=1, interim_answer=interim)
     with connect(emu, key) as client:

@@ -14,7 +14,7 @@ from host_tools.emulator.enrollments import (
     parse_enrollments,
     write_enrollments,
 )
-from host_tools.pki import ensure_emulator_pki, make_root, write_bundle
+from host_tools.provisioning.pki import ensure_emulator_pki, make_root, write_bundle
 
 
 @pytest.fixture
@@ -32,8 +32,9 @@ def test_demo_document_is_valid(doc):
     assert set(enrollments.individual) == {"dev-1", "dev-2"}
     assert enrollments.groups[0].name == "fleet"
     assert enrollments.individual["dev-1"].trust_bundle == "edge"
-    assert "symmetric_key" not in repr(enrollments.individual["dev-1"]) and doc["individual"][0]["symmetric_key"] \
-        not in repr(enrollments)
+    assert "symmetric_key" not in repr(enrollments.individual["dev-1"]) and doc["individual"][0][
+        "symmetric_key"
+    ] not in repr(enrollments)
 
 
 def mutate(doc, change):
@@ -44,30 +45,65 @@ def mutate(doc, change):
 
 CASES = [
     ("missing key", lambda d: d["individual"][0].pop("symmetric_key"), "individual[0]", "symmetric_key"),
-    ("bad base64", lambda d: d["individual"][0].update(symmetric_key="not*base64"), "individual[0].symmetric_key",
-     "base64"),
+    (
+        "bad base64",
+        lambda d: d["individual"][0].update(symmetric_key="not*base64"),
+        "individual[0].symmetric_key",
+        "base64",
+    ),
     ("short key", lambda d: d["groups"][0].update(group_key="AAAA"), "groups[0].group_key", "bytes"),
     ("unknown field", lambda d: d["individual"][1].update(symetric_key="x"), "individual[1]", "symetric_key"),
     ("unknown top-level", lambda d: d.update(individuals=[]), "", "individuals"),
     ("wrong type", lambda d: d["individual"][0].update(disabled="yes"), "individual[0].disabled", "boolean"),
-    ("bad id", lambda d: d["individual"][0].update(registration_id="has space"), "individual[0].registration_id",
-     "not allowed"),
-    ("duplicate id", lambda d: d["individual"][1].update(registration_id="dev-1"), "individual[1].registration_id",
-     "twice"),
-    ("dangling bundle", lambda d: d["individual"][0].update(trust_bundle="nope"), "individual[0].trust_bundle",
-     "nope"),
-    ("unknown fault", lambda d: d["groups"][0].update(faults={"throtle_register": 1}),
-     "", "groups[0].faults.throtle_register"),
-    ("bad fault value", lambda d: d["individual"][0].update(faults={"drop_after": "later"}),
-     "", "individual[0].faults.drop_after"),
-    ("global-only fault", lambda d: d["individual"][0].update(faults={"unknown_registration": 404}),
-     "individual[0].faults.unknown_registration", "globally"),
-    ("bad pki name", lambda d: d["trust_bundles"]["edge"].update(certificates=["pki:nope"]),
-     "trust_bundles.edge.certificates[0]", "pki:trust-root"),
-    ("empty bundle", lambda d: d["trust_bundles"]["edge"].update(certificates=[]),
-     "trust_bundles.edge.certificates", "non-empty"),
-    ("bad allocation code", lambda d: d["individual"][0].update(allocation_fails=500),
-     "individual[0].allocation_fails", ""),
+    (
+        "bad id",
+        lambda d: d["individual"][0].update(registration_id="has space"),
+        "individual[0].registration_id",
+        "not allowed",
+    ),
+    (
+        "duplicate id",
+        lambda d: d["individual"][1].update(registration_id="dev-1"),
+        "individual[1].registration_id",
+        "twice",
+    ),
+    ("dangling bundle", lambda d: d["individual"][0].update(trust_bundle="nope"), "individual[0].trust_bundle", "nope"),
+    (
+        "unknown fault",
+        lambda d: d["groups"][0].update(faults={"throtle_register": 1}),
+        "",
+        "groups[0].faults.throtle_register",
+    ),
+    (
+        "bad fault value",
+        lambda d: d["individual"][0].update(faults={"drop_after": "later"}),
+        "",
+        "individual[0].faults.drop_after",
+    ),
+    (
+        "global-only fault",
+        lambda d: d["individual"][0].update(faults={"unknown_registration": 404}),
+        "individual[0].faults.unknown_registration",
+        "globally",
+    ),
+    (
+        "bad pki name",
+        lambda d: d["trust_bundles"]["edge"].update(certificates=["pki:nope"]),
+        "trust_bundles.edge.certificates[0]",
+        "pki:trust-root",
+    ),
+    (
+        "empty bundle",
+        lambda d: d["trust_bundles"]["edge"].update(certificates=[]),
+        "trust_bundles.edge.certificates",
+        "non-empty",
+    ),
+    (
+        "bad allocation code",
+        lambda d: d["individual"][0].update(allocation_fails=500),
+        "individual[0].allocation_fails",
+        "",
+    ),
     ("bad scope", lambda d: d.update(id_scope="0ne/1"), "id_scope", "not allowed"),
 ]
 

@@ -12,8 +12,9 @@ from host_tools.emulator.gateway import decode_property_bag, parse_hub_username
 from host_tools.emulator.rawclient import RawMqttClient, hub_username
 from host_tools.emulator.testing import TEST_HUB as HUB
 from host_tools.emulator.testing import connect_dps as dps_client
-from host_tools.emulator.testing import connect_gateway, hub_token, individual_key, register_raw as register, wait_until
-from host_tools.pki import reissue_gateway_cert, write_bundle_with_decoys
+from host_tools.emulator.testing import connect_gateway, hub_token, individual_key, wait_until
+from host_tools.emulator.testing import register_raw as register
+from host_tools.provisioning.pki import reissue_gateway_cert, write_bundle_with_decoys
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,15 +25,20 @@ def gateway_client(emu, device_id, key, token=None, expect=0):
 
 def test_telemetry_is_recorded_with_decoded_properties(emu, key):
     with gateway_client(emu, "dev-1", key) as client:
-        client.publish("devices/dev-1/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&unit=%C2%B0C",
-                       b'{"t": 21.5}', qos=1)
+        client.publish(
+            "devices/dev-1/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&unit=%C2%B0C", b'{"t": 21.5}', qos=1
+        )
         client.publish("devices/dev-1/messages/events/$.ct=text%2Fplain&flag", "héllo", qos=0)
         client.publish("devices/dev-1/messages/events/", b"plain", qos=1)
         client.publish("devices/dev-1/messages/events", b"no slash", qos=1)
         client.ping()
     records = emu.wait_for_telemetry(4)
     assert [r["properties"] for r in records] == [
-        {"$.ct": "application/json", "$.ce": "utf-8", "unit": "°C"}, {"$.ct": "text/plain", "flag": ""}, {}, {}]
+        {"$.ct": "application/json", "$.ce": "utf-8", "unit": "°C"},
+        {"$.ct": "text/plain", "flag": ""},
+        {},
+        {},
+    ]
     assert [r["payload"] for r in records] == ['{"t": 21.5}', "héllo", "plain", "no slash"]
     assert [r["qos"] for r in records] == [1, 0, 1, 1]
     first = records[0]
@@ -68,16 +74,32 @@ def connack(emu, client_id, username, password):
         return code
 
 
-@pytest.mark.parametrize("case", ["wrong key", "expired", "wrong hub", "wrong resource", "unknown device",
-                                  "no password", "not a token", "client id mismatch", "bad username", "disabled"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong key",
+        "expired",
+        "wrong hub",
+        "wrong resource",
+        "unknown device",
+        "no password",
+        "not a token",
+        "client id mismatch",
+        "bad username",
+        "disabled",
+    ],
+)
 def test_refusals(emu, enrollment_doc, key, case):
     now = int(time.time())
     other_key = individual_key(enrollment_doc, "dev-2")
     args = {
         "wrong key": ("dev-1", hub_username(HUB, "dev-1"), hub_token(HUB, "dev-1", other_key)),
         "expired": ("dev-1", hub_username(HUB, "dev-1"), hub_token(HUB, "dev-1", key, expiry=now - 1)),
-        "wrong hub": ("dev-1", hub_username("other.azure-devices.net", "dev-1"),
-                      hub_token("other.azure-devices.net", "dev-1", key)),
+        "wrong hub": (
+            "dev-1",
+            hub_username("other.azure-devices.net", "dev-1"),
+            hub_token("other.azure-devices.net", "dev-1", key),
+        ),
         "wrong resource": ("dev-1", hub_username(HUB, "dev-1"), hub_token(HUB, "dev-2", key)),
         "unknown device": ("ghost", hub_username(HUB, "ghost"), hub_token(HUB, "ghost", key)),
         "no password": ("dev-1", hub_username(HUB, "dev-1"), None),
@@ -98,11 +120,15 @@ def test_group_device_at_the_gateway(emu, enrollment_doc):
     assert emu.wait_for_telemetry(1)[0]["device_id"] == "fleet-9"
 
 
-@pytest.mark.parametrize("packet", [
-    mqtt.Publish("devices/dev-1/messages/events/", b"x", qos=2, packet_id=1),
-    mqtt.Publish("devices/dev-2/messages/events/", b"x", qos=1, packet_id=1),
-    mqtt.Publish("some/other/topic", b"x", qos=0),
-], ids=["qos2", "other-device", "unknown-topic"])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        mqtt.Publish("devices/dev-1/messages/events/", b"x", qos=2, packet_id=1),
+        mqtt.Publish("devices/dev-2/messages/events/", b"x", qos=1, packet_id=1),
+        mqtt.Publish("some/other/topic", b"x", qos=0),
+    ],
+    ids=["qos2", "other-device", "unknown-topic"],
+)
 def test_policy_violations_drop_the_connection(emu, key, packet):
     with gateway_client(emu, "dev-1", key) as client:
         client.send(packet)
@@ -173,6 +199,7 @@ def test_registered_only_mode(make_emulator, enrollment_doc, key):
 def test_assigned_hub_wins_over_a_changed_enrollment(make_emulator, enrollment_doc, key):
     """After DPS assigned a hub, the gateway checks that hub even if the enrollment file moved the device."""
     from host_tools.emulator import write_enrollments
+
     emu = make_emulator()
     with dps_client(emu, "dev-1", key) as client:
         register(client, "dev-1")
@@ -196,8 +223,9 @@ def test_tls_trust(emu, key, tmp_path):
     emu.use_gateway_certificate(cert, cert_key)
     with pytest.raises(ssl.SSLCertVerificationError, match="(?i)hostname|match"):
         RawMqttClient("127.0.0.1", emu.gateway_port, ca_file=emu.pki.trust_root)
-    with RawMqttClient("127.0.0.1", emu.gateway_port, ca_file=emu.pki.trust_root,
-                       server_hostname="elsewhere.example") as client:
+    with RawMqttClient(
+        "127.0.0.1", emu.gateway_port, ca_file=emu.pki.trust_root, server_hostname="elsewhere.example"
+    ) as client:
         client.connect("dev-1", hub_username(HUB, "dev-1"), hub_token(HUB, "dev-1", key))
     wait_until(lambda: emu.stats["gateway"]["tls_failures"] == 2)
 

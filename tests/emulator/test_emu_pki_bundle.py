@@ -12,9 +12,9 @@ from cryptography import x509
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from host_tools import pki as pki_module
 from host_tools.emulator.trust_bundle import TrustBundleRegistry, content_etag, format_name, serial_hex
-from host_tools.pki import (
+from host_tools.provisioning import pki as pki_module
+from host_tools.provisioning.pki import (
     ensure_emulator_pki,
     load_certificates,
     make_decoy_roots,
@@ -41,7 +41,11 @@ def test_pki_files_and_chains(tmp_path):
     trust_root = load_certificates(pki.trust_root)
     # gateway-server.pem is "server + edge CA" and chains to the trust root for every name in its SAN.
     assert len(load_certificates(pki.gateway_server)) == 2
-    for name in (DNSName("edge-gw.example.local"), DNSName("localhost"), IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))):
+    for name in (
+        DNSName("edge-gw.example.local"),
+        DNSName("localhost"),
+        IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
+    ):
         verify_server(trust_root, pki.gateway_server, name)
     verify_server(load_certificates(pki.dps_root), pki.dps_server, DNSName("localhost"))
     with pytest.raises(VerificationError):  # the two hierarchies are independent
@@ -100,8 +104,9 @@ def test_building_blocks_for_other_chains(tmp_path):
 
 def test_pki_cli_writes_and_prints_a_table(tmp_path):
     out = tmp_path / "lab"
-    result = CliRunner().invoke(pki_module.pki_command, ["--out", str(out), "--gateway-host", "edge.lab",
-                                                         "--ip", "10.1.2.3"])
+    result = CliRunner().invoke(
+        pki_module.pki_command, ["--out", str(out), "--gateway-host", "edge.lab", "--ip", "10.1.2.3"]
+    )
     assert result.exit_code == 0, result.output
     for name in ("trust-root.pem", "edge-ca.pem", "gateway-server.pem", "edge-ca-key.pem"):
         assert name in result.output
@@ -154,7 +159,7 @@ def test_etag_follows_content_and_dates_follow_etag():
     a, b = make_root().cert, make_root().cert
     assert content_etag("x", [a]) == content_etag("x", [a])
     assert content_etag("x", [a]) != content_etag("x", [a, b]) != content_etag("y", [a, b])
-    moments = iter([dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=m) for m in range(10)])
+    moments = iter([dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=m) for m in range(10)])
     registry = TrustBundleRegistry(clock=lambda: next(moments))
     first = registry.build("edge", [a])
     same = registry.build("edge", [a])

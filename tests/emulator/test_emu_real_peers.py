@@ -31,9 +31,13 @@ pytestmark = [
 def sdk_register(emu, proxy_factory, registration_id, key):
     proxy = proxy_factory(emu.dps_port)
     client = ProvisioningDeviceClient.create_from_symmetric_key(
-        provisioning_host="localhost", registration_id=registration_id, id_scope=emu.id_scope,
-        symmetric_key=key, server_verification_cert=emu.pki.dps_root_pem(),
-        proxy_options=ProxyOptions("HTTP", "127.0.0.1", proxy.port))
+        provisioning_host="localhost",
+        registration_id=registration_id,
+        id_scope=emu.id_scope,
+        symmetric_key=key,
+        server_verification_cert=emu.pki.dps_root_pem(),
+        proxy_options=ProxyOptions("HTTP", "127.0.0.1", proxy.port),
+    )
     return client.register(), proxy  # register() disconnects when done; this client has no shutdown()
 
 
@@ -49,10 +53,13 @@ def test_sdk_individual_enrollment_then_telemetry_through_the_gateway(emu, enrol
 
     gateway_proxy = proxy_factory(emu.gateway_port)
     hub_client = IoTHubDeviceClient.create_from_symmetric_key(
-        symmetric_key=key, hostname=result.registration_state.assigned_hub,
-        device_id=result.registration_state.device_id, gateway_hostname="localhost",
+        symmetric_key=key,
+        hostname=result.registration_state.assigned_hub,
+        device_id=result.registration_state.device_id,
+        gateway_hostname="localhost",
         server_verification_cert=emu.pki.trust_root_pem(),  # trusts ONLY the trust root
-        proxy_options=ProxyOptions("HTTP", "127.0.0.1", gateway_proxy.port))
+        proxy_options=ProxyOptions("HTTP", "127.0.0.1", gateway_proxy.port),
+    )
     try:
         hub_client.connect()
         message = Message('{"temperature": 21.5}', content_encoding="utf-8", content_type="application/json")
@@ -65,8 +72,12 @@ def test_sdk_individual_enrollment_then_telemetry_through_the_gateway(emu, enrol
     assert telemetry["device_id"] == "dev-1" and telemetry["hub"] == HUB and telemetry["qos"] == 1
     assert telemetry["payload"] == '{"temperature": 21.5}'
     assert "%24.ct=" in telemetry["topic"]  # the SDK percent-encodes `$` too
-    assert telemetry["properties"] == {"$.ct": "application/json", "$.ce": "utf-8", "unit": "°C / x&y=z",
-                                       "site": "lab 1"}
+    assert telemetry["properties"] == {
+        "$.ct": "application/json",
+        "$.ce": "utf-8",
+        "unit": "°C / x&y=z",
+        "site": "lab 1",
+    }
     assert emu.connections("dps", "dev-1") == 1 and emu.connections("gateway", "dev-1") == 1
 
 
@@ -90,8 +101,9 @@ def test_paho_client_registers_with_qos0(emu, enrollment_doc):
     key = individual_key(enrollment_doc, "dev-2")
     answers, done = [], threading.Event()
     client = paho.Client(client_id="dev-2", protocol=paho.MQTTv311, clean_session=True)
-    client.username_pw_set(f"{emu.id_scope}/registrations/dev-2/api-version=2021-11-01-preview",
-                           dps_token(emu, "dev-2", key))
+    client.username_pw_set(
+        f"{emu.id_scope}/registrations/dev-2/api-version=2021-11-01-preview", dps_token(emu, "dev-2", key)
+    )
     client.tls_set_context(ssl.create_default_context(cafile=str(emu.pki.dps_root)))
 
     def on_connect(c, userdata, flags, rc):
@@ -104,8 +116,11 @@ def test_paho_client_registers_with_qos0(emu, enrollment_doc):
         body = json.loads(message.payload)
         answers.append((message.topic, body))
         if body.get("status") == "assigning":
-            c.publish(f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=p2&operationId={body['operationId']}",
-                      b"", qos=0)
+            c.publish(
+                f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=p2&operationId={body['operationId']}",
+                b"",
+                qos=0,
+            )
         else:
             done.set()
 

@@ -29,8 +29,8 @@ def test_group_key_derivation_vector():
 
 def test_hub_token_vector_with_unpadded_key():
     assert generate_sas_token("host/devices/device", "key", 12345) == (
-        "SharedAccessSignature sr=host%2Fdevices%2Fdevice&sig=wM3XiP6gD960IxP7J5WHqnxQHEcWC6YaQCtoMT%2BkKHc%3D"
-        "&se=12345")
+        "SharedAccessSignature sr=host%2Fdevices%2Fdevice&sig=wM3XiP6gD960IxP7J5WHqnxQHEcWC6YaQCtoMT%2BkKHc%3D&se=12345"
+    )
 
 
 def test_embedded_c_sdk_string_to_sign_form():
@@ -39,8 +39,9 @@ def test_embedded_c_sdk_string_to_sign_form():
 
 
 def verify_dps(token, key=KEY, now=NOW, **kwargs):
-    return verify_sas_token(token, key, expected_resources=[DPS_RESOURCE], allowed_key_names=(None, "registration"),
-                            now=now, **kwargs)
+    return verify_sas_token(
+        token, key, expected_resources=[DPS_RESOURCE], allowed_key_names=(None, "registration"), now=now, **kwargs
+    )
 
 
 @pytest.mark.parametrize("skn", ["registration", None])
@@ -62,14 +63,17 @@ def test_signature_is_checked_over_sr_as_sent():
     assert info.value.reason == "bad_signature"
 
 
-@pytest.mark.parametrize("token_kwargs, verify_kwargs, reason", [
-    ({"key_b64": "cGFzc3dvcmQ="}, {}, "bad_signature"),
-    ({"expiry": NOW - 1}, {}, "expired"),
-    ({"expiry": NOW}, {}, "expired"),
-    ({"resource": "0ne00000001/registrations/dev-2"}, {}, "wrong_resource"),
-    ({"resource": "0ne00000002/registrations/dev-1"}, {}, "wrong_resource"),
-    ({"key_name": "iothubowner"}, {}, "wrong_key_name"),
-])
+@pytest.mark.parametrize(
+    "token_kwargs, verify_kwargs, reason",
+    [
+        ({"key_b64": "cGFzc3dvcmQ="}, {}, "bad_signature"),
+        ({"expiry": NOW - 1}, {}, "expired"),
+        ({"expiry": NOW}, {}, "expired"),
+        ({"resource": "0ne00000001/registrations/dev-2"}, {}, "wrong_resource"),
+        ({"resource": "0ne00000002/registrations/dev-1"}, {}, "wrong_resource"),
+        ({"key_name": "iothubowner"}, {}, "wrong_key_name"),
+    ],
+)
 def test_rejections(token_kwargs, verify_kwargs, reason):
     args = {"resource": DPS_RESOURCE, "key_b64": KEY, "expiry": NOW + 60, "key_name": "registration", **token_kwargs}
     token = generate_sas_token(**args)
@@ -97,14 +101,17 @@ def test_hub_token_host_is_case_insensitive_and_skn_refused():
     assert info.value.reason == "wrong_key_name"
 
 
-@pytest.mark.parametrize("token", [
-    "sr=a&sig=b&se=1",
-    "SharedAccessSignature sr=a&se=1",
-    "SharedAccessSignature sr=a&sig=AAAA&se=soon",
-    "SharedAccessSignature sr=a&sig=AAAA&se=1&se=2",
-    "SharedAccessSignature sr=a&sig=%%%&se=1",
-    "SharedAccessSignature sr=a&sig&se=1",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "sr=a&sig=b&se=1",
+        "SharedAccessSignature sr=a&se=1",
+        "SharedAccessSignature sr=a&sig=AAAA&se=soon",
+        "SharedAccessSignature sr=a&sig=AAAA&se=1&se=2",
+        "SharedAccessSignature sr=a&sig=%%%&se=1",
+        "SharedAccessSignature sr=a&sig&se=1",
+    ],
+)
 def test_malformed_tokens(token):
     with pytest.raises(SasError) as info:
         parse_sas_token(token)

@@ -1,0 +1,159 @@
+"""Run the firmware on the MicroPython Unix port, in a folder laid out exactly like a board's flash.
+
+The device image (docs/design.md) is copied into `root`; `micropython main.py` then runs with that folder as its
+current directory and `sys.path` = ['', '.frozen', 'lib'], as on an ESP32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE_DIR = REPO / "firmware"
+UMQTT_SOURCE = REPO / "build" / "lib" / "umqtt" / "simple.py"
+DEVICE_PATH = ":.frozen:lib"
+
+
+class UnixPortError(RuntimeError):
+    pass
+
+
+def micropython_binary() -> str:
+    beside = Path(sys.executable).with_name("micropython")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise UnixPortError("the MicroPython Unix port is not installed (run `make setup`)")
+    return found
+
+
+def _copy_tree(src: Path, dest: Path, suffixes: tuple[str, ...]) -> None:
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.suffix in suffixes and "__pycache__" not in path.parts:
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def stage_device_root(
+    root: Path,
+    provisioning: Path | dict | None = None,
+    use_mpy: bool = True,
+    ca_files: dict[str, Path] | None = None,
+    build_dir: Path | None = None,
+) -> Path:
+    """Lays out the device image in `root`: firmware (compiled .mpy or source), umqtt, the provisioning file and
+    CA files. A dict `provisioning` is written as provisioning.json; a path is copied. Returns `root`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if use_mpy:
+        from host_tools.board.build import build_firmware
+
+        build_dir = Path(build_dir or REPO / "build" / "mpy")
+        build_firmware(out=build_dir, target="unix", firmware_dir=FIRMWARE_DIR, umqtt_source=UMQTT_SOURCE)
+        _copy_tree(build_dir, root, (".mpy", ".py"))
+    else:
+        _copy_tree(FIRMWARE_DIR, root, (".py",))
+        if not UMQTT_SOURCE.exists():
+            raise UnixPortError(f"{UMQTT_SOURCE} is missing (run `make setup`)")
+        (root / "lib" / "umqtt").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(UMQTT_SOURCE, root / "lib" / "umqtt" / "simple.py")
+    for name, source in (ca_files or {}).items():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    if isinstance(provisioning, dict):
+        (root / "provisioning.json").write_text(json.dumps(provisioning, indent=2) + "\n")
+    elif provisioning is not None:
+        shutil.copy2(provisioning, root / "provisioning.json")
+    return root
+
+
+def device_command(args=(), heapsize: str | int | None = None, script: str = "main.py") -> list[str]:
+    command = [micropython_binary()]
+    if heapsize is not None:
+        command += ["-X", f"heapsize={heapsize}"]
+    return command + [script, *map(str, args)]
+
+
+def device_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ, MICROPYPATH=DEVICE_PATH)
+    env.update(extra or {})
+    return env
+
+
+def run_device(
+    root: Path, args=(), timeout: float = 120, heapsize: str | int | None = None, script: str = "main.py"
+) -> subprocess.CompletedProcess:
+    """Runs `micropython main.py` in `root` and returns the completed process (text output)."""
+    return subprocess.run(
+        device_command(args, heapsize, script),
+        cwd=root,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_device(
+    root: Path, args=(), heapsize: str | int | None = None, script: str = "main.py", **popen
+) -> subprocess.Popen:
+    """Like run_device, but returns the running process (for output streamed line by line, or a kill mid-run)."""
+    return subprocess.Popen(
+        device_command(args, heapsize, script),
+        cwd=root,
+        env=device_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+@click.command("run-unix")
+@click.option(
+    "--provisioning",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Provisioning file (JSON) for the device.",
+)
+@click.option(
+    "--flash",
+    "flash_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("run/flash"),
+    show_default=True,
+    help="Folder that plays the device's flash.",
+)
+@click.option(
+    "--ca",
+    "ca_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA file to place in the flash under certs/ (repeatable).",
+)
+@click.option("--source", is_flag=True, help="Run the .py sources instead of the compiled .mpy build.")
+@click.option("--heapsize", help="MicroPython GC heap size, e.g. 24K.")
+@click.option("--timeout", type=float, default=300, show_default=True)
+def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, timeout: float):
+    """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
+    cas = {f"certs/{path.name}": path for path in ca_files}
+    stage_device_root(flash_dir, provisioning, use_mpy=not source, ca_files=cas)
+    proc = start_device(flash_dir, heapsize=heapsize)
+    try:
+        for line in proc.stdout:
+            click.echo(line, nl=False)
+        status = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise click.ClickException(f"the device did not finish within {timeout:.0f} s") from None
+    sys.exit(status)

@@ -1,0 +1,7 @@
+"""What a device is given to provision with: provisioning files, their rules, fleets of them, and PKI.
+
+provision_file.py           `provision-file create|validate|show`: write, check and show one provisioning file
+provisioning.schema.json    the rules a provisioning file must follow
+fleet.py                    `fleet`: provisioning files for many devices of one group enrollment
+pki.py                      `pki`: the lab PKI (DPS and gateway server certificates, trust roots)
+"""

@@ -1,0 +1,571 @@
+"""Test and demo PKI, all P-256 ECDSA, made with `cryptography`.
+
+Two independent hierarchies, as in a real deployment:
+
+- the **DPS root** signs the DPS server certificate (stands in for the public roots of the real service);
+- a private **trust root** signs an **edge CA** (intermediate), which signs the **gateway server** certificate.
+  DPS hands the trust root to devices as the trust bundle; the gateway serves `server + edge CA`.
+
+`ensure_emulator_pki(folder, ...)` creates the files named in docs/design.md, or reuses them when they are
+still valid and cover the requested host names (a changed host name reissues only the server certificate, so
+devices that already trust the roots keep working). The building blocks (`make_root`, `make_intermediate`,
+`make_server_cert`, `make_decoy_roots`, `write_bundle`) are public for tests that need unusual chains.
+
+Keys are written unencrypted with mode 0600: this is test PKI, never use it for production devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ORGANIZATION = "azprov test PKI"
+ROOT_DAYS = 3650
+INTERMEDIATE_DAYS = 3650
+SERVER_DAYS = 825
+# Reissue anything that would expire within this margin rather than hand out a nearly dead certificate.
+RENEW_MARGIN = dt.timedelta(days=7)
+# Backdate notBefore so a device whose clock lags a little still accepts a fresh certificate.
+BACKDATE = dt.timedelta(hours=1)
+
+# File names (docs/design.md); the *-key.pem files of the CAs are extras so the set can be extended later.
+FILES = {
+    "dps_root": "dps-root.pem",
+    "dps_root_key": "dps-root-key.pem",
+    "dps_server": "dps-server.pem",
+    "dps_server_key": "dps-server-key.pem",
+    "trust_root": "trust-root.pem",
+    "trust_root_key": "trust-root-key.pem",
+    "edge_ca": "edge-ca.pem",
+    "edge_ca_key": "edge-ca-key.pem",
+    "gateway_server": "gateway-server.pem",
+    "gateway_server_key": "gateway-server-key.pem",
+}
+
+
+class PkiError(RuntimeError):
+    """A certificate or key file could not be used."""
+
+
+@dataclass
+class Issued:
+    """A certificate with its private key (and, for server certificates, the chain served after it)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    chain: list[x509.Certificate] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str:
+        return self.cert.subject.rfc4514_string()
+
+    def cert_pem(self, with_chain: bool = False) -> bytes:
+        certs = [self.cert] + (self.chain if with_chain else [])
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+@dataclass(frozen=True)
+class EmulatorPki:
+    """Paths of the emulator's PKI files, plus what `ensure_emulator_pki` did to each (created/reused/reissued)."""
+
+    folder: Path
+    dps_root: Path
+    dps_root_key: Path
+    dps_server: Path
+    dps_server_key: Path
+    trust_root: Path
+    trust_root_key: Path
+    edge_ca: Path
+    edge_ca_key: Path
+    gateway_server: Path
+    gateway_server_key: Path
+    actions: dict = field(default_factory=dict, compare=False)
+
+    def paths(self) -> dict[str, str]:
+        """name -> path, for emulator.json (every file, keys included: the emulator is local test gear)."""
+        return {name: str(getattr(self, name)) for name in FILES}
+
+    def trust_root_pem(self) -> str:
+        return self.trust_root.read_text()
+
+    def dps_root_pem(self) -> str:
+        return self.dps_root.read_text()
+
+    def load_trust_root(self) -> Issued:
+        return load_issued(self.trust_root, self.trust_root_key)
+
+    def load_edge_ca(self) -> Issued:
+        issued = load_issued(self.edge_ca, self.edge_ca_key)
+        return issued
+
+    def load_dps_root(self) -> Issued:
+        return load_issued(self.dps_root, self.dps_root_key)
+
+
+# --------------------------------------------------------------------------------------------- building blocks
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(common_name: str, unit: str = "test") -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _unique(label: str) -> str:
+    # A short random suffix keeps roots made in different folders (or decoys) distinguishable by subject.
+    return f"{label} {secrets.token_hex(3)}"
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _authority_key_id(issuer: Issued) -> x509.AuthorityKeyIdentifier:
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+
+
+def make_root(common_name: str | None = None, days: int = ROOT_DAYS, unit: str = "test") -> Issued:
+    """A self-signed CA certificate."""
+    key = new_key()
+    name = _name(common_name or _unique("azprov root"), unit)
+    cert = (
+        _builder(name, name, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def make_intermediate(
+    issuer: Issued, common_name: str | None = None, days: int = INTERMEDIATE_DAYS, path_length: int | None = None
+) -> Issued:
+    """A CA certificate signed by `issuer` (for example the edge CA under the trust root)."""
+    key = new_key()
+    cert = (
+        _builder(_name(common_name or _unique("azprov intermediate")), issuer.cert.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_authority_key_id(issuer), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    # What a server under this CA must send after its own certificate: this CA's issuers up to (not incl.) the root.
+    return Issued(cert, key, chain=[] if is_self_signed(issuer.cert) else [issuer.cert] + list(issuer.chain))
+
+
+def _split_hosts(names) -> tuple[list[str], list[ipaddress._BaseAddress]]:
+    dns, ips = [], []
+    for name in names:
+        try:
+            ips.append(ipaddress.ip_address(str(name)))
+        except ValueError:
+            dns.append(str(name))
+    return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
+
+
+def make_server_cert(
+    issuer: Issued,
+    hostnames,
+    ip_addresses=(),
+    common_name: str | None = None,
+    days: int = SERVER_DAYS,
+    include_issuer_in_chain: bool = True,
+) -> Issued:
+    """A TLS server certificate for `hostnames` (IP literals among them become IP SANs, as do `ip_addresses`).
+
+    The returned chain is what the server should send after its own certificate: the issuer when it is an
+    intermediate (not a self-signed root), plus the issuer's own chain."""
+    dns, ips = _split_hosts(list(hostnames) + list(ip_addresses))
+    if not dns and not ips:
+        raise PkiError("a server certificate needs at least one host name or IP address")
+    key = new_key()
+    sans = [x509.DNSName(n) for n in dns] + [x509.IPAddress(i) for i in ips]
+    cert = (
+        _builder(
+            _name(common_name or (dns[0] if dns else str(ips[0])), unit="server"),
+            issuer.cert.subject,
+            key.public_key(),
+            days,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(_authority_key_id(issuer), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    chain: list[x509.Certificate] = []
+    if include_issuer_in_chain and not is_self_signed(issuer.cert):
+        chain = [issuer.cert] + list(issuer.chain)  # the issuer's `chain` is its own path up to the root
+    return Issued(cert, key, chain=chain)
+
+
+def make_decoy_roots(count: int, label: str = "decoy root") -> list[Issued]:
+    """Unrelated self-signed roots, e.g. to pad a trust bundle around the one root that matters."""
+    return [make_root(_unique(f"azprov {label} {i + 1}")) for i in range(count)]
+
+
+def make_root_chain(length: int) -> list[Issued]:
+    """`length` CAs, each signing the next: [root, intermediate 1, ...]."""
+    chain = [make_root()]
+    for i in range(1, length):
+        chain.append(make_intermediate(chain[-1], _unique(f"azprov intermediate {i}")))
+    return chain
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def load_certificates(path: str | os.PathLike) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, in order."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PkiError(f"{path}: not a PEM certificate file ({exc})") from exc
+    return certs
+
+
+def load_issued(cert_path: str | os.PathLike, key_path: str | os.PathLike) -> Issued:
+    """A certificate file (first certificate = the subject, the rest = its chain) and its key file."""
+    certs = load_certificates(cert_path)
+    try:
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PkiError(f"{key_path}: not a usable unencrypted PEM private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{key_path}: not an EC private key")
+    if key.public_key().public_numbers() != certs[0].public_key().public_numbers():
+        raise PkiError(f"{key_path}: does not belong to {cert_path}")
+    return Issued(certs[0], key, chain=certs[1:])
+
+
+def _atomic_write(path: Path, data: bytes, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o600 if private else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_issued(issued: Issued, cert_path: Path, key_path: Path, with_chain: bool = False) -> None:
+    # Key first: a crash in between leaves a key without a matching certificate, which the next run
+    # detects (load_issued checks the pair) and replaces.
+    _atomic_write(Path(key_path), issued.key_pem(), private=True)
+    _atomic_write(Path(cert_path), issued.cert_pem(with_chain=with_chain))
+
+
+def write_bundle(path: str | os.PathLike, certs) -> Path:
+    """Write certificates (x509.Certificate or Issued) to one PEM file, in the given order."""
+    pem = b"".join((c.cert if isinstance(c, Issued) else c).public_bytes(serialization.Encoding.PEM) for c in certs)
+    _atomic_write(Path(path), pem)
+    return Path(path)
+
+
+def write_bundle_with_decoys(pki: EmulatorPki, path: str | os.PathLike, decoys: int = 2) -> Path:
+    """A bundle of `decoys` unrelated roots followed by the trust root: only the last one signs the gateway."""
+    return write_bundle(path, [d.cert for d in make_decoy_roots(decoys)] + [pki.load_trust_root().cert])
+
+
+# --------------------------------------------------------------------------------------------- create or reuse
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Serialize concurrent creators (parallel test workers, two emulators) on one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no cross-process lock, creation is still atomic per file
+        yield
+        return
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _usable(cert: x509.Certificate) -> bool:
+    now = _now()
+    return cert.not_valid_before_utc <= now + BACKDATE and cert.not_valid_after_utc - RENEW_MARGIN > now
+
+
+def _covers(cert: x509.Certificate, names) -> bool:
+    dns, ips = _split_hosts(names)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have_dns = {n.lower() for n in san.get_values_for_type(x509.DNSName)}
+    have_ips = set(san.get_values_for_type(x509.IPAddress))
+    return all(n.lower() in have_dns for n in dns) and all(i in have_ips for i in ips)
+
+
+def _try_load(cert_path: Path, key_path: Path) -> Issued | None:
+    if not cert_path.exists() or not key_path.exists():
+        return None
+    try:
+        issued = load_issued(cert_path, key_path)
+    except PkiError:
+        return None
+    return issued if _usable(issued.cert) else None
+
+
+def _ensure_root(paths: dict[str, Path], name: str, label: str, actions: dict) -> tuple[Issued, bool]:
+    existing = _try_load(paths[name], paths[f"{name}_key"])
+    if existing is not None and is_self_signed(existing.cert):
+        actions[name] = "reused"
+        return existing, False
+    root = make_root(_unique(label))
+    write_issued(root, paths[name], paths[f"{name}_key"])
+    actions[name] = "created"
+    return root, True
+
+
+def _ensure_child(
+    paths, name: str, issuer: Issued, issuer_changed: bool, actions: dict, make, names=None, with_chain: bool = False
+) -> tuple[Issued, bool]:
+    existing = None if issuer_changed else _try_load(paths[name], paths[f"{name}_key"])
+    ok = (
+        existing is not None
+        and issued_by(existing.cert, issuer.cert)
+        and (names is None or _covers(existing.cert, names))
+        and (not with_chain or existing.chain[:1] == [issuer.cert])
+    )
+    if ok:
+        actions[name] = "reused"
+        return existing, False
+    actions[name] = "created" if not paths[name].exists() else "reissued"
+    issued = make()
+    write_issued(issued, paths[name], paths[f"{name}_key"], with_chain=with_chain)
+    return issued, True
+
+
+def server_names(hostname: str, ip_addresses=()) -> list[str]:
+    """What a server certificate covers: the requested host, `localhost`, 127.0.0.1 and extra addresses."""
+    return list(dict.fromkeys([hostname, "localhost", "127.0.0.1", *map(str, ip_addresses)]))
+
+
+def ensure_emulator_pki(
+    folder: str | os.PathLike, dps_hostname: str = "localhost", gateway_hostname: str = "localhost", ip_addresses=()
+) -> EmulatorPki:
+    """Create the emulator's PKI in `folder`, or reuse what is there and still fits.
+
+    Reuse keeps a root as long as it parses, matches its key and is not about to expire; a child is reused
+    only if its issuer was reused and signed it; a server certificate must also cover the host names asked for.
+    """
+    folder = Path(folder)
+    paths = {name: folder / file_name for name, file_name in FILES.items()}
+    actions: dict[str, str] = {}
+    with _folder_lock(folder):
+        dps_root, dps_root_new = _ensure_root(paths, "dps_root", "azprov DPS root", actions)
+        dps_names = server_names(dps_hostname, ip_addresses)
+        _ensure_child(
+            paths,
+            "dps_server",
+            dps_root,
+            dps_root_new,
+            actions,
+            lambda: make_server_cert(dps_root, dps_names),
+            names=dps_names,
+        )
+        actions["dps_root_key"] = actions["dps_root"]
+        actions["dps_server_key"] = actions["dps_server"]
+
+        trust_root, trust_root_new = _ensure_root(paths, "trust_root", "azprov trust root", actions)
+        edge_ca, edge_ca_new = _ensure_child(
+            paths,
+            "edge_ca",
+            trust_root,
+            trust_root_new,
+            actions,
+            lambda: make_intermediate(trust_root, _unique("azprov edge CA")),
+        )
+        gateway_names = server_names(gateway_hostname, ip_addresses)
+        _ensure_child(
+            paths,
+            "gateway_server",
+            edge_ca,
+            edge_ca_new,
+            actions,
+            lambda: make_server_cert(edge_ca, gateway_names),
+            names=gateway_names,
+            with_chain=True,
+        )
+        for name in ("trust_root", "edge_ca", "gateway_server"):
+            actions[f"{name}_key"] = actions[name]
+    return EmulatorPki(folder=folder, actions=actions, **paths)
+
+
+def reissue_gateway_cert(
+    pki: EmulatorPki, hostnames, ip_addresses=(), out_cert: Path | None = None, out_key: Path | None = None
+) -> tuple[Path, Path]:
+    """A new gateway server certificate (server + edge CA chain) for other host names, under the same edge CA.
+    Written to `out_cert`/`out_key` (default: next to the PKI as gateway-<first name>.pem), never over the
+    emulator's own files."""
+    edge_ca = pki.load_edge_ca()
+    issued = make_server_cert(edge_ca, list(hostnames), ip_addresses)
+    stem = f"gateway-{_split_hosts(hostnames)[0][0] if _split_hosts(hostnames)[0] else 'ip'}"
+    out_cert = Path(out_cert or pki.folder / f"{stem}.pem")
+    out_key = Path(out_key or pki.folder / f"{stem}-key.pem")
+    write_issued(issued, out_cert, out_key, with_chain=True)
+    return out_cert, out_key
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+_DESCRIPTIONS = {
+    "dps_root": "DPS root (devices' dps_ca_file)",
+    "dps_server": "DPS server certificate",
+    "trust_root": "trust root (the trust bundle DPS hands out)",
+    "edge_ca": "edge CA (IoT Edge [edge_ca] cert)",
+    "edge_ca_key": "edge CA key (IoT Edge [edge_ca] pk)",
+    "gateway_server": "gateway server cert + edge CA chain",
+    "gateway_server_key": "gateway server key",
+}
+
+
+@click.command("pki")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the PKI files (created if absent; valid files in it are reused).",
+)
+@click.option("--gateway-host", required=True, help="Host name devices use to reach the gateway (goes into the SAN).")
+@click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificates' SAN (repeatable).")
+@click.option("--dps-host", default="localhost", show_default=True, help="Host name of the (emulated) DPS.")
+def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host: str):
+    """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates).
+
+    The folder can serve as the emulator's PKI folder (STATE_DIR/pki) and as test material for a lab IoT Edge
+    gateway: edge-ca.pem / edge-ca-key.pem as its edge CA, trust-root.pem as its trust bundle."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--ip") from None
+    try:
+        pki = ensure_emulator_pki(out_dir, dps_hostname=dps_host, gateway_hostname=gateway_host, ip_addresses=ips)
+    except (PkiError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"PKI in {pki.folder}")
+    table.add_column("file", no_wrap=True)
+    for column in ("what", "subject"):
+        table.add_column(column)
+    table.add_column("expires", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    for name, description in _DESCRIPTIONS.items():
+        path = getattr(pki, name)
+        if name.endswith("_key"):
+            subject, expires = "", ""
+        else:
+            cert = load_certificates(path)[0]
+            subject = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+            expires = cert.not_valid_after_utc.strftime("%Y-%m-%d")
+        table.add_row(path.name, escape(description), escape(subject), expires, pki.actions.get(name, ""))
+    Console().print(table)
+    click.echo(f"gateway certificate covers: {', '.join(server_names(gateway_host, ips))}")

@@ -1,0 +1,511 @@
+"""Write and validate provisioning files (`provision-file create|validate|show`); `fleet.py` makes many at once.
+
+A device gets its own symmetric key. For a group enrollment that key is derived here, on the host, from the group
+key and the registration id; the group key itself never reaches a file or the console. Keys are never printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "provisioning.schema.json"
+GLOBAL_DPS_HOST = "global.azure-devices-provisioning.net"
+DEFAULT_CA_NAME = "certs/dps-root.pem"
+SECRET_FIELDS = ("symmetric_key", "wifi.password")
+
+# Roots Azure DPS server certificates chain to, by subject common name. The Baltimore root expired in May 2025 and
+# has left certifi's bundle; it is taken when present, for old certifi versions and legacy endpoints.
+DPS_PUBLIC_ROOTS: tuple[tuple[str, bool], ...] = (
+    ("DigiCert Global Root G2", True),
+    ("DigiCert Global Root G3", True),
+    ("Microsoft RSA Root Certificate Authority 2017", True),
+    ("Microsoft ECC Root Certificate Authority 2017", True),
+    ("Baltimore CyberTrust Root", False),
+)
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
+
+
+class ProvisioningFileError(ValueError):
+    """A provisioning file (or an input to one) is wrong; the message names the file and the field."""
+
+
+# --- keys ------------------------------------------------------------------------------------------------------------
+
+
+def decode_key(key_b64: str, what: str) -> bytes:
+    try:
+        key = base64.b64decode(key_b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProvisioningFileError(f"{what} is not valid base64") from None  # no value: it is a secret
+    if len(key) < 16:
+        raise ProvisioningFileError(f"{what} must decode to at least 16 bytes")
+    return key
+
+
+def derive_device_key(group_key_b64: str, registration_id: str) -> str:
+    """The per-device key of a DPS group enrollment: base64(HMAC-SHA256(b64decode(group key), utf8(registration id)))."""
+    group_key = decode_key(group_key_b64, "group key")
+    digest = hmac.new(group_key, registration_id.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+# --- CA certificates -------------------------------------------------------------------------------------------------
+
+
+def _common_name(pem: bytes) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    with warnings.catch_warnings():  # some old roots in the bundle have non-RFC serials; only the name matters here
+        warnings.simplefilter("ignore")
+        cert = x509.load_pem_x509_certificate(pem)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return names[0].value if names else None
+
+
+def public_dps_roots(bundle: Path | None = None) -> list[tuple[str, bytes]]:
+    """(subject CN, PEM) of each DPS root found in certifi's bundle (or `bundle`), in DPS_PUBLIC_ROOTS order."""
+    if bundle is None:
+        import certifi
+
+        bundle = Path(certifi.where())
+    by_name: dict[str, bytes] = {}
+    for match in _PEM_CERT.finditer(Path(bundle).read_bytes()):
+        pem = match.group(0).replace(b"\r\n", b"\n")
+        name = _common_name(pem)
+        if name:
+            by_name.setdefault(name, pem)
+    roots = []
+    for name, required in DPS_PUBLIC_ROOTS:
+        if name in by_name:
+            roots.append((name, by_name[name]))
+        elif required:
+            raise ProvisioningFileError(f"{bundle}: no '{name}' certificate in the CA bundle (update certifi)")
+    return roots
+
+
+def public_dps_roots_pem(bundle: Path | None = None) -> str:
+    return "".join(f"# {name}\n{pem.decode('ascii')}\n" for name, pem in public_dps_roots(bundle))
+
+
+def pem_certificates(path: Path) -> list[bytes]:
+    return [m.group(0) for m in _PEM_CERT.finditer(Path(path).read_bytes())]
+
+
+# --- validation ------------------------------------------------------------------------------------------------------
+
+
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _describe(error) -> str:
+    """A jsonschema error as words that never repeat the offending value (it may be a key)."""
+    kind, rule = error.validator, error.validator_value
+    if kind == "type":
+        types = rule if isinstance(rule, list) else [rule]
+        words = {
+            "string": "a string",
+            "integer": "a whole number",
+            "boolean": "true or false",
+            "object": "an object",
+            "null": "null",
+            "number": "a number",
+            "array": "a list",
+        }
+        return "must be " + " or ".join(words.get(t, t) for t in types)
+    if kind == "pattern":
+        return error.schema.get("x-hint", f"must match {rule}")
+    if kind == "enum":
+        return "must be one of " + ", ".join(json.dumps(v) for v in rule)
+    if kind in ("minimum", "maximum"):
+        low, high = error.schema.get("minimum"), error.schema.get("maximum")
+        if low is not None and high is not None:
+            return f"must be between {low} and {high}"
+        return f"must be at least {low}" if kind == "minimum" else f"must be at most {high}"
+    if kind == "minLength":
+        return "must not be empty" if rule == 1 else f"must be at least {rule} characters"
+    if kind == "maxLength":
+        return f"must be at most {rule} characters"
+    if kind == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"has unknown fields: {', '.join(extra)}"
+    return f"fails the schema rule '{kind}'"
+
+
+def check_config(config: dict, where: str) -> list[str]:
+    """Every problem with a provisioning dict, each as 'WHERE: FIELD: what is wrong'; empty when it is good."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "required":
+            # one line per missing field, named in full (e.g. wifi.ssid)
+            for name in error.validator_value:
+                if isinstance(error.instance, dict) and name not in error.instance:
+                    line = f"{where}: {path + '.' if path else ''}{name}: is required"
+                    if line not in problems:
+                        problems.append(line)
+            continue
+        problems.append(f"{where}: {path or '(file)'}: {_describe(error)}")
+    if (
+        isinstance(config, dict)
+        and isinstance(config.get("symmetric_key"), str)
+        and not any(": symmetric_key:" in p for p in problems)
+    ):
+        try:
+            decode_key(config["symmetric_key"], "symmetric key")
+        except ProvisioningFileError as exc:
+            problems.append(f"{where}: symmetric_key: {exc}")
+    return problems
+
+
+def unknown_fields(config: dict) -> list[str]:
+    known = set(load_schema()["properties"])
+    return sorted(set(config) - known) if isinstance(config, dict) else []
+
+
+def resolve_ca_file(provisioning_path: Path, config: dict) -> Path:
+    ca = Path(config["dps_ca_file"])
+    return ca if ca.is_absolute() else Path(provisioning_path).parent / ca
+
+
+def validate_provisioning_file(path: Path, check_ca: bool = True) -> dict:
+    """Load and check a provisioning file; raise ProvisioningFileError listing every problem (file + field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProvisioningFileError(f"{path}: provisioning file not found")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ProvisioningFileError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ProvisioningFileError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(config, dict):
+        raise ProvisioningFileError(f"{path}: must be a JSON object")
+    problems = check_config(config, str(path))
+    if check_ca and isinstance(config.get("dps_ca_file"), str) and not any(": dps_ca_file:" in p for p in problems):
+        ca = resolve_ca_file(path, config)
+        if not ca.is_file():
+            problems.append(f"{path}: dps_ca_file: {ca} does not exist")
+        elif not pem_certificates(ca):
+            problems.append(f"{path}: dps_ca_file: {ca} holds no PEM certificate")
+    if problems:
+        raise ProvisioningFileError("\n".join(problems))
+    return config
+
+
+def redacted(config: dict) -> dict:
+    """A copy safe to show: secrets replaced by a note of their presence."""
+    shown = json.loads(json.dumps(config))
+    if "symmetric_key" in shown:
+        shown["symmetric_key"] = "<hidden>"
+    if isinstance(shown.get("wifi"), dict) and "password" in shown["wifi"]:
+        shown["wifi"]["password"] = "<hidden>"
+    return shown
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceSettings:
+    """Everything of a provisioning file except the registration id and key."""
+
+    id_scope: str
+    dps_host: str = GLOBAL_DPS_HOST
+    dps_port: int = 8883
+    payload: object = None
+    gateway_host: str | None = None
+    gateway_port: int = 8883
+    storage_dir: str = "azprov_state"
+    log_level: str = "info"
+    sas_ttl_s: int = 3600
+    force_reprovision: bool = False
+    wifi_ssid: str | None = None
+    wifi_password: str | None = None
+
+    def config(self, registration_id: str, symmetric_key: str, dps_ca_file: str) -> dict:
+        config = {
+            "dps_host": self.dps_host,
+            "dps_port": self.dps_port,
+            "id_scope": self.id_scope,
+            "registration_id": registration_id,
+            "symmetric_key": symmetric_key,
+            "dps_ca_file": dps_ca_file,
+            "payload": self.payload,
+            "gateway_host": self.gateway_host,
+            "gateway_port": self.gateway_port,
+            "storage_dir": self.storage_dir,
+            "log_level": self.log_level,
+            "sas_ttl_s": self.sas_ttl_s,
+        }
+        if self.force_reprovision:
+            config["force_reprovision"] = True
+        if self.wifi_ssid:
+            config["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
+        return config
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only: the file holds a device key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def place_ca_file(out_dir: Path, ca_file: Path | None) -> str:
+    """Put the DPS CA file where the provisioning file can name it relatively; return that relative name.
+
+    No ca_file: the public DPS roots from certifi go to certs/dps-root.pem. A ca_file already under out_dir is named
+    in place; one elsewhere is copied to certs/<its name>."""
+    out_dir = Path(out_dir)
+    if ca_file is None:
+        target = out_dir / DEFAULT_CA_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(public_dps_roots_pem())
+        return DEFAULT_CA_NAME
+    ca_file = Path(ca_file)
+    if not ca_file.is_file():
+        raise ProvisioningFileError(f"{ca_file}: CA file not found")
+    if not pem_certificates(ca_file):
+        raise ProvisioningFileError(f"{ca_file}: CA file holds no PEM certificate")
+    try:
+        return ca_file.resolve().relative_to(out_dir.resolve()).as_posix()
+    except ValueError:
+        target = out_dir / "certs" / ca_file.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_bytes() != ca_file.read_bytes():
+            shutil.copyfile(ca_file, target)
+        return f"certs/{ca_file.name}"
+
+
+def write_provisioning_file(path: Path, config: dict, overwrite: bool = False) -> Path:
+    """Check config, then write it to path (mode 0600). The CA file it names must already be in place."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ProvisioningFileError(f"{path}: already exists (use --force to replace it)")
+    problems = check_config(config, str(path))
+    if problems:
+        raise ProvisioningFileError("\n".join(problems))
+    _write_private(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def create_provisioning_file(
+    path: Path,
+    settings: DeviceSettings,
+    registration_id: str,
+    symmetric_key: str | None = None,
+    group_key: str | None = None,
+    ca_file: Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Write one provisioning file from an individual key, or from a group key (the device key is derived)."""
+    if (symmetric_key is None) == (group_key is None):
+        raise ProvisioningFileError("give exactly one of an individual symmetric key or a group enrollment key")
+    key = derive_device_key(group_key, registration_id) if group_key is not None else symmetric_key
+    ca_name = place_ca_file(Path(path).parent, ca_file)
+    config = settings.config(registration_id, key, ca_name)
+    write_provisioning_file(path, config, overwrite=overwrite)
+    return config
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+
+
+def read_group_key(group_key: str | None, group_key_file: Path | None) -> str | None:
+    if group_key is not None and group_key_file is not None:
+        raise click.ClickException("give --group-key or --group-key-file, not both")
+    if group_key_file is not None:
+        return group_key_file.read_text().strip()
+    return group_key
+
+
+def settings_options(func):
+    """Options shared by `provision-file create` and `fleet`."""
+    options = [
+        click.option("--id-scope", required=True, help="DPS ID scope (0ne...)."),
+        click.option("--dps-host", default=GLOBAL_DPS_HOST, show_default=True, help="DPS host name."),
+        click.option("--dps-port", type=int, default=8883, show_default=True),
+        click.option(
+            "--ca-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="PEM CA file for the DPS server [default: the public DPS roots from certifi].",
+        ),
+        click.option("--payload", help='Registration payload as JSON, e.g. \'{"model": "thermo-1"}\'.'),
+        click.option("--gateway-host", help="Edge gateway host for telemetry."),
+        click.option("--gateway-port", type=int, default=8883, show_default=True),
+        click.option("--storage-dir", default="azprov_state", show_default=True),
+        click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+        ),
+        click.option(
+            "--sas-ttl", "sas_ttl_s", type=int, default=3600, show_default=True, help="SAS token lifetime (seconds)."
+        ),
+        click.option("--force-reprovision", is_flag=True, help="Register again at every boot."),
+        click.option("--wifi-ssid", help="Wi-Fi network for ESP32 boards."),
+        click.option(
+            "--wifi-password", envvar="AZPROV_WIFI_PASSWORD", help="Wi-Fi password [env AZPROV_WIFI_PASSWORD]."
+        ),
+        click.option(
+            "--group-key",
+            envvar="AZPROV_GROUP_KEY",
+            help="Group enrollment key (base64) [env AZPROV_GROUP_KEY]; never written out.",
+        ),
+        click.option(
+            "--group-key-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="File holding the group enrollment key.",
+        ),
+        click.option("--force", is_flag=True, help="Replace existing files."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings_from_options(
+    id_scope,
+    dps_host,
+    dps_port,
+    payload,
+    gateway_host,
+    gateway_port,
+    storage_dir,
+    log_level,
+    sas_ttl_s,
+    force_reprovision,
+    wifi_ssid,
+    wifi_password,
+) -> DeviceSettings:
+    parsed_payload = None
+    if payload is not None:
+        try:
+            parsed_payload = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"--payload is not valid JSON: {exc.msg}") from None
+    return DeviceSettings(
+        id_scope=id_scope,
+        dps_host=dps_host,
+        dps_port=dps_port,
+        payload=parsed_payload,
+        gateway_host=gateway_host,
+        gateway_port=gateway_port,
+        storage_dir=storage_dir,
+        log_level=log_level,
+        sas_ttl_s=sas_ttl_s,
+        force_reprovision=force_reprovision,
+        wifi_ssid=wifi_ssid,
+        wifi_password=wifi_password,
+    )
+
+
+def _summary_table(path: Path, config: dict, key_source: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(str(path)), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in redacted(config).items():
+        if name == "symmetric_key":
+            value = f"<hidden: {key_source}>"
+        table.add_row(name, escape(json.dumps(value) if not isinstance(value, str) else value))
+    return table
+
+
+@click.group("provision-file")
+def provision_file():
+    """Write, check and show provisioning files."""
+
+
+@provision_file.command("create")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("provisioning.json"),
+    show_default=True,
+    help="Provisioning file to write (the CA file goes beside it).",
+)
+@click.option("--registration-id", required=True, help="The device's registration id.")
+@click.option(
+    "--symmetric-key",
+    envvar="AZPROV_SYMMETRIC_KEY",
+    help="Individual enrollment key (base64) [env AZPROV_SYMMETRIC_KEY].",
+)
+@settings_options
+def create(out, registration_id, symmetric_key, group_key, group_key_file, ca_file, force, **settings):
+    """Write a provisioning file from an individual key, or from a group key and a registration id."""
+    from rich.console import Console
+
+    group_key = read_group_key(group_key, group_key_file)
+    if (symmetric_key is None) == (group_key is None):
+        raise click.ClickException("give exactly one of --symmetric-key or --group-key/--group-key-file")
+    try:
+        config = create_provisioning_file(
+            out,
+            settings_from_options(**settings),
+            registration_id,
+            symmetric_key=symmetric_key,
+            group_key=group_key,
+            ca_file=ca_file,
+            overwrite=force,
+        )
+    except ProvisioningFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    Console().print(_summary_table(out, config, "derived from the group key" if group_key else "individual key"))
+    click.echo(f"wrote {out} and {resolve_ca_file(out, config)}")
+
+
+@provision_file.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-ca-check", is_flag=True, help="Do not check that the CA file exists and holds certificates.")
+def validate(files, no_ca_check):
+    """Check provisioning files against the schema (every problem names the file and the field)."""
+    failures = []
+    for path in files:
+        try:
+            config = validate_provisioning_file(path, check_ca=not no_ca_check)
+        except ProvisioningFileError as exc:
+            failures.append(str(exc))
+            continue
+        extra = unknown_fields(config)
+        note = f" (unknown fields, ignored by the device: {', '.join(extra)})" if extra else ""
+        click.echo(f"{path}: ok{note}")
+    if failures:
+        raise click.ClickException("\n".join(failures))
+
+
+@provision_file.command("show")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def show(file):
+    """Print a provisioning file with its secrets hidden."""
+    from rich.console import Console
+
+    try:
+        config = validate_provisioning_file(file, check_ca=False)
+    except ProvisioningFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    Console().print(_summary_table(file, config, "set"))

@@ -1,0 +1,105 @@
+"""`make bench` end to end in --quick mode (tiny fleet, one CPU pair, coarse heap search): every figure is
+measured and written as a number, the chart is a PNG, and no key reaches the output.
+
+Not a performance test: no figure is compared with its target here (timed assertions are not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The figures the issue asks for, each a number in results.json.
+REQUIRED_NUMBERS = (
+    "heap_floor_bytes",
+    "heap_peak_bytes",
+    "mpy_total_bytes",
+    "provision_cpu_ratio_vs_sdk",
+    "provision_cpu_ratio_min",
+    "provision_cpu_ratio_max",
+    "provision_wall_ms",
+    "cached_boot_dps_connections",
+    "cached_boot_flash_writes",
+    "fleet_devices",
+    "fleet_failures",
+    "fleet_seconds",
+    "fleet_ideal_seconds",
+    "fleet_max_attempts",
+    "fleet_rate_limit",
+    "fleet_peak_attempts_per_s",
+    "fleet_retry_peak_to_rate",
+)
+
+pytestmark = pytest.mark.timeout(180)  # a hang guard only; the quick run takes seconds
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _keys_in(folder: Path) -> list[str]:
+    """Every symmetric or group key the bench handed to its emulators."""
+    keys = []
+    for path in folder.rglob("enrollments.json"):
+        doc = json.loads(path.read_text())
+        keys += [e["symmetric_key"] for e in doc.get("individual", [])]
+        keys += [g["group_key"] for g in doc.get("groups", [])]
+    return keys
+
+
+def test_quick_bench_writes_every_figure(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host_tools",
+            "bench",
+            "--quick",
+            "--fleet-devices",
+            "12",
+            "--out",
+            str(out),
+            "--workdir",
+            str(work),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["errors"] == {}
+    missing = [key for key in REQUIRED_NUMBERS if not _is_number(results.get(key))]
+    assert not missing, f"not numbers: {missing}"
+    assert results["fleet_devices"] == 12 and results["quick"] is True
+    histogram = results["fleet_attempts_histogram"]
+    assert histogram and all(key.isdigit() and _is_number(count) for key, count in histogram.items())
+    assert sum(histogram.values()) == results["fleet_devices"]
+    assert all(_is_number(n) for n in results["fleet_attempts_per_second"])
+    assert all(_is_number(v) for v in results["mpy_modules"].values())
+    assert results["trust_bundle_certificates"] == 3
+    assert set(results["targets"]) >= {
+        "heap_floor_bytes",
+        "mpy_total_bytes",
+        "provision_cpu_ratio_vs_sdk",
+        "fleet_failures",
+        "fleet_seconds",
+    }
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "met" in proc.stdout or "missed" in proc.stdout  # the table was printed
+
+    keys = set(_keys_in(work))
+    assert keys  # the single device's key and the fleets' group keys
+    for key in keys:
+        assert key not in output
+    assert "SharedAccessSignature" not in output and "sig=" not in output

@@ -1,0 +1,117 @@
+"""deploy: the device image copied to a (virtual) board with the real mpremote; unchanged files are not copied."""
+
+import json
+
+import pytest
+
+from host_tools.board.deploy import DeployError, build_files, owned_dirs, plan_image, provisioning_files
+from tests.host_helpers import DEVICE_KEY, mpremote, run_cli
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _actions(stdout: str) -> dict:
+    """board file -> action, from deploy's table."""
+    actions = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) == 3 and cells[0].startswith("/"):
+            actions[cells[0]] = cells[2]
+    return actions
+
+
+def test_deploy_then_redeploy_copies_nothing(board, small_build, provisioning):
+    args = ["deploy", "--port", board.port, "--build", str(small_build), "--provisioning", str(provisioning)]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    actions = _actions(first.stdout)
+    assert actions == {
+        "/azprov/__init__.py": "copied",
+        "/azprov/data.py": "copied",
+        "/lib/umqtt/simple.py": "copied",
+        "/main.py": "copied",
+        "/provisioning.json": "copied",
+        "/certs/dps-root.pem": "copied",
+    }
+    assert board.wait_for(b"small build main ran", timeout=10), "deploy soft-resets the board and main.py runs"
+    assert DEVICE_KEY not in first.stdout + first.stderr
+
+    on_board = mpremote(board.port, "fs", "cat", ":provisioning.json")
+    assert json.loads(on_board.stdout) == json.loads(provisioning.read_text())
+    proc = mpremote(board.port, "exec", "import azprov.data; print(len(azprov.data.BLOB))")
+    assert proc.stdout.strip() == str(256 * 8)
+
+    second = run_cli(*args, "--no-reset")
+    assert second.returncode == 0, second.stderr
+    assert set(_actions(second.stdout).values()) == {"unchanged"}
+    assert "0 copied" in second.stdout
+
+
+def test_changed_file_copied_and_stale_file_removed(board, small_build):
+    args = ["deploy", "--port", board.port, "--build", str(small_build), "--no-reset"]
+    assert run_cli(*args).returncode == 0
+    (small_build / "azprov" / "__init__.py").write_text("VERSION = 2\n")
+    (small_build / "azprov" / "data.py").unlink()
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert _actions(proc.stdout) == {
+        "/azprov/__init__.py": "copied",
+        "/lib/umqtt/simple.py": "unchanged",
+        "/main.py": "unchanged",
+        "/azprov/data.py": "removed",
+    }
+    listing = mpremote(board.port, "exec", "import os; print(sorted(os.listdir('/azprov')))")
+    assert listing.stdout.strip() == "['__init__.py']", "no .tmp files or stale modules are left behind"
+
+
+def test_real_build_imports_on_the_board(board, tmp_path):
+    from host_tools.board.build import UMQTT_SOURCE, build_firmware
+
+    if not UMQTT_SOURCE.exists():
+        pytest.skip("umqtt not fetched (make setup)")
+    build_firmware(tmp_path / "mpy", "unix")
+    proc = run_cli("deploy", "--port", board.port, "--build", str(tmp_path / "mpy"), "--no-reset")
+    assert proc.returncode == 0, proc.stderr
+    check = mpremote(board.port, "exec", "import azprov.config, azprov.sas, umqtt.simple; print('imports ok')")
+    assert check.stdout.strip() == "imports ok", check.stdout + check.stderr
+
+
+def test_ca_file_outside_the_provisioning_folder_is_placed_in_certs(tmp_path, provisioning):
+    ca = tmp_path / "pki" / "emulator-root.pem"
+    ca.parent.mkdir()
+    ca.write_bytes((provisioning.parent / "certs" / "dps-root.pem").read_bytes())
+    config = json.loads(provisioning.read_text())
+    config["dps_ca_file"] = str(ca)
+    provisioning.write_text(json.dumps(config))
+    files = {f.dest: f for f in provisioning_files(provisioning)}
+    assert set(files) == {"/provisioning.json", "/certs/emulator-root.pem"}
+    assert json.loads(files["/provisioning.json"].data)["dps_ca_file"] == "certs/emulator-root.pem"
+
+
+def test_plan_and_errors(tmp_path, small_build, provisioning):
+    files = plan_image(small_build, provisioning, boot=None)
+    assert owned_dirs(files) == ["/azprov", "/lib/umqtt"]
+    frozen = plan_image(small_build, provisioning, frozen=True)
+    assert sorted(f.dest for f in frozen) == ["/certs/dps-root.pem", "/main.py", "/provisioning.json"]
+    with pytest.raises(DeployError, match="build folder not found"):
+        build_files(tmp_path / "nowhere")
+    with pytest.raises(DeployError, match="boot file not found"):
+        plan_image(small_build, boot=tmp_path / "boot.py")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dps_host": "x"}))
+    with pytest.raises(DeployError, match="bad.json: id_scope: is required"):
+        plan_image(small_build, bad)
+
+
+def test_command_errors_are_messages(tmp_path, small_build):
+    proc = run_cli("deploy", "--port", str(tmp_path / "ttyUSB3"), "--build", str(small_build))
+    assert proc.returncode == 1 and "serial port" in proc.stderr and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("deploy", "--port", "/dev/null", "--build", str(tmp_path / "missing"))
+    assert proc.returncode == 1 and "build folder not found" in proc.stderr
+    proc = run_cli(
+        "deploy", "--port", "/dev/null", "--build", str(small_build), "--provisioning", str(tmp_path / "none.json")
+    )
+    assert proc.returncode == 1 and "none.json: provisioning file not found" in proc.stderr
+    proc = run_cli("deploy", "--port", "/dev/null", "--build", str(small_build))  # not a MicroPython board
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
