@@ -18,13 +18,14 @@ FIRMWARE ?=
 CHIP ?= esp32
 PROVISIONING ?=
 
-.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean
+.PHONY: help setup system-deps build run lint test bench mutants flash deploy monitor clean distclean
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
 	@echo "make test    - the whole test suite (lint first)"
 	@echo "make lint    - ruff: lint rules and formatting of host_tools/, tests/, firmware/ and boards/"
 	@echo "make bench   - heap, footprint, speed and fleet measurements"
+	@echo "make mutants - promise mutants (each must be killed by its tests) and the core's mutation score"
 	@echo "make build   - compile firmware/ to .mpy (build/mpy) with a size table"
 	@echo "make flash PORT=/dev/ttyUSB0 FIRMWARE=esp32.bin [CHIP=esp32]"
 	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json"
@@ -69,6 +70,9 @@ test: setup system-deps lint
 
 bench: setup system-deps
 	$(PY) -m host_tools bench
+
+mutants: setup system-deps
+	$(PY) -m host_tools mutants
 
 flash: setup
 	$(PY) -m host_tools flash --port "$(PORT)" --chip "$(CHIP)" --firmware "$(FIRMWARE)"

@@ -69,9 +69,7 @@ def private_key_lines(folder: Path) -> set[str]:
         if "PRIVATE KEY" not in text:
             public_text += text
             continue
-        key_lines.update(
-            line.strip() for line in text.splitlines() if len(line.strip()) >= 40 and "-----" not in line
-        )
+        key_lines.update(line.strip() for line in text.splitlines() if len(line.strip()) >= 40 and "-----" not in line)
         key = load_pem_private_key(text.encode(), None)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             values.add("%x" % key.private_numbers().private_value)
