@@ -147,7 +147,7 @@ class Client:
 
     # --- connection
 
-    def connected(self, mqtt):
+    def after_connect(self, mqtt):
         """Called by the gateway after every CONNACK: subscribe again, then read the twin."""
         self._generation += 1
         self._subscribed = []

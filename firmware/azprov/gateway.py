@@ -96,7 +96,7 @@ class Gateway:
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
         if self.listener is not None:
             try:
-                self.listener.connected(self.client)
+                self.listener.after_connect(self.client)
             except Exception as exc:
                 if self.client is not None:
                     transport.close(self.client)
