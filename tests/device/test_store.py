@@ -180,3 +180,29 @@ def test_state_json_is_replaced_only_by_rename():
     assert _DIR + "/state.json.tmp" in opened, opened
     assert store.Store(_DIR).load()["assignment"]["assigned_hub"] == "other-hub.azure-devices.net"
     _clean()
+
+
+def test_rename_cut_between_remove_and_rename_is_finished():
+    # FAT renames onto an existing file by removing it first: a cut in between leaves only state.json.tmp.
+    import json
+
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    new = {"version": 1, "assignment": _assignment("other-hub.azure-devices.net"), "trust_bundle": None}
+    with open(_DIR + "/state.json.tmp", "w") as f:
+        f.write(json.dumps(new))
+    os.remove(_DIR + "/state.json")
+    state = store.Store(_DIR).load()
+    assert state is not None and state["assignment"]["assigned_hub"] == "other-hub.azure-devices.net"
+    assert _read(_DIR + "/state.json") == json.dumps(new)
+    try:
+        os.stat(_DIR + "/state.json.tmp")
+        raise AssertionError("the temporary file is still there")
+    except OSError:
+        pass
+    # A temporary file cut short is not a commit: the device starts fresh.
+    with open(_DIR + "/state.json.tmp", "w") as f:
+        f.write(json.dumps(new)[:40])
+    os.remove(_DIR + "/state.json")
+    assert store.Store(_DIR).load() is None
+    _clean()
