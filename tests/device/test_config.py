@@ -113,3 +113,29 @@ def test_x509_attestation_fields():
     ]
     for text, field in cases:
         assert field in _error(text), field
+
+
+def test_rules_the_host_validator_shares():
+    # Issue 14: each of these got a different verdict from `provision-file validate` and the device.
+    cases = [
+        (_with(dps_port=8883.0), "dps_port"),
+        (_with(gateway_port=40911.0), "gateway_port"),
+        (_with(registration_timeout_s=0), "registration_timeout_s"),
+        (_with(registration_timeout_s=4), "registration_timeout_s"),
+        (_with(dps_host="dps host/x"), "dps_host"),
+        (_with(gateway_host="-gw"), "gateway_host"),
+        (_with(id_scope="scope"), "id_scope"),
+        (_with(id_scope="0ne0000000/"), "id_scope"),
+        (_with(storage_dir="../../etc"), "storage_dir"),
+        (_with(wifi={}), "wifi.ssid"),
+        (_with(wifi={"ssid": "x" * 33}), "wifi.ssid"),
+        (_with(wifi={"ssid": "net", "password": 5}), "wifi.password"),
+        (_with(wifi={"ssid": "net", "pass": "x"}), "wifi.pass"),
+        (_with(extra=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]), "extra"),
+    ]
+    for text, field in cases:
+        message = _error(text)
+        assert ": " + field + " " in message, (field, message)
+    # Upper-case ID scopes are accepted, as by DPS and the emulator.
+    assert config.parse(_with(id_scope="0NE00AAAAAA"), "p.json")["id_scope"] == "0NE00AAAAAA"
+    assert config.parse(_with(registration_timeout_s=5, wifi={"ssid": "n"}), "p.json")["wifi"] == {"ssid": "n"}
