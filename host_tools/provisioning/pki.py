@@ -682,14 +682,81 @@ _DESCRIPTIONS = {
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the PKI files (created if absent; valid files in it are reused).",
 )
-@click.option("--gateway-host", required=True, help="Host name devices use to reach the gateway (goes into the SAN).")
+@click.option("--gateway-host", help="Host name devices use to reach the gateway (goes into the SAN).")
 @click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificates' SAN (repeatable).")
 @click.option("--dps-host", default="localhost", show_default=True, help="Host name of the (emulated) DPS.")
-def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host: str):
-    """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates).
+@click.option(
+    "--x509-group-ca",
+    is_flag=True,
+    help="Make (or reuse) an X.509 enrollment-group CA: x509-root.pem and x509-intermediate.pem with their keys.",
+)
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    help="Issue a device certificate with this registration id as CN from the group CA's intermediate "
+    "(repeatable): <id>.pem (device + intermediate) and <id>-key.pem (mode 0600).",
+)
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec", show_default=True, help="Device key type.")
+def pki_command(
+    out_dir: Path,
+    gateway_host: str | None,
+    ips: tuple[str, ...],
+    dps_host: str,
+    x509_group_ca: bool,
+    devices: tuple[str, ...],
+    key_type: str,
+):
+    """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates); with
+    --x509-group-ca / --device, an X.509 enrollment-group CA (root + intermediate) and device certificates.
 
     The folder can serve as the emulator's PKI folder (STATE_DIR/pki) and as test material for a lab IoT Edge
     gateway: edge-ca.pem / edge-ca-key.pem as its edge CA, trust-root.pem as its trust bundle."""
+    from rich.console import Console
+
+    if not gateway_host and not x509_group_ca and not devices:
+        raise click.UsageError("give --gateway-host (gateway PKI), --x509-group-ca or --device (X.509 devices)")
+    if x509_group_ca or devices:
+        _x509_command(out_dir, devices, key_type, Console(width=max(Console().width, 120)))
+    if gateway_host:
+        _gateway_pki_command(out_dir, gateway_host, ips, dps_host)
+
+
+def _x509_command(out_dir: Path, devices, key_type: str, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    try:
+        ca = ensure_x509_group_ca(out_dir)
+        issued = [(device, *issue_device(ca, device, out_dir, key_type)) for device in devices]
+    except (PkiError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"X.509 enrollment-group CA and devices in {ca.folder}")
+    for column in ("file", "what", "subject", "expires", "action"):
+        table.add_column(column, no_wrap=column != "what")
+    for name, what in (("root", "group CA root (enrollment group / trust)"), ("intermediate", "intermediate")):
+        cert = load_certificates(getattr(ca, name))[0]
+        table.add_row(
+            getattr(ca, name).name,
+            what,
+            escape(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            ca.actions.get(f"x509_{name}", ""),
+        )
+    for device, cert_path, key_path in issued:
+        cert = load_certificates(cert_path)[0]
+        table.add_row(
+            cert_path.name,
+            f"device certificate ({key_type})",
+            escape(device),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            "created",
+        )
+        table.add_row(key_path.name, "device private key (0600)", "", "", "created")
+    console.print(table)
+
+
+def _gateway_pki_command(out_dir: Path, gateway_host: str, ips, dps_host: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
