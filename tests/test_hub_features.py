@@ -179,6 +179,13 @@ def test_malformed_messages_are_classified_and_the_client_stays_connected(emulat
             "status": 200,
             "payload": {"pong": "still here"},
         }
+        # A method request delivered twice (QoS 1 redelivery) is answered once.
+        for _ in range(2):
+            assert service.publish_raw("odd-dev", "$iothub/methods/POST/ping/?$rid=dup", b'"x"', 1)
+        dev.wait("method_repeated")
+        assert [r["status"] for r in _hub_records(emu) if r["event"] == "method_answered" and r["rid"] == "dup"] == [
+            200
+        ]
         assert len(dev.events("gateway_verified")) == 1
     finally:
         output = dev.stop()
