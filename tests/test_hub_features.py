@@ -235,3 +235,34 @@ def test_application_on_the_public_api_in_an_asyncio_task(emulator, device):
     assert len(completed) == 2
     telemetry = [json.loads(r["payload"]) for r in emu.telemetry() if r["device_id"] == "app-dev"]
     assert telemetry and all("n" in t for t in telemetry)
+
+
+def test_the_readme_example_runs_as_written(emulator, device):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Your application", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    key = new_key()
+    emu = emulator(enrollment_doc([individual("readme-dev", key)]), *FAST)
+    service = ServiceClient.from_state_dir(emu.state_dir)
+    dev_folder = device(emu, "readme-dev", key)
+    (dev_folder.root / "example.py").write_text(example)
+    dev = RunningDevice(dev_folder.root, script="example.py")
+    try:
+        dev.wait("hub_ready")
+        assert service.invoke_method("readme-dev", "echo", {"a": 1}, timeout=15) == {"status": 200, "payload": {"a": 1}}
+        _wait_reported(service, "readme-dev", lambda r: r.get("lastEcho") == {"a": 1})
+        service.set_desired("readme-dev", {"x": 1})
+        service.send_c2d("readme-dev", "hello", {"colour": "red"})
+        deadline = time.monotonic() + 15
+        while not ("desired {'x': 1} version 2" in dev.output and "c2d b'hello'" in dev.output):
+            assert time.monotonic() < deadline and dev.proc.poll() is None, dev.output
+            time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while len([r for r in emu.telemetry() if r["device_id"] == "readme-dev"]) < 2:
+            assert time.monotonic() < deadline, dev.output
+            time.sleep(0.1)
+    finally:
+        output = dev.stop()
+    assert "Traceback" not in output, output
+    record = [r for r in emu.telemetry() if r["device_id"] == "readme-dev"][0]
+    assert record["properties"] == {"$.ct": "application/json", "$.ce": "utf-8", "source": "app"}
