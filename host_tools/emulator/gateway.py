@@ -327,8 +327,8 @@ class GatewayEndpoint(Endpoint):
             await self._ack(session, packet)
             await self._twin(session, client, topic, packet.payload)
         elif topic.startswith("$iothub/methods/res/"):
+            self._method_answer(client, topic, packet.payload)  # recorded before the device hears the PUBACK
             await self._ack(session, packet)
-            self._method_answer(client, topic, packet.payload)
         else:
             raise ConnectionDropped(f"PUBLISH to a topic the gateway does not serve: {topic!r}")
 
