@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.board.harness import parse_device_line
-from host_tools.board.unix_port import start_device
+from host_tools.board.unix_port import run_device, start_device
 from host_tools.emulator.control import ServiceClient
 from tests.helpers import assert_no_secret, enrollment_doc, individual, new_key
 
@@ -269,3 +269,26 @@ def test_the_readme_example_runs_as_written(emulator, device):
     assert "Traceback" not in output, output
     record = [r for r in emu.telemetry() if r["device_id"] == "readme-dev"][0]
     assert record["properties"] == {"$.ct": "application/json", "$.ce": "utf-8", "source": "app"}
+
+
+_MODULES_AFTER = """import sys
+from azprov.app import main
+status = main("provisioning.json", hub_features=%s)
+print("modules", " ".join(sorted(m for m in sys.modules if m.startswith("azprov"))))
+sys.exit(status)
+"""
+
+
+def test_hub_modules_load_only_when_used(emulator, device):
+    key = new_key()
+    emu = emulator(enrollment_doc([individual("lazy-dev", key)]), *FAST)
+    loaded = {}
+    for features in (False, True):
+        dev = device(emu, "lazy-dev", key)
+        (dev.root / "flow.py").write_text(_MODULES_AFTER % features)
+        proc = run_device(dev.root, script="flow.py", runtime=dev.runtime)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("modules "))
+        loaded[features] = set(line.split()[1:])
+    assert not {"azprov.hub", "azprov.client", "azprov.default_app"} & loaded[False]
+    assert {"azprov.hub", "azprov.client", "azprov.default_app"} <= loaded[True]
