@@ -120,6 +120,9 @@ class EmulatorServer:
         return self.info
 
     async def close(self) -> None:
+        if self.info:  # the ready marker goes with the endpoints: a stopped emulator leaves no stale emulator.json
+            (self.state_dir / "emulator.json").unlink(missing_ok=True)
+            self.info = {}
         for endpoint in (self.dps, self.gateway):
             if endpoint is not None:
                 await endpoint.close()
