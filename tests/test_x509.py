@@ -4,6 +4,7 @@ Both enrollment kinds end to end; every bad certificate or key is a classified e
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import shutil
@@ -219,3 +220,57 @@ def test_key_file_problems_name_the_field(emulator, device, group_ca, tmp_path):
     dev.write_provisioning(private_key_file=f"certs/{key.name}", certificate_file="certs/garbage.pem")
     _expect_refused(dev, "configuration", "certificate_file")
     assert not emu.registrations()
+
+
+def private_key_material(key_file: Path) -> list[str]:
+    """Every form a leaked private key could take in text: the PEM body lines, the DER bytes as base64 and as hex
+    (both cases), and the raw private scalar / exponent in hex."""
+    data = key_file.read_bytes()
+    if b"-----BEGIN" in data:
+        key = serialization.load_pem_private_key(data, None)
+    else:
+        key = serialization.load_der_private_key(data, None)
+    forms = []
+    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        b64 = base64.b64encode(der).decode()
+        forms += [b64[i : i + 32] for i in range(0, len(b64) - 32, 32)]
+        forms += [der.hex()[i : i + 32] for i in range(0, len(der.hex()) - 32, 32)]
+        forms += [der.hex().upper()[i : i + 32] for i in range(0, len(der.hex()) - 32, 32)]
+        pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode()
+        forms += [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    numbers = key.private_numbers()
+    secret = numbers.private_value if hasattr(numbers, "private_value") else numbers.d
+    forms.append(format(secret, "x")[:32])
+    return forms
+
+
+def test_no_private_key_material_in_any_output_or_file(emulator, device, group_ca, tmp_path):
+    cert, key = pki.issue_device(group_ca, "x509-secret", tmp_path, key_type="rsa", key_format="pkcs1")
+    emu = emulator(enrollment_doc(groups=[x509_group("factory", group_ca.root)]), "-v")
+    dev = x509_device(
+        device, emu, "x509-secret", cert, key, log_level="debug", telemetry_count=2, telemetry_interval_s=0
+    )
+    outputs = [dev.run().output]
+    # A refused run too: the key of another device (errors must not quote it either).
+    _, other_key = pki.issue_device(group_ca, "x509-other-secret", tmp_path)
+    shutil.copy2(other_key, dev.root / "certs" / other_key.name)
+    dev.write_provisioning(private_key_file=f"certs/{other_key.name}", force_reprovision=True)
+    refused = dev.run()
+    assert refused.status == 1 and refused.error["kind"] == "configuration"
+    outputs.append(refused.output)
+    texts = outputs + [(emu.state_dir / "emulator.log").read_text()]
+    # Every file the device or the emulator wrote: all but the firmware, the provisioning file and its key files,
+    # and the emulator's own enrollment file and PKI keys.
+    written = [
+        p
+        for p in dev.root.rglob("*")
+        if p.is_file()
+        and p.parts[len(dev.root.parts)] not in ("azprov", "lib", "main.py", "provisioning.json", "certs")
+    ]
+    written += [p for p in emu.state_dir.rglob("*") if p.is_file() and not p.name.endswith("-key.pem")]
+    assert any(p.name == "state.json" for p in written)
+    texts += [p.read_text(errors="replace") for p in written]
+    everything = "\n".join(texts)
+    leaked = [form for k in (key, other_key) for form in private_key_material(k) if form in everything]
+    assert not leaked, "private key material appeared in an output or file"

@@ -24,6 +24,7 @@ _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
 _MBEDTLS_FATAL_ALERT = const(-30592)  # MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: the peer sent a fatal alert
+_EPIPE = const(32)  # the peer closed while we were still writing (Linux and lwIP agree)
 
 
 def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
@@ -202,11 +203,14 @@ class _TimedContext:
         try:
             tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
         except OSError as exc:
-            if self._client_certificate and exc.args and exc.args[0] == _MBEDTLS_FATAL_ALERT:
-                # The server ended the handshake after seeing our certificate: it does not accept it (unknown CA,
-                # missing intermediate, or a key that does not match the certificate).
+            if self._client_certificate and exc.args and exc.args[0] in (_MBEDTLS_FATAL_ALERT, _EPIPE):
+                # The server ended the handshake (with an alert, or by closing: which one depends on timing) after
+                # our certificate went out: it does not accept it (unknown CA, missing intermediate, or a key that
+                # does not match the certificate).
                 raise ProvisioningError(
-                    errors.AUTHENTICATION, "the server refused the device certificate in the TLS handshake"
+                    errors.AUTHENTICATION,
+                    "the server ended the TLS handshake after the device certificate (refused it: code %s)"
+                    % exc.args[0],
                 )
             raise
         wrapped = DeadlineSocket(tls, self._timeout_ms, self._max_packet)
