@@ -208,6 +208,7 @@ class Store:
         self.state_path = self.directory + "/" + STATE
         self.pem_path = self.directory + "/" + PEM
         self.writes = 0  # files written by this instance: how tests and the benchmark see "no flash write"
+        self._streaming = False  # an Incoming sink of this instance is in use: its .in file is not a leftover
 
     def load(self):
         """The committed state (a dict) or None on a fresh device. Finishes an interrupted commit; raises a STORAGE
@@ -224,6 +225,8 @@ class Store:
         except (ValueError, UnicodeError):
             raise _corrupt("state.json is not valid JSON")
         _check_state(state)
+        if not self._streaming:
+            _remove(self.pem_path + _INCOMING)  # a power cut while a DPS answer streamed in
         staged = self.pem_path + _STAGED
         bundle = state["trust_bundle"]
         if bundle is None:
@@ -267,9 +270,11 @@ class Store:
     def incoming(self):
         """A sink for azprov.bundle.extract() (see Incoming)."""
         _remove(self.pem_path + _INCOMING)
+        self._streaming = True
         return Incoming(self)
 
     def discard_incoming(self):
+        self._streaming = False
         _remove(self.pem_path + _INCOMING)
 
     def save(self, assignment, bundle):
@@ -279,7 +284,7 @@ class Store:
         try:
             return self._save(assignment, bundle)
         finally:
-            _remove(self.pem_path + _INCOMING)
+            self.discard_incoming()
 
     def _save(self, assignment, bundle):
         meta = None
