@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 from cryptography import x509
 
+from host_tools.emulator import x509_auth
 from host_tools.emulator.faults import GLOBAL_ONLY, FaultError, validate_faults
 from host_tools.emulator.sas import derive_device_key
 
@@ -43,6 +44,12 @@ SUBSTATUSES = ["initialAssignment", "deviceDataMigrated", "deviceDataReset", "re
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
 _HUB = {"type": "string", "pattern": r"^[A-Za-z0-9.-]{1,253}$"}
 _KEY = {"type": "string", "minLength": 4}
+_FILE = {"type": "string", "minLength": 1}
+# SHA-1 (40 hex digits) or SHA-256 (64), colons between bytes allowed.
+_THUMBPRINT = {
+    "type": "string",
+    "pattern": r"^([0-9A-Fa-f]{2}:?){19}[0-9A-Fa-f]{2}(:?([0-9A-Fa-f]{2}:?){11}[0-9A-Fa-f]{2})?$",
+}
 _COMMON = {
     "assigned_hub": _HUB,
     "trust_bundle": {"type": ["string", "null"]},
@@ -86,8 +93,21 @@ SCHEMA = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["registration_id", "symmetric_key", "assigned_hub"],
-                "properties": {"registration_id": _ID, "symmetric_key": _KEY, "device_id": _ID, **_COMMON},
+                "required": ["registration_id", "assigned_hub"],
+                # How the device proves itself: its symmetric key, or (X.509) its certificate or its thumbprint.
+                "oneOf": [
+                    {"required": ["symmetric_key"]},
+                    {"required": ["certificate"]},
+                    {"required": ["thumbprint"]},
+                ],
+                "properties": {
+                    "registration_id": _ID,
+                    "symmetric_key": _KEY,
+                    "certificate": _FILE,
+                    "thumbprint": _THUMBPRINT,
+                    "device_id": _ID,
+                    **_COMMON,
+                },
             },
         },
         "groups": {
@@ -95,8 +115,10 @@ SCHEMA = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["group_id", "group_key", "assigned_hub"],
-                "properties": {"group_id": _ID, "group_key": _KEY, **_COMMON},
+                "required": ["group_id", "assigned_hub"],
+                # A symmetric-key group, or an X.509 group trusting a CA certificate (a root or an intermediate).
+                "oneOf": [{"required": ["group_key"]}, {"required": ["ca_certificate"]}],
+                "properties": {"group_id": _ID, "group_key": _KEY, "ca_certificate": _FILE, **_COMMON},
             },
         },
     },
@@ -127,13 +149,22 @@ class Enrollment:
     allocation_error: int | None = None
     substatus: str = "initialAssignment"
     faults: dict = field(default_factory=dict)
+    attestation: str = field(default="symmetric_key", repr=False)  # or "x509"
+    thumbprints: frozenset = frozenset()  # x509 individual: SHA-1/SHA-256 (upper-case hex) the device may present
+    ca_certificate: Any = field(default=None, repr=False)  # x509 group: the CA certificate (cryptography object)
 
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.name}"
 
-    def device_key(self, registration_id: str) -> str:
-        """The key a device of this enrollment signs with (derived from the group key for a group)."""
+    @property
+    def x509(self) -> bool:
+        return self.attestation == "x509"
+
+    def device_key(self, registration_id: str) -> str | None:
+        """The key a device of this enrollment signs with (derived from the group key for a group); None for X.509."""
+        if self.x509:
+            return None
         return self.key if self.kind == "individual" else derive_device_key(self.key, registration_id)
 
     def device_id_for(self, registration_id: str) -> str:
@@ -213,6 +244,9 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             allowed = sorted(error.schema.get("properties", {}))
             message += f"; allowed: {', '.join(allowed)}"
+        elif error.validator == "oneOf" and all("required" in option for option in error.validator_value):
+            names = [option["required"][0] for option in error.validator_value]
+            message = f"needs exactly one of {', '.join(names)}"
         elif error.validator == "pattern":
             message = f"{json.dumps(error.instance)} has characters or a length that are not allowed"
         raise EnrollmentError(path, message, source)
@@ -274,7 +308,16 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     for index, entry in enumerate(document.get("individual", [])):
         where = f"individual[{index}]"
         registration_id = entry["registration_id"]
-        _check_base64_key(entry["symmetric_key"], f"{where}.symmetric_key", source)
+        x509_fields = {}
+        if "symmetric_key" in entry:
+            _check_base64_key(entry["symmetric_key"], f"{where}.symmetric_key", source)
+        elif "certificate" in entry:
+            cert = _load_ca_or_device(result, entry["certificate"], f"{where}.certificate", source)
+            x509_fields = dict(attestation="x509", thumbprints=frozenset(x509_auth.thumbprints(cert)))
+        else:
+            x509_fields = dict(
+                attestation="x509", thumbprints=frozenset({x509_auth.normalise_thumbprint(entry["thumbprint"])})
+            )
         if registration_id in result.individual:
             raise EnrollmentError(f"{where}.registration_id", f"{registration_id!r} is enrolled twice", source)
         device_id = entry.get("device_id", registration_id)
@@ -286,21 +329,52 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
         result.individual[registration_id] = Enrollment(
             kind="individual",
             name=registration_id,
-            key=entry["symmetric_key"],
+            key=entry.get("symmetric_key", ""),
             device_id=entry.get("device_id"),
             **common(entry, where),
+            **x509_fields,
         )
     group_ids = set()
     for index, entry in enumerate(document.get("groups", [])):
         where = f"groups[{index}]"
-        _check_base64_key(entry["group_key"], f"{where}.group_key", source)
+        x509_fields = {}
+        if "group_key" in entry:
+            _check_base64_key(entry["group_key"], f"{where}.group_key", source)
+        else:
+            ca = _load_ca_or_device(result, entry["ca_certificate"], f"{where}.ca_certificate", source, ca=True)
+            x509_fields = dict(attestation="x509", ca_certificate=ca)
         if entry["group_id"] in group_ids:
             raise EnrollmentError(f"{where}.group_id", f"{entry['group_id']!r} is defined twice", source)
         group_ids.add(entry["group_id"])
         result.groups.append(
-            Enrollment(kind="group", name=entry["group_id"], key=entry["group_key"], **common(entry, where))
+            Enrollment(
+                kind="group",
+                name=entry["group_id"],
+                key=entry.get("group_key", ""),
+                **common(entry, where),
+                **x509_fields,
+            )
         )
     return result
+
+
+def _load_ca_or_device(result: Enrollments, reference: str, where: str, source, ca: bool = False):
+    """The first certificate of a PEM or DER file named by an X.509 enrollment (relative to the enrollment file)."""
+    path = result.certificate_path(reference)
+    try:
+        cert = x509_auth.load_certificate_file(path)[0]
+    except OSError as exc:
+        raise EnrollmentError(where, f"cannot read {path} ({exc.strerror})", source) from exc
+    except (ValueError, IndexError) as exc:
+        raise EnrollmentError(where, f"{path} holds no PEM or DER certificate", source) from exc
+    if ca:
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise EnrollmentError(where, f"{path} is not a CA certificate", source)
+    return cert
 
 
 def load_enrollments(path: str | os.PathLike, pki=None) -> Enrollments:
