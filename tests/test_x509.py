@@ -91,6 +91,7 @@ def test_group_enrollment_with_intermediate_end_to_end(emulator, device, group_c
 
     # A cached boot: straight to the gateway with the same certificate, no DPS connection.
     dps_before = emu_dps_connections(emu)
+    assert dps_before == 1
     again = dev.run()
     assert again.status == 0, again.output
     assert again.event("using_cached_assignment") and not again.event("registered")
@@ -99,15 +100,32 @@ def test_group_enrollment_with_intermediate_end_to_end(emulator, device, group_c
 
 
 def emu_dps_connections(emu) -> int:
-    return sum(1 for r in emu.registrations())
+    """CONNECTs the emulator's DPS accepted, from its log."""
+    log = (emu.state_dir / "emulator.log").read_text()
+    return sum(1 for line in log.splitlines() if " dps " in line and ": connected (" in line)
+
+
+def test_cached_x509_device_reregisters_when_the_gateway_refuses_it(emulator, device, group_ca, tmp_path):
+    cert, key = pki.issue_device(group_ca, "x509-refused", tmp_path)
+    doc = enrollment_doc(groups=[x509_group("factory", group_ca.root)])
+    emu = emulator(doc, "-v")
+    dev = x509_device(device, emu, "x509-refused", cert, key)
+    assert dev.run().status == 0
+    # The gateway refuses the cached identity once (CONNACK 5): the device asks DPS again, with its certificate.
+    emu.update_enrollments(dict(doc, faults={"gateway_refuse": {"code": 5, "count": 1}}))
+    result = dev.run()
+    assert result.status == 0, result.output
+    assert result.event("reprovisioning")["reason"] == "authentication"
+    assert result.event("registered") and result.event("telemetry_acknowledged")
+    assert emu_dps_connections(emu) == 2
 
 
 @pytest.mark.parametrize(
-    "key_type, key_format, encoding, how",
-    [("rsa", "pkcs1", "der", "certificate"), ("ec", "sec1", "pem", "thumbprint")],
-    ids=["rsa-pkcs1-der-by-certificate", "ec-sec1-pem-by-sha1-thumbprint"],
+    "key_type, key_format, encoding, how, use_mpy",
+    [("rsa", "pkcs1", "der", "certificate", True), ("ec", "sec1", "pem", "thumbprint", False)],
+    ids=["rsa-pkcs1-der-by-certificate-mpy", "ec-sec1-pem-by-sha1-thumbprint-source"],
 )
-def test_individual_enrollment_end_to_end(emulator, device, tmp_path, key_type, key_format, encoding, how):
+def test_individual_enrollment_end_to_end(emulator, device, tmp_path, key_type, key_format, encoding, how, use_mpy):
     root = pki.make_root()
     issued = pki.make_device_cert(root, "x509-single", key_type)
     suffix = "pem" if encoding == "pem" else "der"
@@ -119,11 +137,12 @@ def test_individual_enrollment_end_to_end(emulator, device, tmp_path, key_type, 
         sha1 = issued.cert.fingerprint(hashes.SHA1()).hex().upper()
         enrollment = x509_individual("x509-single", thumbprint=":".join(sha1[i : i + 2] for i in range(0, 40, 2)))
     emu = emulator(enrollment_doc([enrollment]), "-v")
-    dev = x509_device(device, emu, "x509-single", cert, key)
+    dev = x509_device(device, emu, "x509-single", cert, key, use_mpy=use_mpy)
 
     result = dev.run()
 
     _assert_provisioned_and_sent(result, emu, "x509-single")
+    assert emu.registrations()[-1]["enrollment"] == "individual:x509-single"
 
 
 def _expect_refused(dev, kind: str, *words: str):
