@@ -60,6 +60,7 @@ WORKERS = 2
 RUN_TIMEOUT_S = 60
 REPROVISION_FILE = "provisioning-reprovision.json"
 STATE, PEM, STAGED, TMP = "state.json", "trust_bundle.pem", "trust_bundle.pem.new", "state.json.tmp"
+INCOMING = "trust_bundle.pem.in"  # certificates streamed from the DPS answer before Store.save stages them
 
 
 # --- running the power-cut board ---------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def _classify_raw(files: dict[str, str], known: dict[str, str], fs: str = "lfs2"
         # orphan the firmware never reads. Counted by the caller, not classified.
         files = {name: sha for name, sha in files.items() if "~" not in name}
     state, pem, staged = files.get(STATE), files.get(PEM), files.get(STAGED)
-    extra = sorted(set(files) - {STATE, PEM, STAGED, TMP})
+    extra = sorted(set(files) - {STATE, PEM, STAGED, TMP, INCOMING})
     if extra:
         return "unexpected files %s" % extra
     if state is None and fs == "fat":
@@ -239,6 +240,8 @@ def _restart_and_check(image: Path, known: dict, record: dict, cut_output: str, 
         problems.append("after the restart: " + after)
     if STAGED in boot.files["POST"]:
         problems.append("a staged PEM is left after the restart")
+    if INCOMING in boot.files["POST"]:
+        problems.append("a half-streamed PEM is left after the restart")
     if lost:
         if "registered" not in boot.events:
             problems.append("state lost, but the device did not register again")
@@ -331,7 +334,7 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path, fs):
     ops, inside = [], None
     for line in measured.lines:
         event = parse_device_line(line)
-        if event and event[1] == "registered":
+        if event and event[1] == "dps_connected":  # the DPS answer's certificates stream to flash from here
             inside = True
         elif event and event[1] == "trust_bundle_stored":
             inside = False
@@ -358,7 +361,7 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path, fs):
             names = [p[1] for p in map(parse_device_line, cut_output.splitlines()) if p]
             if programmed != cut:
                 record.update(failure="no power cut at byte %d" % cut, output=cut_output)
-            elif "registered" not in names or "trust_bundle_stored" in names:
+            elif "dps_connected" not in names or "trust_bundle_stored" in names:
                 record.update(failure="cut outside Store.save", output=cut_output)
             else:
                 kept = tmp_path / f"after-cut-{cut}.img"

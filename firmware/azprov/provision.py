@@ -43,8 +43,10 @@ def _sleep_within(seconds, deadline, cause=None):
 class Session:
     """One DPS registration for a loaded provisioning file (azprov.config)."""
 
-    def __init__(self, config, client_version="azprov/" + __version__):
+    def __init__(self, config, client_version="azprov/" + __version__, bundle_sink=None):
         self.config = config
+        self.bundle_sink = bundle_sink  # see dps.Registration
+        self.streamed = []
         self.client_version = client_version
         self.connections = 0
         self._inbox = []
@@ -55,10 +57,16 @@ class Session:
 
     def _connect(self, deadline):
         cfg = self.config
+        x509 = cfg["attestation"] == "x509"
         if self._ctx is None:
             self._ctx, _ = transport.tls_context((read_text(cfg["dps_ca_file"], "dps_ca_file"),))
-        expiry = require_set_clock() + cfg["sas_ttl_s"]
-        password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
+            if x509:
+                transport.use_client_certificate(self._ctx, cfg["client_certificates"], cfg["client_key"])
+        if x509:
+            password = None  # the certificate in the TLS handshake is the credential
+        else:
+            expiry = require_set_clock() + cfg["sas_ttl_s"]
+            password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
         timeout = max(1, min(_IO_TIMEOUT_MS, _remaining_ms(deadline)))
         log.debug("dps_connecting", ("host", cfg["dps_host"]), ("port", cfg["dps_port"]))
         self.connections += 1
@@ -72,6 +80,7 @@ class Session:
             timeout,
             keepalive=_KEEPALIVE_S,
             on_message=self._on_message,
+            max_packet=None,  # a trust bundle may be large: the limit is what the free heap can take
             context="DPS",
         )
         try:
@@ -86,7 +95,7 @@ class Session:
         """Registers and returns the registrationState dict of an `assigned` result; raises ProvisioningError."""
         cfg = self.config
         deadline = time.ticks_add(time.ticks_ms(), cfg["registration_timeout_s"] * 1000)
-        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random)
+        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random, bundle_sink=self.bundle_sink)
         request = reg.start()
         client = None
         reconnects = 0
@@ -97,6 +106,7 @@ class Session:
                         client = self._connect(deadline)
                     request = self._exchange(client, reg, request, deadline)
                     if request is None:
+                        self.streamed = reg.streamed
                         return reg.result
                 except ProvisioningError as exc:
                     # The service's own answers were judged by the state machine; what is left to retry here is
