@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -221,6 +222,58 @@ def _field_path(parts) -> str:
     return out
 
 
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _describe(error) -> str:
+    """A schema error in words that never repeat the offending value: it may hold a key (jsonschema's own
+    messages print the whole instance)."""
+    kind, rule = error.validator, error.validator_value
+    if kind == "type":
+        types = rule if isinstance(rule, list) else [rule]
+        return "must be " + " or ".join(_TYPE_WORDS.get(t, str(t)) for t in types)
+    if kind == "required":
+        missing = [name for name in rule if isinstance(error.instance, dict) and name not in error.instance]
+        return f"needs the field {', '.join(missing) or ', '.join(rule)}"
+    if kind == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"has unknown fields {', '.join(map(_printable_name, extra))}; allowed: {', '.join(allowed)}"
+    if kind == "propertyNames":
+        return "has a name with characters or a length that are not allowed"
+    if kind == "pattern":
+        return "has characters or a length that are not allowed"
+    if kind == "enum":
+        return "must be one of " + ", ".join(json.dumps(v) for v in rule)
+    if kind == "oneOf" and all(isinstance(o, dict) and "required" in o for o in rule):
+        return "needs exactly one of " + ", ".join(o["required"][0] for o in rule)
+    if kind == "oneOf":
+        return "must be true, false or one of " + ", ".join(map(str, sorted(ALLOCATION_ERRORS)))
+    if kind in ("minLength", "minItems"):
+        return (
+            "must not be empty"
+            if rule == 1
+            else f"must have at least {rule} {'characters' if kind == 'minLength' else 'items'}"
+        )
+    if kind in ("maxLength", "maxItems"):
+        return f"must have at most {rule} {'characters' if kind == 'maxLength' else 'items'}"
+    return f"breaks the schema rule '{kind}'"
+
+
+def _printable_name(name: str) -> str:
+    # An unknown field's name is the user's own text, not a value; shown short and printable.
+    name = name if len(name) <= 40 else name[:40] + "..."
+    return json.dumps(name)
+
+
 def _check_base64_key(value: str, where: str, source):
     text = value.strip() + "=" * (-len(value.strip()) % 4)
     try:
@@ -239,17 +292,7 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     )
     if errors:
         error = jsonschema.exceptions.best_match(errors)
-        path = _field_path(error.absolute_path)
-        message = error.message
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = sorted(error.schema.get("properties", {}))
-            message += f"; allowed: {', '.join(allowed)}"
-        elif error.validator == "oneOf" and all("required" in option for option in error.validator_value):
-            names = [option["required"][0] for option in error.validator_value]
-            message = f"needs exactly one of {', '.join(names)}"
-        elif error.validator == "pattern":
-            message = f"{json.dumps(error.instance)} has characters or a length that are not allowed"
-        raise EnrollmentError(path, message, source)
+        raise EnrollmentError(_field_path(error.absolute_path), _describe(error), source)
 
     result = Enrollments(
         id_scope=document.get("id_scope", DEFAULT_ID_SCOPE), source=source, settings=dict(document.get("settings", {}))
@@ -358,6 +401,39 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     return result
 
 
+MAX_FILE_BYTES = 32 * 1024 * 1024  # about 150,000 enrollments
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_enrollment_text(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_FILE_BYTES in UTF-8 (a FIFO or /dev/zero is refused, not
+    read: one would block, the other grow without end)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise EnrollmentError("", "is a folder, not an enrollment file", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise EnrollmentError("", "is not a regular file (a device, FIFO or socket)", path)
+    if info.st_size > MAX_FILE_BYTES:
+        raise EnrollmentError("", f"is larger than {MAX_FILE_BYTES} bytes", path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise EnrollmentError("", f"is larger than {MAX_FILE_BYTES} bytes", path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnrollmentError("", f"is not UTF-8 (byte {exc.start})", path) from None
+
+
 def _load_ca_or_device(result: Enrollments, reference: str, where: str, source, ca: bool = False):
     """The first certificate of a PEM or DER file named by an X.509 enrollment (relative to the enrollment file)."""
     path = result.certificate_path(reference)
@@ -379,15 +455,19 @@ def _load_ca_or_device(result: Enrollments, reference: str, where: str, source, 
 
 def load_enrollments(path: str | os.PathLike, pki=None) -> Enrollments:
     path = Path(path)
+    text = read_enrollment_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from exc
-    try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise EnrollmentError("", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from exc
-    return parse_enrollments(document, source=path.resolve(), pki=pki)
+        raise EnrollmentError("", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from None
+    except RecursionError:
+        raise EnrollmentError("", "JSON nested too deeply", path) from None
+    except ValueError as exc:
+        raise EnrollmentError("", f"not valid JSON ({exc})", path) from None
+    try:
+        return parse_enrollments(document, source=path.resolve(), pki=pki)
+    except RecursionError:  # a document just shallow enough for the decoder, too deep for the validator
+        raise EnrollmentError("", "JSON nested too deeply", path) from None
 
 
 class EnrollmentStore:

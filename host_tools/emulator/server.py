@@ -129,6 +129,9 @@ class EmulatorServer:
         return self.info
 
     async def close(self) -> None:
+        if self.info:  # the ready marker goes with the endpoints: a stopped emulator leaves no stale emulator.json
+            (self.state_dir / "emulator.json").unlink(missing_ok=True)
+            self.info = {}
         if self.control is not None:
             await self.control.close()
         for endpoint in (self.dps, self.gateway):
