@@ -205,6 +205,8 @@ def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsi
     try:
         stage_device_root(flash_dir, None, use_mpy=not source, ca_files=cas, runtime=runtime)
         for file in files:
+            if file.dest.lstrip("/") in cas:  # a --ca file of the same name wins
+                continue
             target = flash_dir / file.dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(file.data)
