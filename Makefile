@@ -40,7 +40,7 @@ UNIX_MAKE = $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 B
 	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
 	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
 
-.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean runtimes
+.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean runtimes need-port
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
@@ -117,13 +117,17 @@ test: setup system-deps lint runtimes
 bench: setup system-deps runtimes
 	$(PY) -m host_tools bench
 
-flash: setup
+flash: need-port setup
 	$(PY) -m host_tools flash --port "$(PORT)" --chip "$(CHIP)" --firmware "$(FIRMWARE)"
 
-deploy: setup
+# The board commands need PORT: say so in one line instead of a cryptic error from the tool.
+need-port:
+	@if [ -z "$(PORT)" ]; then echo "PORT is not set: e.g. make $(MAKECMDGOALS) PORT=/dev/ttyUSB0 (python -m serial.tools.list_ports lists the ports)" >&2; exit 2; fi
+
+deploy: need-port setup
 	$(PY) -m host_tools deploy --port "$(PORT)" $(if $(PROVISIONING),--provisioning "$(PROVISIONING)")
 
-monitor: setup
+monitor: need-port setup
 	$(PY) -m host_tools monitor --port "$(PORT)"
 
 clean:
