@@ -34,6 +34,15 @@ _FIELDS = {
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),
     "mqtt_keepalive_s": (int, 120),
+    # The run loop (azprov.runloop): null runs it on every port but Unix.
+    "run_loop": (bool, None),
+    "retry_base_ms": (int, 1000),
+    "retry_max_s": (int, 300),
+    "reset_after_failures": (int, 10),  # 0: never reset the board
+    "retry_deep_sleep": (bool, False),
+    "watchdog_timeout_s": (int, 60),  # 0: no watchdog
+    "ntp_host": (str, None),
+    "ntp_resync_s": (int, 86400),  # 0: only after a (re-)join
 }
 
 
@@ -120,9 +129,25 @@ def parse(text, path="provisioning file"):
         raise _error(path, "sas_ttl_s", "must be between 5 and 31622400 seconds")
     if not 2 <= config["mqtt_keepalive_s"] <= 1740:  # IoT Hub's ceiling is 29 minutes
         raise _error(path, "mqtt_keepalive_s", "must be between 2 and 1740 seconds")
-    for name in ("telemetry_count", "telemetry_interval_s", "registration_timeout_s", "max_gateway_failures"):
+    for name in (
+        "telemetry_count",
+        "telemetry_interval_s",
+        "registration_timeout_s",
+        "max_gateway_failures",
+        "reset_after_failures",
+        "ntp_resync_s",
+    ):
         if config[name] < 0:
             raise _error(path, name, "must not be negative")
+    if not 1 <= config["retry_base_ms"] <= 3600000:
+        raise _error(path, "retry_base_ms", "must be between 1 and 3600000 milliseconds")
+    if not 1 <= config["retry_max_s"] <= 86400:
+        raise _error(path, "retry_max_s", "must be between 1 and 86400 seconds")
+    # The longest wait that cannot feed the watchdog is one blocking network call (15 s at most).
+    if config["watchdog_timeout_s"] and not 20 <= config["watchdog_timeout_s"] <= 3600:
+        raise _error(path, "watchdog_timeout_s", "must be 0 (off) or between 20 and 3600 seconds")
+    if config["ntp_host"] is not None and not config["ntp_host"].strip():
+        raise _error(path, "ntp_host", "must not be empty")
     if config["payload"] is not None:
         try:
             json.dumps(config["payload"])
