@@ -25,6 +25,17 @@ _STATUS_NAMES = (
 )
 
 
+# Join states after which waiting longer does not help (the driver has given up on this attempt).
+_FAILED_STATES = ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND", "STAT_CONNECT_FAIL", "STAT_ASSOC_FAIL")
+
+
+def _given_up(network, status):
+    for name in _FAILED_STATES:
+        if getattr(network, name, None) == status:
+            return True
+    return False
+
+
 def _status_name(network, status):
     for name in _STATUS_NAMES:
         if getattr(network, name, None) == status:
@@ -75,8 +86,9 @@ class Link:
             raise ProvisioningError(errors.NETWORK, "wifi %s: connect failed (%s)" % (self.ssid, exc))
         start = time.ticks_ms()
         while not wlan.isconnected():
-            if time.ticks_diff(time.ticks_ms(), start) >= _JOIN_TIMEOUT_MS:
-                status = _status_name(network, wlan.status())
+            status = wlan.status()
+            if _given_up(network, status) or time.ticks_diff(time.ticks_ms(), start) >= _JOIN_TIMEOUT_MS:
+                status = _status_name(network, status)
                 try:
                     wlan.disconnect()
                 except OSError:

@@ -113,7 +113,7 @@ class RunLoop:
 
     def _remember(self):
         if self.machine is not None:
-            _rtc_memory(self.machine, json.dumps({"m": _RTC_MAGIC, "f": self.backoff_failures}))
+            _rtc_memory(self.machine, json.dumps({"m": _RTC_MAGIC, "f": self.backoff_failures}).encode())
 
     def _forget(self):
         if self.backoff_failures and self.machine is not None:

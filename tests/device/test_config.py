@@ -92,3 +92,24 @@ def test_overlong_utf8_refused_by_load():
         assert exc.kind == errors.CONFIGURATION and "UTF-8" in exc.message
     else:
         raise AssertionError("accepted an overlong UTF-8 form")
+
+
+def test_run_loop_fields_have_defaults_and_bounds():
+    cfg = config.parse(_with(), "/flash/provisioning.json")
+    assert cfg["run_loop"] is None and cfg["retry_base_ms"] == 1000 and cfg["retry_max_s"] == 300
+    assert cfg["reset_after_failures"] == 10 and cfg["retry_deep_sleep"] is False
+    assert cfg["watchdog_timeout_s"] == 60 and cfg["ntp_host"] is None and cfg["ntp_resync_s"] == 86400
+    assert config.parse(_with(watchdog_timeout_s=0, run_loop=True))["watchdog_timeout_s"] == 0
+    for text, field in [
+        (_with(run_loop="yes"), "run_loop"),
+        (_with(retry_base_ms=0), "retry_base_ms"),
+        (_with(retry_max_s=0), "retry_max_s"),
+        (_with(retry_max_s=86401), "retry_max_s"),
+        (_with(reset_after_failures=-1), "reset_after_failures"),
+        (_with(retry_deep_sleep=1), "retry_deep_sleep"),
+        (_with(watchdog_timeout_s=10), "watchdog_timeout_s"),
+        (_with(watchdog_timeout_s=3601), "watchdog_timeout_s"),
+        (_with(ntp_host=""), "ntp_host"),
+        (_with(ntp_resync_s=-5), "ntp_resync_s"),
+    ]:
+        assert field in _error(text), field
