@@ -1,3 +1,11 @@
 # azprov: provision a MicroPython device into Azure IoT through DPS over MQTT, store the trust bundle,
 # and talk to the IoT Edge gateway it vouches for. Submodules import lazily: import only what you use.
 __version__ = "0.1.0"
+
+
+def connect(path="provisioning.json"):
+    """Provisions (or uses the cached assignment), connects to the gateway and returns an azprov.client.Client:
+    send(), twin(), report(), on_desired(), on_method(), on_c2d(), poll(), run(), run_async()."""
+    from azprov.app import connect
+
+    return connect(path)

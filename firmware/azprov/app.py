@@ -113,6 +113,64 @@ def _gateway(cfg, store, state):
     return Gateway(cfg, state["assignment"], (read_text(cfg["dps_ca_file"], "dps_ca_file"),), "dps_ca_file")
 
 
+def open_client(cfg, store):
+    """A Client (azprov.client) for this device: the cached assignment, or a new registration; not yet connected.
+    A cached assignment the gateway refuses is replaced by a fresh registration, keeping the handlers."""
+    from azprov.client import Client
+
+    state = _cached_state(cfg, store)
+    fresh = state is None
+    if fresh:
+        state = provision(cfg, store)
+    else:
+        log.info(
+            "using_cached_assignment",
+            ("hub", state["assignment"]["assigned_hub"]),
+            ("device_id", state["assignment"]["device_id"]),
+        )
+    log.debug("step", ("name", "gateway"))
+
+    def reprovision():
+        client.gateway.close()
+        return _gateway(cfg, store, provision(cfg, store))
+
+    client = Client(_gateway(cfg, store, state), None if fresh else reprovision)
+    client.config = cfg
+    client.store = store
+    return client
+
+
+def load_config(path):
+    from azprov import config
+
+    cfg = config.load(path)
+    config = None
+    release("config")
+    log.set_level(cfg["log_level"])
+    log.info("config_loaded", ("registration_id", cfg["registration_id"]), ("dps_host", cfg["dps_host"]))
+    return cfg
+
+
+def connect(path="provisioning.json"):
+    """azprov.connect(): provisions (or uses the cached assignment), connects to the gateway, returns the Client."""
+    cfg = load_config(path)
+    client = open_client(cfg, Store(cfg["storage_dir"]))
+    client.connect()
+    return client
+
+
+def done(client_or_gateway, messages, store):
+    gateway = getattr(client_or_gateway, "gateway", client_or_gateway)
+    log.info(
+        "done",
+        ("messages", messages),
+        ("dps_connections", _dps_connections[0]),
+        ("gateway_connections", gateway.connections),
+        ("renewals", gateway.renewals),
+        ("flash_writes", store.writes),
+    )
+
+
 def _telemetry_payload(cfg, sequence):
     return json.dumps(
         {
@@ -122,14 +180,6 @@ def _telemetry_payload(cfg, sequence):
             "uptimeMs": time.ticks_ms(),
         }
     )
-
-
-def _backoff_s(failures):
-    # Exponential backoff with jitter, so a fleet that lost its gateway does not come back in one wave.
-    import os
-
-    base = min(60, 1 << min(failures, 6))
-    return base / 2 + base / 2 * os.urandom(1)[0] / 256
 
 
 def run(cfg, store, make_payload=_telemetry_payload):
@@ -145,6 +195,8 @@ def run(cfg, store, make_payload=_telemetry_payload):
         )
     log.debug("step", ("name", "gateway"))
     gateway = _gateway(cfg, store, state)
+    from azprov.gateway import backoff_s
+
     count = cfg["telemetry_count"]  # 0: run until power-off
     sequence = 0
     failures = 0
@@ -171,7 +223,7 @@ def run(cfg, store, make_payload=_telemetry_payload):
                     continue
                 if not exc.transient or failures >= cfg["max_gateway_failures"]:
                     raise
-                delay = _backoff_s(failures)
+                delay = backoff_s(failures)
                 log.warning("gateway_retry", ("reason", exc.kind), ("in_s", int(delay)), ("failures", failures))
                 time.sleep(delay)
                 continue
@@ -180,28 +232,22 @@ def run(cfg, store, make_payload=_telemetry_payload):
             sequence += 1
     finally:
         gateway.close()
-    log.info(
-        "done",
-        ("messages", sequence),
-        ("dps_connections", _dps_connections[0]),
-        ("gateway_connections", gateway.connections),
-        ("renewals", gateway.renewals),
-        ("flash_writes", store.writes),
-    )
+    done(gateway, sequence, store)
     return 0
 
 
-def main(path="provisioning.json"):
-    """Runs the whole flow; returns 0 when every step happened, 1 after logging a classified error."""
+def main(path="provisioning.json", hub_features=True):
+    """Runs the default application (azprov.default_app: telemetry, twin, methods, C2D), or with
+    hub_features=False the telemetry-only flow; returns 0 when every step happened, 1 after logging a classified
+    error."""
     try:
-        from azprov import config
+        cfg = load_config(path)
+        store = Store(cfg["storage_dir"])
+        if not hub_features:
+            return run(cfg, store)
+        from azprov import default_app
 
-        cfg = config.load(path)
-        config = None
-        release("config")
-        log.set_level(cfg["log_level"])
-        log.info("config_loaded", ("registration_id", cfg["registration_id"]), ("dps_host", cfg["dps_host"]))
-        return run(cfg, Store(cfg["storage_dir"]))
+        return default_app.serve(open_client(cfg, store))
     except ProvisioningError as exc:
         _log_failure(exc)
         return 1

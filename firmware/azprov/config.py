@@ -9,7 +9,10 @@ from azprov.encoding import b64decode, check_utf8
 from azprov.errors import ProvisioningError
 
 _MAX_FILE_BYTES = const(8192)
-_REG_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:"
+_MAX_DEPTH = const(32)  # JSON nesting a field may have; well inside every interpreter's stack (and an ESP32's)
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_REG_ID_CHARS = _ALNUM + "-._:"
+_HOST_CHARS = _ALNUM + ".-"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # name -> (type, default); _REQUIRED has no default.
@@ -48,6 +51,27 @@ _FIELDS = {
 
 def _error(path, field, message):
     return ProvisioningError(errors.CONFIGURATION, "%s: %s %s" % (path, field, message))
+
+
+def _depth(value):
+    """How deeply `value` nests (a scalar is 0), counted without recursion."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if level > deepest:
+                deepest = level
+            if level <= _MAX_DEPTH:
+                for inner in item:
+                    todo.append((inner, level + 1))
+    return deepest
+
+
+def _is_host_name(text):
+    return 0 < len(text) <= 253 and all(c in _HOST_CHARS for c in text) and text[0] not in ".-" and text[-1] not in ".-"
 
 
 def _directory_of(path):
@@ -89,6 +113,9 @@ def parse(text, path="provisioning file"):
         raise ProvisioningError(errors.CONFIGURATION, "%s: JSON nested too deeply" % path)
     if not isinstance(raw, dict):
         raise ProvisioningError(errors.CONFIGURATION, "%s: must be a JSON object" % path)
+    for name in raw:
+        if _depth(raw[name]) > _MAX_DEPTH - 1:
+            raise _error(path, name, "is nested too deeply")
     config = {}
     for name, (kind, default) in _FIELDS.items():
         value = raw.get(name)
@@ -108,6 +135,14 @@ def parse(text, path="provisioning file"):
     for name in ("dps_host", "id_scope", "registration_id", "symmetric_key", "dps_ca_file", "storage_dir"):
         if not config[name].strip():
             raise _error(path, name, "must not be empty")
+    for name in ("dps_host", "gateway_host", "ntp_host"):
+        if config[name] is not None and not _is_host_name(config[name]):
+            raise _error(path, name, "must be a host name (letters, digits, dots and dashes)")
+    scope = config["id_scope"]
+    if len(scope) != 11 or scope[:3].lower() != "0ne" or any(c not in _ALNUM for c in scope):
+        raise _error(path, "id_scope", "must be 0ne followed by 8 letters or digits, e.g. 0ne00AAAAAA")
+    if ".." in config["storage_dir"].replace("\\", "/").split("/"):
+        raise _error(path, "storage_dir", "must not contain '..'")
     for name in ("dps_port", "gateway_port"):
         if not 0 < config[name] < 65536:
             raise _error(path, name, "must be between 1 and 65535")
@@ -132,13 +167,14 @@ def parse(text, path="provisioning file"):
     for name in (
         "telemetry_count",
         "telemetry_interval_s",
-        "registration_timeout_s",
         "max_gateway_failures",
         "reset_after_failures",
         "ntp_resync_s",
     ):
         if config[name] < 0:
             raise _error(path, name, "must not be negative")
+    if config["registration_timeout_s"] < 5:  # less cannot fit one TLS handshake and an answer
+        raise _error(path, "registration_timeout_s", "must be at least 5 seconds")
     if not 1 <= config["retry_base_ms"] <= 3600000:
         raise _error(path, "retry_base_ms", "must be between 1 and 3600000 milliseconds")
     if not 1 <= config["retry_max_s"] <= 86400:
@@ -146,15 +182,16 @@ def parse(text, path="provisioning file"):
     # The longest wait that cannot feed the watchdog is one blocking network call (15 s at most).
     if config["watchdog_timeout_s"] and not 20 <= config["watchdog_timeout_s"] <= 3600:
         raise _error(path, "watchdog_timeout_s", "must be 0 (off) or between 20 and 3600 seconds")
-    if config["ntp_host"] is not None and not config["ntp_host"].strip():
-        raise _error(path, "ntp_host", "must not be empty")
-    if config["payload"] is not None:
-        try:
-            json.dumps(config["payload"])
-        except RuntimeError:  # nesting deeper than the stack allows (far less deep on an ESP32 than here)
-            raise _error(path, "payload", "is nested too deeply")
-    if config["gateway_host"] is not None and not config["gateway_host"].strip():
-        raise _error(path, "gateway_host", "must not be empty")
+    wifi = config["wifi"]
+    if wifi is not None:
+        for name in wifi:
+            if name not in ("ssid", "password"):
+                raise _error(path, "wifi." + name, "is not a Wi-Fi setting (ssid, password)")
+        ssid = wifi.get("ssid")
+        if not isinstance(ssid, str) or not 0 < len(ssid) <= 32:
+            raise _error(path, "wifi.ssid", "must be a string of 1 to 32 characters")
+        if not isinstance(wifi.get("password", ""), str) or len(wifi.get("password", "")) > 64:
+            raise _error(path, "wifi.password", "must be a string of at most 64 characters")
     base = _directory_of(path)
     config["dps_ca_file"] = resolve(base, config["dps_ca_file"])
     config["storage_dir"] = resolve(base, config["storage_dir"])

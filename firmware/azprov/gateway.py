@@ -30,6 +30,14 @@ def telemetry_topic(device_id, properties=None):
     return topic
 
 
+def backoff_s(failures):
+    # Exponential backoff with jitter, so a fleet that lost its gateway does not come back in one wave.
+    import os
+
+    base = min(60, 1 << min(failures, 6))
+    return base / 2 + base / 2 * os.urandom(1)[0] / 256
+
+
 JSON_PROPERTIES = (("$.ct", "application/json"), ("$.ce", "utf-8"))
 
 
@@ -50,6 +58,9 @@ class Gateway:
         self.renewals = 0
         self._last_ping = 0
         self.keepalive_s = config["mqtt_keepalive_s"]
+        # An azprov.client.Client when the application uses twin, methods or C2D: told about every connect
+        # (to subscribe again and reconcile the twin) and handed every message the hub sends.
+        self.listener = None
         # MQTT servers drop a client silent for 1.5 keepalive periods; ping at half of it.
         self._ping_every_ms = self.keepalive_s * 500
 
@@ -83,10 +94,27 @@ class Gateway:
         )
         self._last_ping = time.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
+        if self.listener is not None:
+            try:
+                self.listener.after_connect(self.client)
+            except Exception as exc:
+                if self.client is not None:
+                    transport.close(self.client)
+                    self.client = None
+                raise transport.classify(exc, "gateway")
 
     def _on_cloud_message(self, topic, body):
-        # Nothing is subscribed; whatever the hub still sends is noted and dropped.
+        # Without a listener nothing is subscribed; whatever the hub still sends is noted and dropped.
         log.info("cloud_message_ignored", ("topic", bytes(topic).decode()), ("bytes", len(body)))
+
+    def ping_if_due(self):
+        if time.ticks_diff(time.ticks_ms(), self._last_ping) >= self._ping_every_ms:
+            self.client.ping()
+            self._last_ping = time.ticks_ms()
+            log.debug("gateway_ping")
+
+    def ms_to_ping(self):
+        return max(0, self._ping_every_ms - time.ticks_diff(time.ticks_ms(), self._last_ping))
 
     def idle(self, seconds):
         """Waits `seconds` while keeping the connection alive: answers the server, pings before the keepalive runs

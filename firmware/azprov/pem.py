@@ -1,5 +1,6 @@
 # PEM certificates: normalise, split, and convert to DER. MicroPython's TLS needs DER, one certificate per
-# load_verify_locations() call (a concatenation silently loads only the first).
+# load_verify_locations() call (a concatenation silently loads only the first). Text outside BEGIN/END blocks is
+# explanatory text and ignored (RFC 7468 section 2): CA bundles carry "# <name>" or "subject=" lines between blocks.
 from azprov.encoding import b64decode
 
 _BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -43,8 +44,6 @@ def split(text):
         elif lines is not None:
             lines.append(line)
             body.append(line)
-        else:
-            raise PemError("text outside a certificate block")
     if lines is not None:
         raise PemError("certificate %d has no END line" % (count + 1))
     if count == 0:

@@ -1,7 +1,8 @@
 # The device's flow as steps for the run loop (azprov.runloop): provisioning file -> Wi-Fi -> clock -> (cached
 # assignment | DPS registration) -> gateway -> telemetry for ever (or `telemetry_count` messages). A failure names
 # the step to start again from: the one that failed, the Wi-Fi when the link is down, DPS when the gateway refuses
-# the cached credentials or certificate. Nothing is re-registered for a network outage.
+# the cached credentials or certificate. Nothing is re-registered for a network outage. The application is the
+# default one (azprov.default_app) on an azprov.client.Client, as in a one-shot run.
 import gc
 import sys
 import time
@@ -29,7 +30,8 @@ class Flow:
         self.state = None
         self.fresh = False
         self.reprovision = False
-        self.gateway = None
+        self.client = None  # azprov.client.Client over the gateway connection
+        self.app = None  # azprov.default_app.DefaultApp: the handlers
         self.sequence = 0
         self.acknowledged = 0
         self._interval_done = False  # the telemetry interval before `sequence` has passed (not again on a retry)
@@ -96,55 +98,66 @@ class Flow:
         return False
 
     def _connect(self):
-        from azprov import app
+        if self.client is None:
+            from azprov import app
+            from azprov.client import Client
+            from azprov.default_app import DefaultApp
 
-        if self.gateway is None:
-            self.gateway = app._gateway(self.config, self.store, self.state)
-        if self.gateway.client is None:
+            # No reprovision callback: a refused cached assignment comes back here through recover().
+            client = Client(app._gateway(self.config, self.store, self.state))
+            client.config = self.config
+            client.store = self.store
+            self.app = DefaultApp(client)  # telemetry, twin, the `ping` method, C2D
+            self.client = client
+        gateway = self.client.gateway
+        if gateway.client is None:
             watchdog.feed()
-            self.gateway.connect()
+            gateway.connect()  # subscribes and reads the twin (Client.after_connect)
             watchdog.feed()
         return False
 
     def _telemetry(self):
+        from azprov.app import _telemetry_payload
+
         cfg = self.config
-        gateway = self.gateway
+        client, application = self.client, self.app
         count = cfg["telemetry_count"]  # 0: until power-off
-        interval_ms = cfg["telemetry_interval_s"] * 1000
-        payload = self._make_payload or _payload
+        payload = self._make_payload or _telemetry_payload
         while not count or self.sequence < count:
             self._watch()
-            if self.sequence and interval_ms and not self._interval_done:
-                self._wait(interval_ms)
+            if self.sequence and not self._interval_done:
+                self._serve(application.interval_s * 1000)  # the interval a desired property may change
             self._interval_done = True
-            gateway.renew_if_due()
+            if client.connected:
+                client.gateway.renew_if_due()
+            application.flush_reports()
             watchdog.feed()
-            gateway.send(payload(cfg, self.sequence))
-            log.info("telemetry_acknowledged", ("device_id", gateway.device_id), ("sequence", self.sequence))
+            client.send(payload(cfg, self.sequence), content_type="application/json", content_encoding="utf-8")
+            log.info("telemetry_acknowledged", ("device_id", client.device_id), ("sequence", self.sequence))
             self.sequence += 1
             self.acknowledged += 1
             self._interval_done = False
             self.fresh = False  # the gateway accepted this assignment: a later refusal asks DPS again
             if not self.acknowledged % _HEAP_SAMPLE_EVERY:
-                gc.collect()
-                log.info(
-                    "heap_sample",
-                    ("free", gc.mem_free()),
-                    ("allocated", gc.mem_alloc()),
-                    ("modules", len(sys.modules)),
-                    ("acknowledged", self.acknowledged),
-                    ("connections", gateway.connections),
-                    ("renewals", gateway.renewals),
-                )
-        log.info(
-            "done",
-            ("messages", self.sequence),
-            ("gateway_connections", gateway.connections),
-            ("renewals", gateway.renewals),
-            ("flash_writes", self.store.writes),
-        )
+                self._heap_sample()
+        from azprov.app import done
+
+        done(client, self.sequence, self.store)
         self._close_gateway()
         return True
+
+    def _heap_sample(self):
+        gc.collect()
+        gateway = self.client.gateway
+        log.info(
+            "heap_sample",
+            ("free", gc.mem_free()),
+            ("allocated", gc.mem_alloc()),
+            ("modules", len(sys.modules)),
+            ("acknowledged", self.acknowledged),
+            ("connections", gateway.connections),
+            ("renewals", gateway.renewals),
+        )
 
     def _watch(self):
         """Between messages: the Wi-Fi must still be up; the clock is re-synced when a day has passed."""
@@ -153,8 +166,9 @@ class Flow:
         if self.link.clock_due():
             self.link.sync_clock()
 
-    def _wait(self, ms):
-        """The telemetry interval: the connection kept alive (pings, token renewal), the link watched."""
+    def _serve(self, ms):
+        """The telemetry interval: handlers served, the connection kept alive (pings, token renewal), the link
+        watched."""
         end = time.ticks_add(time.ticks_ms(), ms)
         while True:
             remaining = time.ticks_diff(end, time.ticks_ms())
@@ -162,14 +176,14 @@ class Flow:
                 return
             watchdog.feed()
             self.link.check()
-            self.gateway.idle(min(remaining, _LINK_CHECK_MS) / 1000)
+            self.client.poll(min(remaining, _LINK_CHECK_MS))
 
     # --- failures
 
     def _close_gateway(self):
-        if self.gateway is not None:
-            self.gateway.close()
-            self.gateway = None
+        if self.client is not None:
+            self.client.close()
+            self.client = self.app = None
 
     def recover(self, exc, step):
         """Cleans up after a failed step and returns the step to start again from."""
@@ -185,11 +199,11 @@ class Flow:
                     self._close_gateway()
                     self.reprovision = True
                     return "provision"
-            if self.gateway is not None and self.gateway.client is not None:
+            if self.client is not None and self.client.connected:
                 from azprov import transport
 
-                transport.close(self.gateway.client)
-                self.gateway.client = None
+                transport.close(self.client.gateway.client)
+                self.client.gateway.client = None
         if self.config is None:
             return "config"
         if exc.kind in _NETWORK_KINDS and step not in ("config", "link") and not self.link.connected():

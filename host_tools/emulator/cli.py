@@ -1,8 +1,12 @@
-"""`python -m host_tools emulator ...`: run the DPS + gateway emulator until Ctrl-C / SIGTERM (exit 0)."""
+"""`python -m host_tools emulator --state-dir DIR ...`: run the DPS + gateway emulator until Ctrl-C / SIGTERM (exit 0).
+
+Subcommands use a running emulator as the IoT Hub service would be used (host_tools/emulator/control.py):
+`emulator invoke-method`, `emulator send-c2d`, `emulator twin [--set-desired JSON]`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -21,10 +25,10 @@ def _fault_epilog() -> str:
     return "\n".join(lines)
 
 
-@click.command("emulator", epilog=_fault_epilog())
+@click.group("emulator", epilog=_fault_epilog(), invoke_without_command=True)
+@click.pass_context
 @click.option(
     "--state-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for pki/, emulator.json, telemetry.jsonl, registrations.jsonl (created if absent).",
 )
@@ -73,7 +77,8 @@ def _fault_epilog() -> str:
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug). Keys and tokens are never logged.")
 def emulator(
-    state_dir: Path,
+    ctx: click.Context,
+    state_dir: Path | None,
     enrollments: Path | None,
     demo: bool,
     host: str,
@@ -86,7 +91,12 @@ def emulator(
     rate_limit: float | None,
     verbose: int,
 ):
-    """Run the local DPS + IoT Edge gateway emulator (see docs/emulator.md)."""
+    """Run the local DPS + IoT Edge gateway emulator (see docs/emulator.md); with a subcommand, use a running one
+    as the IoT Hub service (direct methods, C2D messages, device twins)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if state_dir is None:
+        raise click.UsageError("Missing option '--state-dir'.")
     from host_tools.emulator.server import EmulatorServer
 
     logging.basicConfig(
@@ -166,3 +176,94 @@ async def _serve(server) -> None:
         click.echo("stopping")
     finally:
         await server.close()
+
+
+# ---------------------------------------------------------------------------------------- service commands
+
+_STATE_DIR = click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The running emulator's --state-dir (its emulator.json says where to reach it).",
+)
+
+
+def _service(state_dir: Path):
+    from host_tools.emulator.control import ServiceClient, ServiceError
+
+    try:
+        return ServiceClient.from_state_dir(state_dir)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _json_option(text: str | None, name: str):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+
+
+def _call(function, *args, **kwargs):
+    from host_tools.emulator.control import ServiceError
+
+    try:
+        return function(*args, **kwargs)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@emulator.command("invoke-method")
+@_STATE_DIR
+@click.argument("device_id")
+@click.argument("method_name")
+@click.option("--payload", help="The request payload as JSON (default: none).")
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 300, min_open=True),
+    help="Seconds to wait for the device's answer (504 after that; 404 when the device is not online).",
+)
+def invoke_method(state_dir: Path, device_id: str, method_name: str, payload: str | None, timeout: float):
+    """Call direct method METHOD_NAME on DEVICE_ID; prints {"status": ..., "payload": ...}."""
+    service = _service(state_dir)
+    result = _call(service.invoke_method, device_id, method_name, _json_option(payload, "--payload"), timeout)
+    click.echo(json.dumps(result))
+
+
+@emulator.command("send-c2d")
+@_STATE_DIR
+@click.argument("device_id")
+@click.argument("payload")
+@click.option("--property", "properties", multiple=True, metavar="NAME=VALUE", help="Message property (repeatable).")
+def send_c2d(state_dir: Path, device_id: str, payload: str, properties: tuple[str, ...]):
+    """Queue a cloud-to-device message for DEVICE_ID (delivered now if it listens); prints its message id."""
+    bag = {}
+    for text in properties:
+        name, eq, value = text.partition("=")
+        if not name or not eq:
+            raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--property")
+        bag[name] = value
+    click.echo(_call(_service(state_dir).send_c2d, device_id, payload, bag))
+
+
+@emulator.command("twin")
+@_STATE_DIR
+@click.argument("device_id")
+@click.option(
+    "--set-desired",
+    "desired",
+    metavar="JSON",
+    help="Merge this patch into the desired properties, e.g. '{\"telemetryIntervalSeconds\": 5}'.",
+)
+def twin(state_dir: Path, device_id: str, desired: str | None):
+    """Print DEVICE_ID's twin; with --set-desired, change its desired properties first (the device is notified)."""
+    service = _service(state_dir)
+    patch = _json_option(desired, "--set-desired")
+    if desired is not None and not isinstance(patch, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--set-desired")
+    result = _call(service.set_desired, device_id, patch) if patch is not None else _call(service.twin, device_id)
+    click.echo(json.dumps(result, indent=2))

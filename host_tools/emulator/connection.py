@@ -223,13 +223,19 @@ class Endpoint:
         client = await self._authenticate(session, connect)
         if client is None:
             return None
-        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED))
+        present = self.resume_session(client, connect)
+        await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED, session_present=present))
         session.state = client
         session.keepalive_timeout = self.keepalive_timeout(connect)
         return client
 
     async def _authenticate(self, session: MqttSession, connect: mqtt.Connect):
         raise NotImplementedError
+
+    def resume_session(self, client, connect: mqtt.Connect) -> bool:
+        """Restores what the endpoint keeps for a clean_session=0 client; True when it had a session (CONNACK
+        session present)."""
+        return False
 
     async def refuse(self, session: MqttSession, code: int, why: str) -> None:
         self.stats.incr(self.name, "refused")

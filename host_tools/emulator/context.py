@@ -70,7 +70,7 @@ class EmulatorContext:
         self.assignments: dict[str, Assignment] = {}  # by device id
         self.operations: dict[str, Any] = {}  # DPS operation id -> operation
         self.register_attempts: dict[str, int] = {}  # registration id -> register requests seen
-        self.twins: dict[str, dict] = {}  # device id -> reported properties
+        self.hub = None  # the HubService (twins, C2D, methods), set by the server once it knows the state folder
         self.lock = threading.Lock()
 
     # --- faults

@@ -11,6 +11,10 @@
   (QoS 1 is acknowledged after the record is flushed, as edgeHub acknowledges once stored).
 - QoS 2, a publish to another device's topic or to an unknown topic -> the connection is dropped.
 - The token's expiry is enforced on the live connection: when `se` passes, the gateway closes the connection.
+- Twin, direct methods and C2D as IoT Hub serves them (host_tools/emulator/hub.py holds the service side): twin
+  answers, desired patches and method requests at QoS 0, C2D at QoS 1 (at most the granted QoS); for a
+  `clean_session=0` client the subscriptions are kept per client id across connections (CONNACK session present),
+  as IoT Hub does and the official SDK relies on (it never subscribes again after a reconnect).
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
 from host_tools.emulator.dps import raw_query
+from host_tools.emulator.hub import DEFAULT_METHOD_TIMEOUT_S, HubError, HubService
 from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
 
 
@@ -61,6 +66,8 @@ class GatewayClient:
         self.device_id, self.hub, self._ctx, self._enrollment = device_id, hub, ctx, enrollment
         self.token_expiry, self.skew = token_expiry, skew
         self.subscriptions: dict[str, int] = {}
+        self.clean_session = True
+        self.in_flight: dict[int, object] = {}  # packet id -> C2DMessage delivered on this connection, not acked
         self.messages = 0
         self.expiry_task: asyncio.Task | None = None
 
@@ -76,6 +83,7 @@ class GatewayClient:
     def allowed_filters(self) -> set[str]:
         return {
             f"devices/{self.device_id}/messages/devicebound/#",
+            "devices/+/messages/devicebound/#",
             "$iothub/twin/res/#",
             "$iothub/twin/PATCH/properties/desired/#",
             "$iothub/methods/POST/#",
@@ -84,6 +92,24 @@ class GatewayClient:
 
 class GatewayEndpoint(Endpoint):
     name = "gateway"
+
+    def __init__(self, ctx, ssl_context):
+        super().__init__(ctx, ssl_context)
+        self.live: dict[str, tuple[MqttSession, GatewayClient]] = {}  # device id -> its newest connection
+
+    @property
+    def hub(self) -> HubService:
+        return self.ctx.hub
+
+    def resume_session(self, client: GatewayClient, connect: mqtt.Connect) -> bool:
+        """clean_session=0: the subscriptions stored for this client id (session present); 1: a fresh session."""
+        client.clean_session = connect.clean_session
+        if connect.clean_session:
+            self.hub.sessions.pop(connect.client_id, None)
+            return False
+        present = connect.client_id in self.hub.sessions
+        client.subscriptions = self.hub.sessions.setdefault(connect.client_id, {})
+        return present
 
     async def serve(self, session: MqttSession) -> None:
         client = await self.accept_client(session)
@@ -96,11 +122,13 @@ class GatewayEndpoint(Endpoint):
             int(client.token_expiry - time.time()),
         )
         client.expiry_task = asyncio.create_task(self._expire(session, client))
+        self.live[client.device_id] = (session, client)
         if self.ctx.fault_book.consume(
             client.faults, "gateway_drop_after", client.device_id, when=lambda v: v["at"] == "connack"
         ):
             raise ConnectionDropped("fault gateway_drop_after=connack")
         timeout = session.keepalive_timeout
+        await self._deliver_c2d(session, client)  # a kept session may already be subscribed
         while not session.closed:
             packet = await session.read_packet(timeout)
             if packet is None:
@@ -111,6 +139,12 @@ class GatewayEndpoint(Endpoint):
         client = session.state
         if client is not None and client.expiry_task is not None:
             client.expiry_task.cancel()
+        if client is not None:
+            if self.live.get(client.device_id, (None,))[0] is session:
+                del self.live[client.device_id]
+            for message in client.in_flight.values():
+                message.in_flight = None  # not acknowledged: delivered again on the next connection
+            client.in_flight.clear()
 
     async def _expire(self, session: MqttSession, client: GatewayClient) -> None:
         # Real hubs close a connection whose token has expired; a client must reconnect with a fresh token.
@@ -196,6 +230,7 @@ class GatewayEndpoint(Endpoint):
                     self.log.info("%s: refusing subscription to %r", session, topic_filter)
                     codes.append(mqtt.SUBACK_FAILURE)
             await session.send(mqtt.SubAck(packet.packet_id, codes))
+            await self._deliver_c2d(session, client)
         elif isinstance(packet, mqtt.Unsubscribe):
             for topic_filter in packet.topics:
                 client.subscriptions.pop(topic_filter, None)
@@ -203,7 +238,12 @@ class GatewayEndpoint(Endpoint):
         elif isinstance(packet, mqtt.PingReq):
             await session.send(mqtt.PingResp())
         elif isinstance(packet, mqtt.PubAck):
-            pass
+            message = client.in_flight.pop(packet.packet_id, None)
+            if message is not None:
+                queue = self.hub.c2d.get(client.device_id, [])
+                if message in queue:
+                    queue.remove(message)
+                self.hub.record(client.device_id, "c2d_completed", message_id=message.message_id)
         elif isinstance(packet, mqtt.Disconnect):
             session.close("client DISCONNECT")
         elif isinstance(packet, mqtt.Connect):
@@ -225,6 +265,7 @@ class GatewayEndpoint(Endpoint):
             await self._twin(session, client, topic, packet.payload)
         elif topic.startswith("$iothub/methods/res/"):
             await self._ack(session, packet)
+            self._method_answer(client, topic, packet.payload)
         else:
             raise ConnectionDropped(f"PUBLISH to a topic the gateway does not serve: {topic!r}")
 
@@ -258,39 +299,143 @@ class GatewayEndpoint(Endpoint):
         await self._ack(session, packet)
 
     async def _twin(self, session: MqttSession, client: GatewayClient, topic: str, payload: bytes) -> None:
-        """A minimal twin: GET returns desired/reported, reported PATCH merges and bumps the version."""
+        """GET answers the whole twin; a reported PATCH merges (null deletes) and bumps the reported $version."""
         rid = raw_query(topic).get("$rid", "")
-        with self.ctx.lock:
-            twin = self.ctx.twins.setdefault(
-                client.device_id, {"desired": {"$version": 1}, "reported": {"$version": 1}}
-            )
+        twins = self.hub.twins
         if topic.startswith("$iothub/twin/GET/"):
-            await self._deliver(session, client, f"$iothub/twin/res/200/?$rid={rid}", json.dumps(twin).encode())
+            twin = twins.get(client.device_id)
+            self.hub.record(client.device_id, "twin_get", rid=rid, desired_version=twin["desired"]["$version"])
+            await self._deliver(session, client, f"$iothub/twin/res/200/?$rid={rid}", json.dumps(twin).encode(), 0)
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
             try:
                 patch = json.loads(payload or b"{}")
-                if not isinstance(patch, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                await self._deliver(session, client, f"$iothub/twin/res/400/?$rid={rid}", b"")
+                reported = twins.patch(client.device_id, "reported", patch)
+            except (ValueError, HubError):
+                self.hub.record(client.device_id, "reported_patch", rid=rid, status=400)
+                await self._deliver(session, client, f"$iothub/twin/res/400/?$rid={rid}", b"", 0)
                 return
-            reported = twin["reported"]
-            reported.update({k: v for k, v in patch.items() if not k.startswith("$")})
-            reported["$version"] += 1
-            await self._deliver(
-                session, client, f"$iothub/twin/res/204/?$rid={rid}&$version={reported['$version']}", b""
-            )
+            version = reported["$version"]
+            self.hub.record(client.device_id, "reported_patch", rid=rid, status=204, version=version, patch=patch)
+            await self._deliver(session, client, f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"", 0)
         else:
             raise ConnectionDropped(f"PUBLISH to an unknown twin topic {topic!r}")
 
-    async def _deliver(self, session: MqttSession, client: GatewayClient, topic: str, payload: bytes) -> None:
-        qos = max((q for f, q in client.subscriptions.items() if mqtt.topic_matches(f, topic)), default=None)
-        if qos is None:
-            self.log.warning("%s: twin answer not delivered: not subscribed to $iothub/twin/res/#", session)
+    async def _deliver(
+        self, session: MqttSession, client: GatewayClient, topic: str, payload: bytes, qos: int = 0
+    ) -> bool:
+        """PUBLISH to the client at min(`qos`, granted QoS); False when no subscription matches."""
+        granted = max((q for f, q in client.subscriptions.items() if mqtt.topic_matches(f, topic)), default=None)
+        if granted is None:
+            self.log.info("%s: %s not delivered: no matching subscription", session, topic[:60])
+            return False
+        qos = min(qos, granted)
+        packet_id = session.next_packet_id() if qos else None
+        await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
+        return True
+
+    # ------------------------------------------------------------------------------ service side
+
+    def _subscribed_client(self, device_id: str, topic: str):
+        session, client = self.live.get(device_id, (None, None))
+        if session is None or session.closed:
+            return None, None
+        if not any(mqtt.topic_matches(f, topic) for f in client.subscriptions):
+            return None, None
+        return session, client
+
+    async def set_desired(self, device_id: str, patch: dict) -> dict:
+        """Merges `patch` into the desired properties and notifies the device if it is connected and subscribed."""
+        desired = self.hub.twins.patch(device_id, "desired", patch)
+        version = desired["$version"]
+        body = {k: v for k, v in patch.items() if not k.startswith("$")}
+        body["$version"] = version
+        topic = f"$iothub/twin/PATCH/properties/desired/?$version={version}"
+        self.hub.record(device_id, "desired_patch", version=version, patch=patch)
+        session, client = self._subscribed_client(device_id, topic)
+        if session is not None:
+            await self._deliver(session, client, topic, json.dumps(body).encode(), 0)
+            self.hub.record(device_id, "desired_sent", version=version)
+        return self.hub.twins.get(device_id)
+
+    async def invoke_method(
+        self, device_id: str, name: str, payload=None, timeout: float = DEFAULT_METHOD_TIMEOUT_S
+    ) -> dict:
+        """Calls a direct method: {"status": <device's status or 404/504>, "payload": <its JSON answer>}."""
+        rid = self.hub.next_rid()
+        topic = f"$iothub/methods/POST/{quote(name, safe='')}/?$rid={rid}"
+        self.hub.record(device_id, "method_invoked", name=name, rid=rid, payload=payload, timeout=timeout)
+        session, client = self._subscribed_client(device_id, topic)
+        if session is None:
+            self.hub.record(device_id, "method_device_offline", name=name, rid=rid)
+            return {"status": 404, "payload": {"message": f"device {device_id!r} is not online"}}
+        future = asyncio.get_running_loop().create_future()
+        self.hub.pending_methods[rid] = (device_id, name, future)
+        try:
+            body = b"" if payload is None else json.dumps(payload).encode()
+            await self._deliver(session, client, topic, body, 0)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.hub.record(device_id, "method_timeout", name=name, rid=rid)
+            return {"status": 504, "payload": {"message": f"no answer from {device_id!r} in {timeout} s"}}
+        finally:
+            self.hub.pending_methods.pop(rid, None)
+
+    def _method_answer(self, client: GatewayClient, topic: str, payload: bytes) -> None:
+        status_text, _, query = topic[len("$iothub/methods/res/") :].partition("/")
+        rid = raw_query(query).get("$rid", "")
+        pending = self.hub.pending_methods.get(rid)
+        try:
+            status = int(status_text)
+            answer = json.loads(payload) if payload.strip() else None
+        except ValueError:
+            status, answer = None, None
+        valid = status is not None
+        self.hub.record(client.device_id, "method_answered", rid=rid, status=status, payload=answer, valid=valid)
+        if pending is None or pending[0] != client.device_id:
+            self.log.info("%s: method answer for unknown $rid %r", client.device_id, rid)
             return
-        await session.send(
-            mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=session.next_packet_id() if qos else None)
-        )
+        future = pending[2]
+        if not future.done():
+            future.set_result({"status": status if valid else 502, "payload": answer})
+
+    async def send_c2d(self, device_id: str, payload: bytes, properties: dict | None = None) -> str:
+        """Queues a cloud-to-device message and delivers it if the device is listening; returns its message id."""
+        message = self.hub.queue_c2d(device_id, payload, properties)
+        session, client = self.live.get(device_id, (None, None))
+        if session is not None and not session.closed:
+            await self._deliver_c2d(session, client)
+        return message.message_id
+
+    async def _deliver_c2d(self, session: MqttSession, client: GatewayClient) -> None:
+        for message in list(self.hub.c2d.get(client.device_id, [])):
+            if message.in_flight is not None:
+                continue
+            topic = message.topic()
+            granted = [q for f, q in client.subscriptions.items() if mqtt.topic_matches(f, topic)]
+            if not granted or session.closed:
+                return
+            qos = min(1, max(granted))
+            packet_id = session.next_packet_id() if qos else None
+            await session.send(mqtt.Publish(topic=topic, payload=message.payload, qos=qos, packet_id=packet_id))
+            message.deliveries += 1
+            self.hub.record(
+                client.device_id, "c2d_sent", message_id=message.message_id, qos=qos, delivery=message.deliveries
+            )
+            if qos:
+                message.in_flight = (session, packet_id)
+                client.in_flight[packet_id] = message
+            else:
+                self.hub.c2d[client.device_id].remove(message)
+
+    async def publish_raw(self, device_id: str, topic: str, payload: bytes, qos: int = 0) -> bool:
+        """Sends any PUBLISH to the device's live connection (tests: malformed messages); False when offline."""
+        session, client = self.live.get(device_id, (None, None))
+        if session is None or session.closed:
+            return False
+        packet_id = session.next_packet_id() if qos else None
+        await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
+        self.hub.record(device_id, "raw_sent", topic=topic, size=len(payload), qos=qos)
+        return True
 
     def drop_connections(self, reason: str = "dropped on request") -> int:
         return self.drop_all(reason)

@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import ssl
 import threading
 from pathlib import Path
 from typing import Any
 
 from host_tools.emulator.context import EmulatorContext
+from host_tools.emulator.control import ControlServer, perform
 from host_tools.emulator.dps import DpsEndpoint
 from host_tools.emulator.enrollments import EnrollmentStore, write_enrollments
 from host_tools.emulator.gateway import GatewayEndpoint
+from host_tools.emulator.hub import HubService
 from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic
 from host_tools.provisioning.pki import EmulatorPki, ensure_emulator_pki
 
@@ -73,6 +76,7 @@ class EmulatorServer:
         self.gateway: GatewayEndpoint | None = None
         self.ports: dict[str, int] = {}
         self.info: dict[str, Any] = {}
+        self.control: ControlServer | None = None
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before anything listens: PKI, enrollments, faults."""
@@ -95,6 +99,7 @@ class EmulatorServer:
             faults=self.initial_faults,
             rate_limit=self.rate_limit,
         )
+        self.ctx.hub = HubService(self.state_dir)
         gateway_cert, gateway_key = self.gateway_certificate or (self.pki.gateway_server, self.pki.gateway_server_key)
         self.dps = DpsEndpoint(self.ctx, server_ssl_context(self.pki.dps_server, self.pki.dps_server_key))
         self.gateway = GatewayEndpoint(self.ctx, server_ssl_context(Path(gateway_cert), Path(gateway_key)))
@@ -104,11 +109,16 @@ class EmulatorServer:
             self.prepare()
         self.ports["dps"] = await self.dps.listen(self.host, self.requested_ports["dps"])
         self.ports["gateway"] = await self.gateway.listen(self.host, self.requested_ports["gateway"])
+        self.control = ControlServer(self.gateway, secrets.token_urlsafe(16))
+        control_port = await self.control.listen("127.0.0.1")
         self.info = {
             "dps": {"host": self.host, "port": self.ports["dps"], "hostname": self.dps_hostname},
             "gateway": {"host": self.host, "port": self.ports["gateway"], "hostname": self.gateway_hostname},
             "pki": self.pki.paths(),
             "telemetry": str(self.ctx.telemetry.path),
+            "hub_records": str(self.ctx.hub.records.path),
+            "twins": str(self.ctx.hub.twins.path),
+            "control": {"host": "127.0.0.1", "port": control_port, "token": self.control.token},
             "registrations": str(self.ctx.registrations.path),
             "enrollments": str(self.enrollments_path),
             "id_scope": self.ctx.store.current().id_scope,
@@ -120,12 +130,16 @@ class EmulatorServer:
         return self.info
 
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.close()
         for endpoint in (self.dps, self.gateway):
             if endpoint is not None:
                 await endpoint.close()
         if self.ctx is not None:
             self.ctx.telemetry.close()
             self.ctx.registrations.close()
+            if self.ctx.hub is not None:
+                self.ctx.hub.close()
 
     def use_gateway_certificate(self, cert_file, key_file) -> None:
         """Serve another certificate chain from now on (new connections); e.g. one for another host name."""
@@ -318,6 +332,42 @@ class Emulator:
     def use_gateway_certificate(self, cert_file, key_file) -> None:
         self._call(self.server.use_gateway_certificate, cert_file, key_file)
 
+    # --- the IoT Hub service side (twin, direct methods, C2D), as host_tools.emulator.control.ServiceClient
+
+    def _service(self, op: str, wait: float = 10, **args):
+        future = asyncio.run_coroutine_threadsafe(perform(self.server.gateway, op, args), self._loop)
+        return future.result(wait)
+
+    def twin(self, device_id: str) -> dict:
+        return self._service("twin", device_id=device_id)
+
+    def set_desired(self, device_id: str, patch: dict) -> dict:
+        return self._service("set_desired", device_id=device_id, patch=patch)
+
+    def invoke_method(self, device_id: str, name: str, payload=None, timeout: float = 30) -> dict:
+        return self._service(
+            "invoke_method", wait=timeout + 10, device_id=device_id, name=name, payload=payload, timeout=timeout
+        )
+
+    def send_c2d(self, device_id: str, payload: bytes | str, properties: dict | None = None) -> str:
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return self._service("send_c2d", device_id=device_id, payload_b64=_b64(data), properties=properties)
+
+    def publish_raw(self, device_id: str, topic: str, payload: bytes | str = b"", qos: int = 0) -> bool:
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return self._service("publish_raw", device_id=device_id, topic=topic, payload_b64=_b64(data), qos=qos)
+
+    def hub_records(self, device_id: str | None = None) -> list[dict]:
+        """What the service side recorded (hub.jsonl): twin requests, desired patches, methods, C2D."""
+        records = self.server.ctx.hub.records.records()
+        return [r for r in records if device_id is None or r["device_id"] == device_id]
+
     def forget_assignments(self) -> None:
         """Forget what DPS assigned (as after an emulator restart)."""
         self._call(self.server.ctx.assignments.clear)
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()

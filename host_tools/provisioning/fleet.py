@@ -10,14 +10,22 @@ import click
 
 from host_tools.provisioning.provision_file import (
     ProvisioningFileError,
+    _check_writable,
+    _refuse_existing,
+    _write_atomic,
+    _write_private,
+    _writing,
+    check_config,
     decode_key,
     derive_device_key,
-    place_ca_file,
+    file_text,
+    plan_ca_file,
     read_group_key,
     settings_from_options,
     settings_options,
-    write_provisioning_file,
 )
+
+MAX_COUNT = 100_000  # a fleet file each; more is a job for a database, not a folder
 
 
 def registration_ids(pattern: str, count: int, start: int = 1) -> list[str]:
@@ -39,7 +47,9 @@ def registration_ids(pattern: str, count: int, start: int = 1) -> list[str]:
     show_default=True,
     help="Folder that receives one <registration id>.json per device and the shared CA file.",
 )
-@click.option("--count", type=click.IntRange(min=1), required=True, help="How many devices.")
+@click.option(
+    "--count", type=click.IntRange(min=1, max=MAX_COUNT), required=True, help=f"How many devices (up to {MAX_COUNT})."
+)
 @click.option("--pattern", default="sensor-{n:04d}", show_default=True, help="Registration id pattern, {n} = number.")
 @click.option("--start", type=int, default=1, show_default=True, help="First number.")
 @settings_options
@@ -56,38 +66,53 @@ def fleet(out_dir, count, pattern, start, group_key, group_key_file, ca_file, fo
             "a fleet needs the group enrollment key: --group-key, AZPROV_GROUP_KEY or --group-key-file"
         )
     device_settings = settings_from_options(**settings)
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         decode_key(group_key, "group key")
         ids = registration_ids(pattern, count, start)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ca_name = place_ca_file(out_dir, ca_file)
+        index_path = out_dir / "fleet.json"
+        # Everything is checked before the first file is written: what exists, the CA file, every device's file.
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ProvisioningFileError(f"{out_dir}: is not a folder")
+        _refuse_existing(index_path, force)
+        plan = plan_ca_file(out_dir, ca_file, force)
+        files = []
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("checking", total=len(ids))
+            for registration_id in ids:
+                path = out_dir / f"{registration_id}.json"
+                _refuse_existing(path, force)
+                config = device_settings.config(
+                    registration_id, derive_device_key(group_key, registration_id), plan.name
+                )
+                problems = check_config(config, str(path))
+                if problems:
+                    raise ProvisioningFileError("\n".join(problems))
+                files.append((registration_id, path, file_text(config)))
+                progress.advance(task)
+        _check_writable(out_dir)
+        index = {
+            "id_scope": device_settings.id_scope,
+            "dps_host": device_settings.dps_host,
+            "dps_ca_file": plan.name,
+            "devices": [{"registration_id": r, "file": p.name} for r, p, _ in files],
+        }
+        if plan.content is not None:
+            _writing(plan.target, lambda: _write_atomic(plan.target, plan.content, 0o644))
+        written = []
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("provisioning files", total=len(files))
+            for registration_id, path, text in files:
+                _writing(path, lambda: _write_private(path, text))  # noqa: B023 (called at once)
+                written.append((registration_id, path))
+                progress.advance(task)
+        data = (json.dumps(index, indent=2) + "\n").encode()
+        _writing(index_path, lambda: _write_atomic(index_path, data, 0o644))
     except ProvisioningFileError as exc:
         raise click.ClickException(str(exc)) from None
 
-    written = []
-    console = Console()
-    with Progress(
-        TextColumn("provisioning files"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        task = progress.add_task("fleet", total=len(ids))
-        for registration_id in ids:
-            path = out_dir / f"{registration_id}.json"
-            config = device_settings.config(registration_id, derive_device_key(group_key, registration_id), ca_name)
-            try:
-                write_provisioning_file(path, config, overwrite=force)
-            except ProvisioningFileError as exc:
-                raise click.ClickException(str(exc)) from None
-            written.append((registration_id, path))
-            progress.advance(task)
-
-    index = {
-        "id_scope": device_settings.id_scope,
-        "dps_host": device_settings.dps_host,
-        "dps_ca_file": ca_name,
-        "devices": [{"registration_id": r, "file": p.name} for r, p in written],
-    }
-    (out_dir / "fleet.json").write_text(json.dumps(index, indent=2) + "\n")
-
+    console = Console(width=max(Console().width, 100))
     table = Table(title=f"fleet of {len(written)} in {out_dir}")
     table.add_column("#", justify="right")
     table.add_column("registration id")
@@ -102,4 +127,4 @@ def fleet(out_dir, count, pattern, start, group_key, group_key_file, ca_file, fo
             number, (registration_id, path) = row
             table.add_row(str(number), escape(registration_id), escape(path.name))
     console.print(table)
-    click.echo(f"{len(written)} provisioning files, CA file {out_dir / ca_name}, index {out_dir / 'fleet.json'}")
+    click.echo(f"{len(written)} provisioning files, CA file {out_dir / plan.name}, index {index_path}")

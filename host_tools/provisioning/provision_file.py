@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "provisioning.schema.json"
 GLOBAL_DPS_HOST = "global.azure-devices-provisioning.net"
 DEFAULT_CA_NAME = "certs/dps-root.pem"
 SECRET_FIELDS = ("symmetric_key", "wifi.password")
+GROUP_KEY_FILE_LIMIT = 4096  # a DPS group key is 88 characters
 
 # Roots Azure DPS server certificates chain to, by subject common name. The Baltimore root expired in May 2025 and
 # has left certifi's bundle; it is taken when present, for old certifi versions and legacy endpoints.
@@ -148,8 +148,8 @@ def _describe(error) -> str:
     return f"fails the schema rule '{kind}'"
 
 
-def check_config(config: dict, where: str) -> list[str]:
-    """Every problem with a provisioning dict, each as 'WHERE: FIELD: what is wrong'; empty when it is good."""
+def schema_problems(config, where: str) -> list[str]:
+    """Every schema problem with a provisioning dict, each as 'WHERE: FIELD: what is wrong' (words only)."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(load_schema())
@@ -165,16 +165,37 @@ def check_config(config: dict, where: str) -> list[str]:
                         problems.append(line)
             continue
         problems.append(f"{where}: {path or '(file)'}: {_describe(error)}")
-    if (
-        isinstance(config, dict)
-        and isinstance(config.get("symmetric_key"), str)
-        and not any(": symmetric_key:" in p for p in problems)
-    ):
-        try:
-            decode_key(config["symmetric_key"], "symmetric key")
-        except ProvisioningFileError as exc:
-            problems.append(f"{where}: symmetric_key: {exc}")
     return problems
+
+
+def _verdict(config, text: str, where: str) -> tuple[list[str], dict | None]:
+    """The device's verdict on a provisioning file (device_rules: the firmware's own rules), explained.
+
+    Returns (problems, the device's config). Problems are empty exactly when the device accepts the file; when it
+    refuses, they are the schema's words for every field it flags, plus the device's own message if the schema
+    did not name that field."""
+    from host_tools.provisioning.device_rules import RuleError, judge_text
+
+    try:
+        return [], judge_text(text, where)
+    except RuleError as exc:
+        device_problem = str(exc)
+    problems = schema_problems(config, where)
+    field = device_problem[len(where) + 2 :].split(" ")[0] if device_problem.startswith(where + ": ") else ""
+    if not field or not any(p.startswith(f"{where}: {field}:") for p in problems):
+        problems.append(
+            device_problem.replace(f"{where}: {field} ", f"{where}: {field}: ", 1) if field else device_problem
+        )
+    return problems, None
+
+
+def check_config(config: dict, where: str) -> list[str]:
+    """Every problem with a provisioning dict as it would be written (`file_text`); empty when the device takes it."""
+    return _verdict(config, file_text(config), where)[0]
+
+
+def file_text(config: dict) -> str:
+    return json.dumps(config, indent=2) + "\n"
 
 
 def unknown_fields(config: dict) -> list[str]:
@@ -187,28 +208,59 @@ def resolve_ca_file(provisioning_path: Path, config: dict) -> Path:
     return ca if ca.is_absolute() else Path(provisioning_path).parent / ca
 
 
-def validate_provisioning_file(path: Path, check_ca: bool = True) -> dict:
-    """Load and check a provisioning file; raise ProvisioningFileError listing every problem (file + field)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ProvisioningFileError(f"{path}: provisioning file not found")
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def is_fleet_index(document) -> bool:
+    """The `fleet.json` index that `fleet` writes beside the provisioning files."""
+    return (
+        isinstance(document, dict) and isinstance(document.get("devices"), list) and "registration_id" not in document
+    )
+
+
+def read_provisioning_document(path: Path):
+    """(bytes, decoded JSON) of a provisioning file, read with the device's size limit; errors name the file."""
+    from host_tools.provisioning.device_rules import RuleError, max_file_bytes, read_bounded
+
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = read_bounded(path, max_file_bytes(), "provisioning file")
+    except RuleError as exc:
+        raise ProvisioningFileError(str(exc)) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProvisioningFileError(f"{path}: not UTF-8 text") from None
+    try:
+        # MicroPython's reading of JSON: control characters in strings pass, NaN and Infinity do not.
+        document = json.loads(text, strict=False, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ProvisioningFileError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise ProvisioningFileError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ProvisioningFileError(f"{path}: not valid JSON ({exc})") from None
+    return data, document
+
+
+def validate_provisioning_file(path: Path, check_ca: bool = True) -> dict:
+    """Load and check a provisioning file as the device would; raise ProvisioningFileError naming file and field."""
+    from host_tools.provisioning.device_rules import RuleError, judge_ca_file
+
+    path = Path(path)
+    data, config = read_provisioning_document(path)
     if not isinstance(config, dict):
         raise ProvisioningFileError(f"{path}: must be a JSON object")
-    problems = check_config(config, str(path))
-    if check_ca and isinstance(config.get("dps_ca_file"), str) and not any(": dps_ca_file:" in p for p in problems):
-        ca = resolve_ca_file(path, config)
-        if not ca.is_file():
-            problems.append(f"{path}: dps_ca_file: {ca} does not exist")
-        elif not pem_certificates(ca):
-            problems.append(f"{path}: dps_ca_file: {ca} holds no PEM certificate")
+    if is_fleet_index(config):
+        raise ProvisioningFileError(f"{path}: a fleet index (written by `fleet`), not a provisioning file")
+    problems, device_config = _verdict(config, data.decode("utf-8"), str(path))
+    if not problems and check_ca:
+        try:
+            judge_ca_file(Path(device_config["dps_ca_file"]), "dps_ca_file", path)
+        except RuleError as exc:
+            problems.append(str(exc))
     if problems:
         raise ProvisioningFileError("\n".join(problems))
     return config
@@ -266,52 +318,115 @@ class DeviceSettings:
         return config
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically, readable by the owner only: the file holds a device key."""
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write through a temporary file and a rename: the path holds the old content or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def place_ca_file(out_dir: Path, ca_file: Path | None) -> str:
-    """Put the DPS CA file where the provisioning file can name it relatively; return that relative name.
+def _write_private(path: Path, text: str) -> None:
+    """Readable by the owner only: the file holds a device key."""
+    _write_atomic(path, text.encode("utf-8"), 0o600)
+
+
+@dataclass
+class CaPlan:
+    """Where a provisioning file's CA file will be: its name relative to the provisioning file, and what to write
+    (nothing when the file is already there with that content)."""
+
+    name: str
+    target: Path
+    content: bytes | None
+
+
+def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -> CaPlan:
+    """Decide (without writing) where the DPS CA file goes, and check it with the device's own PEM reader.
 
     No ca_file: the public DPS roots from certifi go to certs/dps-root.pem. A ca_file already under out_dir is named
-    in place; one elsewhere is copied to certs/<its name>."""
+    in place; one elsewhere is copied to certs/<its name>. An existing different file is replaced only with
+    `overwrite`."""
+    from host_tools.provisioning.device_rules import CA_FILE_LIMIT, RuleError, judge_ca_text, read_bounded
+
     out_dir = Path(out_dir)
     if ca_file is None:
-        target = out_dir / DEFAULT_CA_NAME
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(public_dps_roots_pem())
-        return DEFAULT_CA_NAME
-    ca_file = Path(ca_file)
-    if not ca_file.is_file():
-        raise ProvisioningFileError(f"{ca_file}: CA file not found")
-    if not pem_certificates(ca_file):
-        raise ProvisioningFileError(f"{ca_file}: CA file holds no PEM certificate")
+        name, content = DEFAULT_CA_NAME, public_dps_roots_pem().encode("ascii")
+        where = f"{out_dir / name} (the public DPS roots)"
+    else:
+        ca_file = Path(ca_file)
+        try:
+            content = read_bounded(ca_file, CA_FILE_LIMIT, "CA file")
+        except RuleError as exc:
+            raise ProvisioningFileError(str(exc)) from None
+        where = str(ca_file)
+        try:
+            name = ca_file.resolve().relative_to(out_dir.resolve()).as_posix()
+            in_place = True
+        except ValueError:
+            name, in_place = f"certs/{ca_file.name}", False
     try:
-        return ca_file.resolve().relative_to(out_dir.resolve()).as_posix()
-    except ValueError:
-        target = out_dir / "certs" / ca_file.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists() or target.read_bytes() != ca_file.read_bytes():
-            shutil.copyfile(ca_file, target)
-        return f"certs/{ca_file.name}"
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProvisioningFileError(f"{where}: CA file is not UTF-8") from None
+    try:
+        judge_ca_text(text, where)
+    except RuleError as exc:
+        raise ProvisioningFileError(f"{exc} (the device would refuse it)") from None
+    target = out_dir / name
+    if ca_file is not None and in_place:
+        return CaPlan(name, target, None)
+    if target.is_dir():
+        raise ProvisioningFileError(f"{target}: is a folder, the CA file cannot go there")
+    if target.exists() or target.is_symlink():
+        try:
+            same = target.read_bytes() == content
+        except OSError:
+            same = False
+        if same:
+            return CaPlan(name, target, None)
+        if not overwrite:
+            raise ProvisioningFileError(f"{target}: already exists with other certificates (use --force to replace it)")
+    return CaPlan(name, target, content)
+
+
+def place_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -> str:
+    """plan_ca_file, then write it; returns the name relative to out_dir."""
+    plan = plan_ca_file(out_dir, ca_file, overwrite)
+    if plan.content is not None:
+        _write_atomic(plan.target, plan.content, 0o644)
+    return plan.name
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise ProvisioningFileError(f"{path}: is a folder, not a file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise ProvisioningFileError(f"{path}: already exists (use --force to replace it)")
 
 
 def write_provisioning_file(path: Path, config: dict, overwrite: bool = False) -> Path:
-    """Check config, then write it to path (mode 0600). The CA file it names must already be in place."""
+    """Check config with the device's rules, then write it to path (mode 0600). Its CA file must be in place."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ProvisioningFileError(f"{path}: already exists (use --force to replace it)")
+    _refuse_existing(path, overwrite)
     problems = check_config(config, str(path))
     if problems:
         raise ProvisioningFileError("\n".join(problems))
-    _write_private(path, json.dumps(config, indent=2) + "\n")
+    _write_private(path, file_text(config))
     return path
+
+
+def _writing(what: Path, action):
+    try:
+        return action()
+    except OSError as exc:
+        raise ProvisioningFileError(f"{exc.filename or what}: cannot be written ({exc.strerror})") from None
 
 
 def create_provisioning_file(
@@ -323,14 +438,39 @@ def create_provisioning_file(
     ca_file: Path | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Write one provisioning file from an individual key, or from a group key (the device key is derived)."""
+    """Write one provisioning file from an individual key, or from a group key (the device key is derived).
+
+    Everything is checked first (the fields with the device's rules, the CA file with its PEM reader, what already
+    exists); nothing is written unless all of it will be."""
     if (symmetric_key is None) == (group_key is None):
         raise ProvisioningFileError("give exactly one of an individual symmetric key or a group enrollment key")
+    path = Path(path)
     key = derive_device_key(group_key, registration_id) if group_key is not None else symmetric_key
-    ca_name = place_ca_file(Path(path).parent, ca_file)
-    config = settings.config(registration_id, key, ca_name)
-    write_provisioning_file(path, config, overwrite=overwrite)
+    _refuse_existing(path, overwrite)
+    plan = plan_ca_file(path.parent, ca_file, overwrite)
+    config = settings.config(registration_id, key, plan.name)
+    problems = check_config(config, str(path))
+    if problems:
+        raise ProvisioningFileError("\n".join(problems))
+    _check_writable(path.parent)
+    if plan.content is not None:
+        _writing(plan.target, lambda: _write_atomic(plan.target, plan.content, 0o644))
+    _writing(path, lambda: _write_private(path, file_text(config)))
     return config
+
+
+def _check_writable(folder: Path) -> None:
+    """The folder exists or can be made, and takes files; checked before the first file is written."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ProvisioningFileError(f"{existing}: is not a folder, {folder} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ProvisioningFileError(f"{existing}: folder is not writable")
 
 
 # --- CLI -------------------------------------------------------------------------------------------------------------
@@ -340,7 +480,26 @@ def read_group_key(group_key: str | None, group_key_file: Path | None) -> str | 
     if group_key is not None and group_key_file is not None:
         raise click.ClickException("give --group-key or --group-key-file, not both")
     if group_key_file is not None:
-        return group_key_file.read_text().strip()
+        from host_tools.provisioning.device_rules import RuleError, read_bounded
+
+        try:
+            data = read_bounded(group_key_file, GROUP_KEY_FILE_LIMIT, "group key file")
+        except RuleError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            text = data.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{group_key_file}: group key file is not base64 text") from None
+        try:
+            decode_key(text, "group key")
+        except ProvisioningFileError as exc:
+            raise click.ClickException(f"{group_key_file}: {exc}") from None
+        return text
+    if group_key is not None:
+        try:
+            decode_key(group_key, "group key")
+        except ProvisioningFileError as exc:
+            raise click.ClickException(f"--group-key: {exc}") from None
     return group_key
 
 
@@ -377,7 +536,7 @@ def settings_options(func):
         ),
         click.option(
             "--group-key-file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            type=click.Path(path_type=Path),
             help="File holding the group enrollment key.",
         ),
         click.option("--force", is_flag=True, help="Replace existing files."),
@@ -402,11 +561,17 @@ def settings_from_options(
     wifi_password,
 ) -> DeviceSettings:
     parsed_payload = None
+    if wifi_password is not None and not wifi_ssid:
+        raise click.ClickException("--wifi-password needs --wifi-ssid (the network it is the password of)")
     if payload is not None:
         try:
-            parsed_payload = json.loads(payload)
+            parsed_payload = json.loads(payload, strict=False, parse_constant=_refuse_constant)
         except json.JSONDecodeError as exc:
             raise click.ClickException(f"--payload is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise click.ClickException("--payload is nested too deeply") from None
+        except ValueError as exc:
+            raise click.ClickException(f"--payload is not valid JSON: {exc}") from None
     return DeviceSettings(
         id_scope=id_scope,
         dps_host=dps_host,
@@ -477,7 +642,9 @@ def create(out, registration_id, symmetric_key, group_key, group_key_file, ca_fi
         )
     except ProvisioningFileError as exc:
         raise click.ClickException(str(exc)) from None
-    Console().print(_summary_table(out, config, "derived from the group key" if group_key else "individual key"))
+    Console(width=max(Console().width, 100)).print(
+        _summary_table(out, config, "derived from the group key" if group_key else "individual key")
+    )
     click.echo(f"wrote {out} and {resolve_ca_file(out, config)}")
 
 
@@ -488,6 +655,13 @@ def validate(files, no_ca_check):
     """Check provisioning files against the schema (every problem names the file and the field)."""
     failures = []
     for path in files:
+        try:
+            _, document = read_provisioning_document(path)
+        except ProvisioningFileError:
+            document = None
+        if is_fleet_index(document):
+            click.echo(f"{path}: fleet index (written by `fleet`), skipped")
+            continue
         try:
             config = validate_provisioning_file(path, check_ca=not no_ca_check)
         except ProvisioningFileError as exc:

@@ -110,3 +110,17 @@ def test_bundle_json_round_trip_from_service_shape():
     text = json.dumps({"trustBundle": _bundle(_entry(CERT_B, CERT_B_SHA256))})
     parsed = bundle.parse(json.loads(text)["trustBundle"])
     assert parsed["pem"] == CERT_B
+
+
+def test_text_outside_certificate_blocks_ignored():
+    # As in the CA file `provision-file create` writes from certifi: a "# name" line before each certificate.
+    text = "# DigiCert Global Root G2\n" + CERT_A + "\nsubject=CN=fixture B\r\n" + CERT_B + "trailing words\n"
+    blocks = [block for block, _ in split(text)]
+    assert blocks == [CERT_A, CERT_B], blocks
+    assert len(list(der_certificates(text))) == 2
+    try:
+        list(split("# only a comment\n"))
+    except PemError as exc:
+        assert "no certificate" in str(exc)
+    else:
+        raise AssertionError("a file without a certificate was accepted")

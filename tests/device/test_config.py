@@ -94,6 +94,32 @@ def test_overlong_utf8_refused_by_load():
         raise AssertionError("accepted an overlong UTF-8 form")
 
 
+def test_rules_the_host_validator_shares():
+    # Issue 14: each of these got a different verdict from `provision-file validate` and the device.
+    cases = [
+        (_with(dps_port=8883.0), "dps_port"),
+        (_with(gateway_port=40911.0), "gateway_port"),
+        (_with(registration_timeout_s=0), "registration_timeout_s"),
+        (_with(registration_timeout_s=4), "registration_timeout_s"),
+        (_with(dps_host="dps host/x"), "dps_host"),
+        (_with(gateway_host="-gw"), "gateway_host"),
+        (_with(id_scope="scope"), "id_scope"),
+        (_with(id_scope="0ne0000000/"), "id_scope"),
+        (_with(storage_dir="../../etc"), "storage_dir"),
+        (_with(wifi={}), "wifi.ssid"),
+        (_with(wifi={"ssid": "x" * 33}), "wifi.ssid"),
+        (_with(wifi={"ssid": "net", "password": 5}), "wifi.password"),
+        (_with(wifi={"ssid": "net", "pass": "x"}), "wifi.pass"),
+        (_with(extra=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]), "extra"),
+    ]
+    for text, field in cases:
+        message = _error(text)
+        assert ": " + field + " " in message, (field, message)
+    # Upper-case ID scopes are accepted, as by DPS and the emulator.
+    assert config.parse(_with(id_scope="0NE00AAAAAA"), "p.json")["id_scope"] == "0NE00AAAAAA"
+    assert config.parse(_with(registration_timeout_s=5, wifi={"ssid": "n"}), "p.json")["wifi"] == {"ssid": "n"}
+
+
 def test_run_loop_fields_have_defaults_and_bounds():
     cfg = config.parse(_with(), "/flash/provisioning.json")
     assert cfg["run_loop"] is None and cfg["retry_base_ms"] == 1000 and cfg["retry_max_s"] == 300
@@ -110,6 +136,7 @@ def test_run_loop_fields_have_defaults_and_bounds():
         (_with(watchdog_timeout_s=10), "watchdog_timeout_s"),
         (_with(watchdog_timeout_s=3601), "watchdog_timeout_s"),
         (_with(ntp_host=""), "ntp_host"),
+        (_with(ntp_host="ntp server"), "ntp_host"),
         (_with(ntp_resync_s=-5), "ntp_resync_s"),
     ]:
         assert field in _error(text), field

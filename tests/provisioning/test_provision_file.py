@@ -176,7 +176,7 @@ def test_validate_missing_field_unknown_field_and_bad_json(tmp_path, provisionin
     broken.write_text('{"dps_host": ')
     proc = run_cli("provision-file", "validate", str(broken), str(tmp_path / "absent.json"))
     assert proc.returncode == 1
-    assert f"{broken}: not valid JSON" in proc.stderr and "absent.json: provisioning file not found" in proc.stderr
+    assert f"{broken}: not valid JSON" in proc.stderr and "absent.json: provisioning file does not exist" in proc.stderr
 
 
 def test_show_hides_the_key(provisioning):

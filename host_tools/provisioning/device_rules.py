@@ -1,0 +1,156 @@
+"""The device's own rules for a provisioning file and its CA file, run on the host: one source of truth.
+
+`provision-file validate`, `create` and `fleet` judge a file by running the firmware's `azprov.config` and
+`azprov.pem` (firmware/azprov/) under CPython, with a stub `micropython` module as host_tools/bench/fleet_driver.py
+does, so the host accepts exactly what the device accepts. Two things differ between CPython and MicroPython and
+are evened out here, in the direction of the stricter reading:
+
+- MicroPython's JSON decoder refuses NaN and Infinity (CPython takes them) and takes control characters inside
+  strings (CPython's strict mode refuses them): the firmware's `json` is given CPython's decoder with
+  `strict=False` and a `parse_constant` that refuses, which reads JSON as MicroPython does.
+- Files are read here with a size limit and only when they are regular files (a FIFO or /dev/zero would hang or
+  grow without bound).
+
+The JSON schema (provisioning.schema.json) still describes the structure and gives editors and messages their
+words; the verdict is the firmware's. tests/provisioning/test_device_agreement.py runs the same generated files
+through this module and through the firmware on the MicroPython Unix port and checks the verdicts agree.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import stat
+import sys
+import types
+from pathlib import Path
+
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+CA_FILE_LIMIT = 64 * 1024  # the public DPS roots take about 5 KB; a device reads the whole file into its heap
+
+
+class RuleError(ValueError):
+    """A file breaks a device rule; the message names the file and the field."""
+
+
+class _MicroPythonJson:
+    """`json` as MicroPython's decoder reads it (see the module docstring)."""
+
+    @staticmethod
+    def _refuse_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    def loads(self, text):
+        return json.loads(text, strict=False, parse_constant=self._refuse_constant)
+
+    @staticmethod
+    def dumps(value):
+        return json.dumps(value)
+
+
+_modules: types.SimpleNamespace | None = None
+
+
+def firmware() -> types.SimpleNamespace:
+    """The firmware's config, pem and errors modules, imported once from firmware/ under CPython."""
+    global _modules
+    if _modules is None:
+        if "micropython" not in sys.modules:
+            sys.modules["micropython"] = types.SimpleNamespace(const=lambda value: value)
+        if str(FIRMWARE_DIR) not in sys.path:
+            sys.path.append(str(FIRMWARE_DIR))
+        config = importlib.import_module("azprov.config")
+        pem = importlib.import_module("azprov.pem")
+        errors = importlib.import_module("azprov.errors")
+        encoding = importlib.import_module("azprov.encoding")
+        config.json = _MicroPythonJson()
+        _modules = types.SimpleNamespace(config=config, pem=pem, errors=errors, encoding=encoding)
+    return _modules
+
+
+def max_file_bytes() -> int:
+    return firmware().config._MAX_FILE_BYTES
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; RuleError naming `what` otherwise."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise RuleError(f"{path}: {what} does not exist") from None
+    except OSError as exc:
+        raise RuleError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise RuleError(f"{path}: {what} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise RuleError(f"{path}: {what} is not a regular file (a device, FIFO or socket)")
+    if info.st_size > limit:
+        raise RuleError(f"{path}: {what} is larger than {limit} bytes")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise RuleError(f"{path}: {what} cannot be read ({exc.strerror})") from None
+    if len(data) > limit:  # grew since the stat
+        raise RuleError(f"{path}: {what} is larger than {limit} bytes")
+    return data
+
+
+def judge_text(text: str, where: str) -> dict:
+    """The device's verdict on provisioning-file text: its config (paths resolved as the device does) or RuleError.
+    `where` is the file's path as the device would see it (relative paths resolve against its folder)."""
+    fw = firmware()
+    if len(text.encode("utf-8", "surrogatepass")) > max_file_bytes():
+        raise RuleError(f"{where}: provisioning file is larger than {max_file_bytes()} bytes")
+    try:
+        return fw.config.parse(text, where)
+    except fw.errors.ProvisioningError as exc:
+        raise RuleError(exc.message) from None
+
+
+def judge_bytes(data: bytes, where: str) -> dict:
+    fw = firmware()
+    if len(data) > max_file_bytes():
+        raise RuleError(f"{where}: provisioning file is larger than {max_file_bytes()} bytes")
+    try:
+        fw.encoding.check_utf8(data)
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise RuleError(f"{where}: provisioning file is not UTF-8") from None
+    return judge_text(text, where)
+
+
+def judge_ca_text(text: str, where: str) -> int:
+    """The device's verdict on a CA file's text: how many certificates it loads, or RuleError."""
+    from cryptography import x509
+
+    fw = firmware()
+    count = 0
+    try:
+        for der in fw.pem.der_certificates(text):
+            count += 1
+            try:
+                x509.load_der_x509_certificate(der)  # what mbedTLS's load_verify_locations checks
+            except ValueError:
+                raise fw.pem.PemError(f"certificate {count} is not a valid X.509 certificate") from None
+    except fw.pem.PemError as exc:
+        raise RuleError(f"{where}: {exc}") from None
+    return count
+
+
+def judge_ca_file(path: Path, field: str = "dps_ca_file", owner: str | Path | None = None) -> int:
+    prefix = f"{owner}: {field}: " if owner is not None else ""
+    try:
+        data = read_bounded(path, CA_FILE_LIMIT, "CA file")
+    except RuleError as exc:
+        raise RuleError(prefix + str(exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise RuleError(f"{prefix}{path}: CA file is not UTF-8") from None
+    try:
+        return judge_ca_text(text, str(path))
+    except RuleError as exc:
+        raise RuleError(prefix + str(exc)) from None
