@@ -9,8 +9,9 @@ MP      := $(VENV)/bin/micropython
 STAMP   := $(VENV)/.installed
 UMQTT   := build/lib/umqtt/simple.py
 APT_STAMP := build/.apt-installed
-# Debian packages the tests use (a real MQTT broker for the TLS/MQTT peer test).
-APT_PACKAGES := mosquitto faketime
+# Debian packages the tests use (a real MQTT broker for the TLS/MQTT peer test) and the MicroPython source build
+# needs (gcc-multilib for the 32-bit ports; no libffi: the runtimes are built without the Unix-only ffi module).
+APT_PACKAGES := mosquitto faketime build-essential gcc-multilib pkg-config python3 git xz-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PORT ?=
@@ -18,7 +19,28 @@ FIRMWARE ?=
 CHIP ?= esp32
 PROVISIONING ?=
 
-.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean
+# MicroPython built from source: mpy-cross and the Unix port, 32- and 64-bit, plain and with the firmware frozen in
+# (boards/unix/manifest.py). The source is the tarball MICROPYTHON_TARBALL names (checked by sha256), or without one a
+# shallow git clone of the pinned commit and its submodules. Runtime names match host_tools/board/runtimes.py.
+MICROPYTHON_COMMIT := 1c3c201149f37fe8d81246191b3127bb198d6306
+MICROPYTHON_TARBALL ?=
+MICROPYTHON_TARBALL_SHA256 := 069d1ef30ef31958e746a259d5dd3d5f088228ea2fdc9043be76e0c3a86999be
+MPY_SRC      := build/micropython-$(shell echo $(MICROPYTHON_COMMIT) | cut -c1-10)
+MPY_SRC_OK   := $(MPY_SRC)/.source-ok
+RUNTIMES_DIR := build/runtimes
+MPY_CROSS_BIN := $(RUNTIMES_DIR)/mpy-cross
+UNIX_RUNTIMES := unix64 unix64-frozen unix32 unix32-frozen
+RUNTIME_BINS := $(foreach r,$(UNIX_RUNTIMES),$(RUNTIMES_DIR)/$(r)/micropython)
+FROZEN_INPUTS := boards/unix/manifest.py $(shell find firmware/azprov -name '*.py' 2>/dev/null)
+# Byte-identical binaries from build to build: every embedded date is the pinned commit's (2026-08-19).
+export SOURCE_DATE_EPOCH := 1787097600
+MPY_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Unix-only ffi off in every variant: no libffi to install (none for i386), and an ESP32 has no ffi either.
+UNIX_MAKE = $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 BUILD=$(abspath $(RUNTIMES_DIR)/$(1)) \
+	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
+	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
+
+.PHONY: help setup system-deps build run lint test bench flash deploy monitor clean distclean runtimes
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
@@ -26,6 +48,8 @@ help:
 	@echo "make lint    - ruff: lint rules and formatting of host_tools/, tests/, firmware/ and boards/"
 	@echo "make bench   - heap, footprint, speed and fleet measurements"
 	@echo "make build   - compile firmware/ to .mpy (build/mpy) with a size table"
+	@echo "make runtimes - MicroPython from source: mpy-cross, Unix port 32/64-bit, plain and frozen (build/runtimes)"
+	@echo "               source: MICROPYTHON_TARBALL=path/to/micropython-src.tar.xz, else a git clone"
 	@echo "make flash PORT=/dev/ttyUSB0 FIRMWARE=esp32.bin [CHIP=esp32]"
 	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json"
 	@echo "make monitor PORT=/dev/ttyUSB0"
@@ -52,6 +76,29 @@ $(APT_STAMP): Makefile
 
 setup: $(STAMP) $(UMQTT)
 
+$(MPY_SRC_OK): | $(APT_STAMP)
+	@mkdir -p build
+	tools/micropython_source.sh $(MPY_SRC) $(MICROPYTHON_COMMIT) "$(if $(MICROPYTHON_TARBALL),$(abspath $(MICROPYTHON_TARBALL)))" $(MICROPYTHON_TARBALL_SHA256)
+	touch $@
+
+$(MPY_CROSS_BIN): $(MPY_SRC_OK) | $(APT_STAMP)
+	@echo "building mpy-cross"
+	$(MAKE) -s -C $(MPY_SRC)/mpy-cross -j$(MPY_JOBS) >/dev/null
+	@mkdir -p $(RUNTIMES_DIR)
+	cp $(MPY_SRC)/mpy-cross/build/mpy-cross $@
+
+$(RUNTIMES_DIR)/%-frozen/micropython: $(MPY_CROSS_BIN) $(FROZEN_INPUTS)
+	@echo "building the Unix port: $*-frozen"
+	$(call UNIX_MAKE,$*-frozen) >/dev/null
+	@touch $@
+
+$(RUNTIMES_DIR)/unix32/micropython $(RUNTIMES_DIR)/unix64/micropython: $(RUNTIMES_DIR)/%/micropython: $(MPY_CROSS_BIN)
+	@echo "building the Unix port: $*"
+	$(call UNIX_MAKE,$*) >/dev/null
+	@touch $@
+
+runtimes: $(MPY_CROSS_BIN) $(RUNTIME_BINS)
+
 system-deps: $(APT_STAMP)
 
 build: setup
@@ -64,10 +111,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup system-deps lint
+test: setup system-deps lint runtimes
 	$(PY) -m pytest
 
-bench: setup system-deps
+bench: setup system-deps runtimes
 	$(PY) -m host_tools bench
 
 flash: setup

@@ -75,16 +75,17 @@ def parse_result(proc: subprocess.CompletedProcess) -> DeviceResult:
 class Device:
     """One device on the Unix port: its flash folder, provisioning file and runs."""
 
-    def __init__(self, root: Path, provisioning: dict):
+    def __init__(self, root: Path, provisioning: dict, runtime: str | None = None):
         self.root = root
         self.provisioning = provisioning
+        self.runtime = runtime  # host_tools/board/runtimes.py name; None: the default (the wheel)
 
     def write_provisioning(self, **changes) -> None:
         self.provisioning.update(changes)
         (self.root / "provisioning.json").write_text(json.dumps(self.provisioning, indent=2))
 
     def run(self, timeout: float = 120, heapsize=None) -> DeviceResult:
-        return parse_result(run_device(self.root, timeout=timeout, heapsize=heapsize))
+        return parse_result(run_device(self.root, timeout=timeout, heapsize=heapsize, runtime=self.runtime))
 
     @property
     def storage(self) -> Path:

@@ -1,6 +1,7 @@
-"""Runs the device-side test modules (tests/device/test_*.py) on the MicroPython Unix port against the compiled
-.mpy firmware, the same files and runner `host_tools test-device` uses on a board, and reports each device test as
-its own pytest case. (pytest also runs those modules under CPython directly.)"""
+"""Runs the device-side test modules (tests/device/test_*.py) on the MicroPython Unix port, the same files and runner
+`host_tools test-device` uses on a board, and reports each device test as its own pytest case, once per runtime
+(tests/conftest.py): the PyPI wheel against the compiled .mpy firmware, and the 32-bit build with the firmware frozen
+in. (pytest also runs those modules under CPython directly.)"""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def _cases():
 
 
 @functools.cache
-def _run_module(module: str, root: str) -> dict[str, str]:
+def _run_module(module: str, root: str, runtime: str) -> dict[str, str]:
     proc = subprocess.run(
-        [micropython_binary(), "-c", f"import runner; runner.run({module!r})"],
+        [micropython_binary(runtime), "-c", f"import runner; runner.run({module!r})"],
         cwd=root,
         env=device_env(),
         capture_output=True,
@@ -47,17 +48,25 @@ def _run_module(module: str, root: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def unix_board(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("unix-board")
-    stage_device_root(root, use_mpy=True)
-    for path in DEVICE_TESTS.glob("*.py"):
-        if path.name != "conftest.py":
-            shutil.copy2(path, root / path.name)
-    return str(root)
+def unix_boards(tmp_path_factory):
+    """runtime name -> a flash folder with the firmware (unless frozen in) and the device tests, staged once."""
+    boards: dict[str, str] = {}
+
+    def board(runtime: str) -> str:
+        if runtime not in boards:
+            root = tmp_path_factory.mktemp(f"unix-board-{runtime}")
+            stage_device_root(root, use_mpy=True, runtime=runtime)
+            for path in DEVICE_TESTS.glob("*.py"):
+                if path.name != "conftest.py":
+                    shutil.copy2(path, root / path.name)
+            boards[runtime] = str(root)
+        return boards[runtime]
+
+    return board
 
 
 @pytest.mark.parametrize("module, name", list(_cases()))
-def test_on_unix_port(unix_board, module, name):
-    outcomes = _run_module(module, unix_board)
+def test_on_unix_port(unix_boards, runtime, module, name):
+    outcomes = _run_module(module, unix_boards(runtime), runtime)
     assert "__module__" not in outcomes, outcomes["__output__"]
     assert outcomes.get(name) == "PASS", outcomes["__output__"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.board import runtimes
 from host_tools.provisioning import pki
 from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
 
@@ -75,12 +76,15 @@ def _use_context_shaped_umqtt(root: Path) -> None:
 
 
 @pytest.mark.parametrize("umqtt_shape", ["1.3.4", "sslcontext"])
-def test_bundle_of_three_where_only_the_last_signs_the_gateway(emulator, device, tmp_path, umqtt_shape):
+def test_bundle_of_three_where_only_the_last_signs_the_gateway(emulator, device, runtime, tmp_path, umqtt_shape):
+    frozen = runtimes.get(runtime).frozen
+    if frozen and umqtt_shape == "1.3.4":
+        pytest.skip("a frozen build carries micropython-lib's umqtt.simple 1.8.0, the SSLContext shape")
     key = new_key()
     decoys = pki.write_bundle(tmp_path / "decoys.pem", pki.make_decoy_roots(2))
     emu = emulator(enrollment_doc([individual("three-certs", key)], bundle=(str(decoys), "pki:trust-root")))
     dev = device(emu, "three-certs", key)
-    if umqtt_shape == "sslcontext":
+    if umqtt_shape == "sslcontext" and not frozen:
         _use_context_shaped_umqtt(dev.root)
 
     result = dev.run()

@@ -149,6 +149,7 @@ def test_dropped_gateway_connection_reconnects_with_backoff(emulator, device):
 
 
 @pytest.mark.skipif(not shutil.which("faketime"), reason="faketime is installed by `make test`")
+@pytest.mark.runtimes("wheel")  # faketime's LD_PRELOAD library is 64-bit: a 32-bit binary would keep the real clock
 def test_unset_clock_refuses_to_sign(emulator, device):
     key = new_key()
     emu = emulator(enrollment_doc([individual("clockless", key)]), *FAST)

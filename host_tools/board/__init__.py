@@ -2,6 +2,7 @@
 
 build.py         compile firmware/ to .mpy (mpy-cross) in the device image layout, with a size table
 umqtt_fetch.py   fetch the pinned umqtt.simple the firmware needs
+runtimes.py      the MicroPython binaries: the PyPI wheel and the Unix ports built from source (`make runtimes`)
 unix_port.py     the MicroPython Unix port: find the binary, stage a flash folder, `run-unix`
 harness.py       the emulator and a Unix-port device driven together (demo, tests, bench)
 deploy.py        copy a build and a provisioning file to a board with mpremote (`deploy`)

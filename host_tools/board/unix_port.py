@@ -1,7 +1,9 @@
 """Run the firmware on the MicroPython Unix port, in a folder laid out exactly like a board's flash.
 
 The device image (docs/design.md) is copied into `root`; `micropython main.py` then runs with that folder as its
-current directory and `sys.path` = ['', '.frozen', 'lib'], as on an ESP32.
+current directory and `sys.path` = ['', '.frozen', 'lib'], as on an ESP32. `runtime` names the MicroPython binary
+(host_tools/board/runtimes.py; default the PyPI wheel): on a frozen runtime the firmware and umqtt.simple are in the
+binary, so the folder holds only main.py besides the provisioning file and certificates.
 """
 
 from __future__ import annotations
@@ -15,24 +17,23 @@ from pathlib import Path
 
 import click
 
+from host_tools.board import runtimes
+from host_tools.board.runtimes import RuntimeUnavailable
+
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
 UMQTT_SOURCE = REPO / "build" / "lib" / "umqtt" / "simple.py"
 DEVICE_PATH = ":.frozen:lib"
+# Names the frozen runtime a folder was staged for: without the firmware in it, no other binary can run it.
+RUNTIME_MARK = ".azprov-runtime"
 
 
-class UnixPortError(RuntimeError):
-    pass
+UnixPortError = RuntimeUnavailable
 
 
-def micropython_binary() -> str:
-    beside = Path(sys.executable).with_name("micropython")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if not found:
-        raise UnixPortError("the MicroPython Unix port is not installed (run `make setup`)")
-    return found
+def micropython_binary(runtime: str | runtimes.Runtime | None = None) -> str:
+    """The `micropython` executable of `runtime` (default: the PyPI wheel's)."""
+    return runtimes.get(runtime).binary()
 
 
 def _copy_tree(src: Path, dest: Path, suffixes: tuple[str, ...]) -> None:
@@ -49,12 +50,17 @@ def stage_device_root(
     use_mpy: bool = True,
     ca_files: dict[str, Path] | None = None,
     build_dir: Path | None = None,
+    runtime: str | runtimes.Runtime | None = None,
 ) -> Path:
     """Lays out the device image in `root`: firmware (compiled .mpy or source), umqtt, the provisioning file and
-    CA files. A dict `provisioning` is written as provisioning.json; a path is copied. Returns `root`."""
+    CA files. A dict `provisioning` is written as provisioning.json; a path is copied. Returns `root`.
+    For a frozen `runtime` only main.py is copied: the firmware and umqtt are in the binary (`use_mpy` is moot)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if use_mpy:
+    if runtimes.get(runtime).frozen:
+        shutil.copy2(FIRMWARE_DIR / "main.py", root / "main.py")
+        (root / RUNTIME_MARK).write_text(runtimes.get(runtime).name + "\n")  # run_device's default runtime here
+    elif use_mpy:
         from host_tools.board.build import build_firmware
 
         build_dir = Path(build_dir or REPO / "build" / "mpy")
@@ -77,8 +83,16 @@ def stage_device_root(
     return root
 
 
-def device_command(args=(), heapsize: str | int | None = None, script: str = "main.py") -> list[str]:
-    command = [micropython_binary()]
+def staged_runtime(root: Path) -> str | None:
+    """The frozen runtime `root` was staged for, or None (a folder with the firmware in it runs anywhere)."""
+    mark = Path(root) / RUNTIME_MARK
+    return mark.read_text().strip() if mark.is_file() else None
+
+
+def device_command(
+    args=(), heapsize: str | int | None = None, script: str = "main.py", runtime: str | runtimes.Runtime | None = None
+) -> list[str]:
+    command = [micropython_binary(runtime)]
     if heapsize is not None:
         command += ["-X", f"heapsize={heapsize}"]
     return command + [script, *map(str, args)]
@@ -91,11 +105,17 @@ def device_env(extra: dict | None = None) -> dict:
 
 
 def run_device(
-    root: Path, args=(), timeout: float = 120, heapsize: str | int | None = None, script: str = "main.py"
+    root: Path,
+    args=(),
+    timeout: float = 120,
+    heapsize: str | int | None = None,
+    script: str = "main.py",
+    runtime: str | runtimes.Runtime | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs `micropython main.py` in `root` and returns the completed process (text output)."""
+    """Runs `micropython main.py` in `root` and returns the completed process (text output). `runtime` defaults to
+    the one the folder was staged for."""
     return subprocess.run(
-        device_command(args, heapsize, script),
+        device_command(args, heapsize, script, runtime or staged_runtime(root)),
         cwd=root,
         env=device_env(),
         capture_output=True,
@@ -105,11 +125,16 @@ def run_device(
 
 
 def start_device(
-    root: Path, args=(), heapsize: str | int | None = None, script: str = "main.py", **popen
+    root: Path,
+    args=(),
+    heapsize: str | int | None = None,
+    script: str = "main.py",
+    runtime: str | runtimes.Runtime | None = None,
+    **popen,
 ) -> subprocess.Popen:
     """Like run_device, but returns the running process (for output streamed line by line, or a kill mid-run)."""
     return subprocess.Popen(
-        device_command(args, heapsize, script),
+        device_command(args, heapsize, script, runtime or staged_runtime(root)),
         cwd=root,
         env=device_env(),
         stdout=subprocess.PIPE,
@@ -143,12 +168,19 @@ def start_device(
 )
 @click.option("--source", is_flag=True, help="Run the .py sources instead of the compiled .mpy build.")
 @click.option("--heapsize", help="MicroPython GC heap size, e.g. 24K.")
+@click.option(
+    "--runtime",
+    type=click.Choice(sorted(runtimes.RUNTIMES)),
+    default=runtimes.DEFAULT,
+    show_default=True,
+    help="MicroPython binary: the PyPI wheel or a Unix port built from source (`make runtimes`).",
+)
 @click.option("--timeout", type=float, default=300, show_default=True)
-def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, timeout: float):
+def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, runtime: str, timeout: float):
     """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
     cas = {f"certs/{path.name}": path for path in ca_files}
-    stage_device_root(flash_dir, provisioning, use_mpy=not source, ca_files=cas)
-    proc = start_device(flash_dir, heapsize=heapsize)
+    stage_device_root(flash_dir, provisioning, use_mpy=not source, ca_files=cas, runtime=runtime)
+    proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)
     try:
         for line in proc.stdout:
             click.echo(line, nl=False)

@@ -66,6 +66,8 @@ async def perform(gateway, op: str, args: dict):
         if qos not in (0, 1) or not isinstance(args.get("topic"), str):
             raise HubError("publish_raw needs a topic and qos 0 or 1")
         return await gateway.publish_raw(device_id, args["topic"], _payload_bytes(args), qos)
+    if op == "drop_connection":
+        return gateway.drop_device(device_id)
     raise HubError(f"unknown operation {op!r}")
 
 
@@ -163,6 +165,10 @@ class ServiceClient:
         return self.request(
             "send_c2d", device_id=device_id, payload_b64=base64.b64encode(data).decode(), properties=properties
         )
+
+    def drop_connection(self, device_id: str) -> bool:
+        """Cuts the device's connection as a network failure would; False when it had none."""
+        return self.request("drop_connection", device_id=device_id)
 
     def publish_raw(self, device_id: str, topic: str, payload: bytes | str = b"", qos: int = 0) -> bool:
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)

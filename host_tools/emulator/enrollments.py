@@ -32,7 +32,7 @@ log = logging.getLogger("host_tools.emulator.enrollments")
 DEFAULT_ID_SCOPE = "0ne00000001"
 DEFAULT_HUB = "azprov-hub.azure-devices.net"
 PKI_PREFIX = "pki:"
-PKI_NAMES = {"trust-root": "trust_root", "edge-ca": "edge_ca", "dps-root": "dps_root"}
+PKI_NAMES = {"trust-root": "trust_root", "edge-ca": "edge_ca", "dps-root": "dps_root", "trust-bundle": "trust_bundle"}
 ALLOCATION_ERRORS = {
     400207: "Custom allocation failed with status code: 400",
     400208: "No IoT hub is available to assign the device to",

@@ -437,5 +437,14 @@ class GatewayEndpoint(Endpoint):
         self.hub.record(device_id, "raw_sent", topic=topic, size=len(payload), qos=qos)
         return True
 
+    def drop_device(self, device_id: str) -> bool:
+        session, _ = self.live.get(device_id, (None, None))
+        if session is None or session.closed:
+            return False
+        self.stats.incr(self.name, "dropped")
+        self.log.info("%s: dropping the connection on request", session)
+        session.abort("dropped on request")
+        return True
+
     def drop_connections(self, reason: str = "dropped on request") -> int:
         return self.drop_all(reason)

@@ -1,4 +1,5 @@
-"""Test and demo PKI, all P-256 ECDSA, made with `cryptography`.
+"""Test and demo PKI, made with `cryptography`: P-256 ECDSA by default ("lab" profile), or shaped like Azure's
+("azure" profile: RSA-2048 servers under RSA-4096 intermediates and RSA-4096 roots; see PROFILES).
 
 Two independent hierarchies, as in a real deployment:
 
@@ -10,6 +11,10 @@ Two independent hierarchies, as in a real deployment:
 still valid and cover the requested host names (a changed host name reissues only the server certificate, so
 devices that already trust the roots keep working). The building blocks (`make_root`, `make_intermediate`,
 `make_server_cert`, `make_decoy_roots`, `write_bundle`) are public for tests that need unusual chains.
+
+The profile a folder was made with is recorded in its `profile` file; `ensure_emulator_pki` without a profile
+(the emulator) keeps whatever the folder holds, so `pki --profile azure --out STATE/pki` before starting the
+emulator makes it serve Azure-shaped chains.
 
 Keys are written unencrypted with mode 0600: this is test PKI, never use it for production devices.
 """
@@ -29,7 +34,7 @@ import click
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ORGANIZATION = "azprov test PKI"
@@ -54,6 +59,44 @@ FILES = {
     "gateway_server": "gateway-server.pem",
     "gateway_server_key": "gateway-server-key.pem",
 }
+# Files only the azure profile has: the intermediate between the DPS root and the DPS server (Azure's endpoints are
+# served by an issuing CA under a root), and a trust bundle of several roots.
+PROFILE_FILES = {
+    "dps_ca": "dps-ca.pem",
+    "dps_ca_key": "dps-ca-key.pem",
+    "trust_bundle": "trust-bundle.pem",
+}
+PROFILE_MARK = "profile"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Key kinds of a PKI: roots, intermediates (edge CA, DPS issuing CA), TLS servers."""
+
+    name: str
+    root: str
+    intermediate: str
+    server: str
+    dps_intermediate: bool  # DPS's server certificate is issued by an intermediate (sent in its chain)
+    bundle_roots: int  # trust-bundle.pem: this many roots, the trust root last (0: no such file)
+    description: str
+
+
+PROFILES = {
+    "lab": Profile("lab", "p256", "p256", "p256", False, 0, "P-256 ECDSA everywhere (the default)"),
+    "azure": Profile(
+        "azure",
+        "rsa4096",
+        "rsa4096",
+        "rsa2048",
+        True,
+        3,
+        "as Azure's endpoints: RSA-2048 servers under RSA-4096 intermediates and RSA-4096 roots; "
+        "trust-bundle.pem holds 3 RSA-4096 roots",
+    ),
+}
+DEFAULT_PROFILE = "lab"
+KEY_KINDS = ("p256", "rsa2048", "rsa4096")
 
 
 class PkiError(RuntimeError):
@@ -65,7 +108,7 @@ class Issued:
     """A certificate with its private key (and, for server certificates, the chain served after it)."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     chain: list[x509.Certificate] = field(default_factory=list)
 
     @property
@@ -98,10 +141,15 @@ class EmulatorPki:
     gateway_server: Path
     gateway_server_key: Path
     actions: dict = field(default_factory=dict, compare=False)
+    profile: str = DEFAULT_PROFILE
+    dps_ca: Path | None = None  # azure profile only
+    dps_ca_key: Path | None = None
+    trust_bundle: Path | None = None  # azure profile only: several roots, the trust root last
 
     def paths(self) -> dict[str, str]:
         """name -> path, for emulator.json (every file, keys included: the emulator is local test gear)."""
-        return {name: str(getattr(self, name)) for name in FILES}
+        names = list(FILES) + [n for n in PROFILE_FILES if getattr(self, n) is not None]
+        return {name: str(getattr(self, name)) for name in names}
 
     def trust_root_pem(self) -> str:
         return self.trust_root.read_text()
@@ -127,8 +175,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def new_key(kind: str = "p256") -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """A private key of `kind`: "p256" (ECDSA), "rsa2048" or "rsa4096"."""
+    if kind == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind in ("rsa2048", "rsa4096"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
+    raise PkiError(f"key kind {kind!r}: use one of {', '.join(KEY_KINDS)}")
+
+
+def key_kind(key) -> str:
+    """ "p256", "rsa2048", "rsa4096" (or a description of another key)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return "p256" if key.curve.name == "secp256r1" else f"ec-{key.curve.name}"
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    return type(key).__name__
 
 
 def _name(common_name: str, unit: str = "test") -> x509.Name:
@@ -179,9 +241,9 @@ def _authority_key_id(issuer: Issued) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
 
 
-def make_root(common_name: str | None = None, days: int = ROOT_DAYS, unit: str = "test") -> Issued:
-    """A self-signed CA certificate."""
-    key = new_key()
+def make_root(common_name: str | None = None, days: int = ROOT_DAYS, unit: str = "test", kind: str = "p256") -> Issued:
+    """A self-signed CA certificate with a key of `kind` (see new_key)."""
+    key = new_key(kind)
     name = _name(common_name or _unique("azprov root"), unit)
     cert = (
         _builder(name, name, key.public_key(), days)
@@ -194,10 +256,14 @@ def make_root(common_name: str | None = None, days: int = ROOT_DAYS, unit: str =
 
 
 def make_intermediate(
-    issuer: Issued, common_name: str | None = None, days: int = INTERMEDIATE_DAYS, path_length: int | None = None
+    issuer: Issued,
+    common_name: str | None = None,
+    days: int = INTERMEDIATE_DAYS,
+    path_length: int | None = None,
+    kind: str = "p256",
 ) -> Issued:
     """A CA certificate signed by `issuer` (for example the edge CA under the trust root)."""
-    key = new_key()
+    key = new_key(kind)
     cert = (
         _builder(_name(common_name or _unique("azprov intermediate")), issuer.cert.subject, key.public_key(), days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
@@ -226,6 +292,7 @@ def make_server_cert(
     common_name: str | None = None,
     days: int = SERVER_DAYS,
     include_issuer_in_chain: bool = True,
+    kind: str = "p256",
 ) -> Issued:
     """A TLS server certificate for `hostnames` (IP literals among them become IP SANs, as do `ip_addresses`).
 
@@ -234,7 +301,8 @@ def make_server_cert(
     dns, ips = _split_hosts(list(hostnames) + list(ip_addresses))
     if not dns and not ips:
         raise PkiError("a server certificate needs at least one host name or IP address")
-    key = new_key()
+    key = new_key(kind)
+    rsa_key = isinstance(key, rsa.RSAPrivateKey)
     sans = [x509.DNSName(n) for n in dns] + [x509.IPAddress(i) for i in ips]
     cert = (
         _builder(
@@ -248,7 +316,7 @@ def make_server_cert(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=False,
+                key_encipherment=rsa_key,  # as on Azure's RSA server certificates
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -269,9 +337,10 @@ def make_server_cert(
     return Issued(cert, key, chain=chain)
 
 
-def make_decoy_roots(count: int, label: str = "decoy root") -> list[Issued]:
-    """Unrelated self-signed roots, e.g. to pad a trust bundle around the one root that matters."""
-    return [make_root(_unique(f"azprov {label} {i + 1}")) for i in range(count)]
+def make_decoy_roots(count: int, label: str = "decoy root", kind: str = "p256") -> list[Issued]:
+    """Unrelated self-signed roots, e.g. to pad a trust bundle around the one root that matters ("rsa4096": the size
+    of the public roots a real bundle holds)."""
+    return [make_root(_unique(f"azprov {label} {i + 1}"), kind=kind) for i in range(count)]
 
 
 def make_root_chain(length: int) -> list[Issued]:
@@ -323,8 +392,8 @@ def load_issued(cert_path: str | os.PathLike, key_path: str | os.PathLike) -> Is
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise PkiError(f"{key_path}: not a usable unencrypted PEM private key") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{key_path}: not an EC private key")
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PkiError(f"{key_path}: not an EC or RSA private key")
     if key.public_key().public_numbers() != certs[0].public_key().public_numbers():
         raise PkiError(f"{key_path}: does not belong to {cert_path}")
     return Issued(certs[0], key, chain=certs[1:])
@@ -409,23 +478,34 @@ def _try_load(cert_path: Path, key_path: Path) -> Issued | None:
     return issued if _usable(issued.cert) else None
 
 
-def _ensure_root(paths: dict[str, Path], name: str, label: str, actions: dict) -> tuple[Issued, bool]:
+def _ensure_root(
+    paths: dict[str, Path], name: str, label: str, actions: dict, kind: str = "p256"
+) -> tuple[Issued, bool]:
     existing = _try_load(paths[name], paths[f"{name}_key"])
-    if existing is not None and is_self_signed(existing.cert):
+    if existing is not None and is_self_signed(existing.cert) and key_kind(existing.key) == kind:
         actions[name] = "reused"
         return existing, False
-    root = make_root(_unique(label))
+    root = make_root(_unique(label), kind=kind)
     write_issued(root, paths[name], paths[f"{name}_key"])
     actions[name] = "created"
     return root, True
 
 
 def _ensure_child(
-    paths, name: str, issuer: Issued, issuer_changed: bool, actions: dict, make, names=None, with_chain: bool = False
+    paths,
+    name: str,
+    issuer: Issued,
+    issuer_changed: bool,
+    actions: dict,
+    make,
+    names=None,
+    with_chain: bool = False,
+    kind: str | None = None,
 ) -> tuple[Issued, bool]:
     existing = None if issuer_changed else _try_load(paths[name], paths[f"{name}_key"])
     ok = (
         existing is not None
+        and (kind is None or key_kind(existing.key) == kind)
         and issued_by(existing.cert, issuer.cert)
         and (names is None or _covers(existing.cert, names))
         and (not with_chain or existing.chain[:1] == [issuer.cert])
@@ -444,40 +524,72 @@ def server_names(hostname: str, ip_addresses=()) -> list[str]:
     return list(dict.fromkeys([hostname, "localhost", "127.0.0.1", *map(str, ip_addresses)]))
 
 
+def folder_profile(folder: str | os.PathLike) -> str:
+    """The profile a PKI folder was made with (its `profile` file), "lab" when it has none."""
+    mark = Path(folder) / PROFILE_MARK
+    name = mark.read_text().strip() if mark.is_file() else DEFAULT_PROFILE
+    return name if name in PROFILES else DEFAULT_PROFILE
+
+
 def ensure_emulator_pki(
-    folder: str | os.PathLike, dps_hostname: str = "localhost", gateway_hostname: str = "localhost", ip_addresses=()
+    folder: str | os.PathLike,
+    dps_hostname: str = "localhost",
+    gateway_hostname: str = "localhost",
+    ip_addresses=(),
+    profile: str | None = None,
 ) -> EmulatorPki:
     """Create the emulator's PKI in `folder`, or reuse what is there and still fits.
 
-    Reuse keeps a root as long as it parses, matches its key and is not about to expire; a child is reused
-    only if its issuer was reused and signed it; a server certificate must also cover the host names asked for.
+    Reuse keeps a root as long as it parses, matches its key, has the profile's key kind and is not about to
+    expire; a child is reused only if its issuer was reused and signed it; a server certificate must also cover the
+    host names asked for. `profile` None keeps the folder's profile (see folder_profile).
     """
     folder = Path(folder)
-    paths = {name: folder / file_name for name, file_name in FILES.items()}
+    if profile is not None and profile not in PROFILES:
+        raise PkiError(f"PKI profile {profile!r}: use one of {', '.join(PROFILES)}")
+    spec = PROFILES[profile or folder_profile(folder)]
+    paths = {name: folder / file_name for name, file_name in {**FILES, **PROFILE_FILES}.items()}
     actions: dict[str, str] = {}
+    extra: dict[str, Path] = {}
     with _folder_lock(folder):
-        dps_root, dps_root_new = _ensure_root(paths, "dps_root", "azprov DPS root", actions)
+        dps_root, dps_root_new = _ensure_root(paths, "dps_root", "azprov DPS root", actions, spec.root)
+        dps_issuer, dps_issuer_new = dps_root, dps_root_new
+        if spec.dps_intermediate:
+            dps_issuer, dps_issuer_new = _ensure_child(
+                paths,
+                "dps_ca",
+                dps_root,
+                dps_root_new,
+                actions,
+                lambda: make_intermediate(dps_root, _unique("azprov DPS issuing CA"), kind=spec.intermediate),
+                kind=spec.intermediate,
+            )
+            actions["dps_ca_key"] = actions["dps_ca"]
+            extra.update(dps_ca=paths["dps_ca"], dps_ca_key=paths["dps_ca_key"])
         dps_names = server_names(dps_hostname, ip_addresses)
         _ensure_child(
             paths,
             "dps_server",
-            dps_root,
-            dps_root_new,
+            dps_issuer,
+            dps_issuer_new,
             actions,
-            lambda: make_server_cert(dps_root, dps_names),
+            lambda: make_server_cert(dps_issuer, dps_names, kind=spec.server),
             names=dps_names,
+            with_chain=spec.dps_intermediate,
+            kind=spec.server,
         )
         actions["dps_root_key"] = actions["dps_root"]
         actions["dps_server_key"] = actions["dps_server"]
 
-        trust_root, trust_root_new = _ensure_root(paths, "trust_root", "azprov trust root", actions)
+        trust_root, trust_root_new = _ensure_root(paths, "trust_root", "azprov trust root", actions, spec.root)
         edge_ca, edge_ca_new = _ensure_child(
             paths,
             "edge_ca",
             trust_root,
             trust_root_new,
             actions,
-            lambda: make_intermediate(trust_root, _unique("azprov edge CA")),
+            lambda: make_intermediate(trust_root, _unique("azprov edge CA"), kind=spec.intermediate),
+            kind=spec.intermediate,
         )
         gateway_names = server_names(gateway_hostname, ip_addresses)
         _ensure_child(
@@ -486,13 +598,31 @@ def ensure_emulator_pki(
             edge_ca,
             edge_ca_new,
             actions,
-            lambda: make_server_cert(edge_ca, gateway_names),
+            lambda: make_server_cert(edge_ca, gateway_names, kind=spec.server),
             names=gateway_names,
             with_chain=True,
+            kind=spec.server,
         )
         for name in ("trust_root", "edge_ca", "gateway_server"):
             actions[f"{name}_key"] = actions[name]
-    return EmulatorPki(folder=folder, actions=actions, **paths)
+        if spec.bundle_roots:
+            actions["trust_bundle"] = _ensure_trust_bundle(paths["trust_bundle"], trust_root, spec)
+            extra["trust_bundle"] = paths["trust_bundle"]
+        _atomic_write(folder / PROFILE_MARK, spec.name.encode() + b"\n")
+    return EmulatorPki(folder=folder, actions=actions, profile=spec.name, **{n: paths[n] for n in FILES}, **extra)
+
+
+def _ensure_trust_bundle(path: Path, trust_root: Issued, spec: Profile) -> str:
+    """trust-bundle.pem: spec.bundle_roots roots of the profile's kind, the trust root last (the one that signs the
+    gateway, as in the tests' decoy bundles)."""
+    with contextlib.suppress(PkiError):
+        certs = load_certificates(path) if path.exists() else []
+        if len(certs) == spec.bundle_roots and certs[-1] == trust_root.cert:
+            return "reused"
+    action = "reissued" if path.exists() else "created"
+    decoys = make_decoy_roots(spec.bundle_roots - 1, label="public root", kind=spec.root)
+    write_bundle(path, [d.cert for d in decoys] + [trust_root.cert])
+    return action
 
 
 def reissue_gateway_cert(
@@ -520,6 +650,8 @@ _DESCRIPTIONS = {
     "edge_ca_key": "edge CA key (IoT Edge [edge_ca] pk)",
     "gateway_server": "gateway server cert + edge CA chain",
     "gateway_server_key": "gateway server key",
+    "dps_ca": "DPS issuing CA (azure profile; served in the DPS chain)",
+    "trust_bundle": "trust bundle of several roots, trust root last (azure profile)",
 }
 
 
@@ -534,7 +666,14 @@ _DESCRIPTIONS = {
 @click.option("--gateway-host", required=True, help="Host name devices use to reach the gateway (goes into the SAN).")
 @click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificates' SAN (repeatable).")
 @click.option("--dps-host", default="localhost", show_default=True, help="Host name of the (emulated) DPS.")
-def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host: str):
+@click.option(
+    "--profile",
+    type=click.Choice(sorted(PROFILES)),
+    default=DEFAULT_PROFILE,
+    show_default=True,
+    help="lab: P-256 everywhere. azure: RSA-2048 servers under RSA-4096 intermediates and roots, a 3-root bundle.",
+)
+def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host: str, profile: str):
     """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates).
 
     The folder can serve as the emulator's PKI folder (STATE_DIR/pki) and as test material for a lab IoT Edge
@@ -549,23 +688,30 @@ def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host
         except ValueError:
             raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--ip") from None
     try:
-        pki = ensure_emulator_pki(out_dir, dps_hostname=dps_host, gateway_hostname=gateway_host, ip_addresses=ips)
+        pki = ensure_emulator_pki(
+            out_dir, dps_hostname=dps_host, gateway_hostname=gateway_host, ip_addresses=ips, profile=profile
+        )
     except (PkiError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    table = Table(title=f"PKI in {pki.folder}")
+    table = Table(title=f"PKI in {pki.folder} (profile {pki.profile})")
     table.add_column("file", no_wrap=True)
-    for column in ("what", "subject"):
+    for column in ("what", "key", "subject"):
         table.add_column(column)
     table.add_column("expires", no_wrap=True)
     table.add_column("action", no_wrap=True)
     for name, description in _DESCRIPTIONS.items():
         path = getattr(pki, name)
+        if path is None:
+            continue
         if name.endswith("_key"):
-            subject, expires = "", ""
+            subject, expires, kind = "", "", ""
         else:
-            cert = load_certificates(path)[0]
+            certs = load_certificates(path)
+            cert = certs[-1] if name == "trust_bundle" else certs[0]
             subject = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
             expires = cert.not_valid_after_utc.strftime("%Y-%m-%d")
-        table.add_row(path.name, escape(description), escape(subject), expires, pki.actions.get(name, ""))
+            kind = key_kind(cert.public_key()) + (f" x{len(certs)}" if name == "trust_bundle" else "")
+        table.add_row(path.name, escape(description), kind, escape(subject), expires, pki.actions.get(name, ""))
     Console().print(table)
+    click.echo(f"profile: {pki.profile} ({PROFILES[pki.profile].description})")
     click.echo(f"gateway certificate covers: {', '.join(server_names(gateway_host, ips))}")
