@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.board.harness import parse_device_line
-from host_tools.board.unix_port import start_device
+from host_tools.board.unix_port import run_device, start_device
 from host_tools.emulator.control import ServiceClient
 from tests.helpers import assert_no_secret, enrollment_doc, individual, new_key
 
@@ -23,8 +23,8 @@ APP = Path(__file__).parent / "apps" / "hub_app.py"
 class RunningDevice:
     """A device process whose output lines are collected as they come."""
 
-    def __init__(self, root: Path, script: str = "main.py"):
-        self.proc = start_device(root, script=script)
+    def __init__(self, dev, script: str = "main.py"):
+        self.proc = start_device(dev.root, script=script, runtime=dev.runtime)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -95,7 +95,7 @@ def test_default_app_twin_methods_c2d_across_drop_and_renewal(emulator, device):
     # Set before the device ever connected: applied from the twin GET after the first connect.
     service.set_desired("hub-dev", {"telemetryIntervalSeconds": 2})
     dev_folder = device(emu, "hub-dev", key, telemetry_count=0, telemetry_interval_s=1, sas_ttl_s=10)
-    dev = RunningDevice(dev_folder.root)
+    dev = RunningDevice(dev_folder)
     try:
         dev.wait("telemetry_interval_changed", where=lambda f: f["seconds"] == "2" and f["version"] == "2")
         reported = _wait_reported(service, "hub-dev", lambda r: "azprov" in r and "telemetryIntervalSeconds" in r)
@@ -151,7 +151,7 @@ def test_malformed_messages_are_classified_and_the_client_stays_connected(emulat
     emu = emulator(enrollment_doc([individual("odd-dev", key)]), *FAST)
     service = ServiceClient.from_state_dir(emu.state_dir)
     dev_folder = device(emu, "odd-dev", key, use_mpy=use_mpy, telemetry_count=0, telemetry_interval_s=5)
-    dev = RunningDevice(dev_folder.root)
+    dev = RunningDevice(dev_folder)
     try:
         dev.wait("hub_ready")
         _wait_reported(service, "odd-dev", lambda r: "azprov" in r)
@@ -179,6 +179,13 @@ def test_malformed_messages_are_classified_and_the_client_stays_connected(emulat
             "status": 200,
             "payload": {"pong": "still here"},
         }
+        # A method request delivered twice (QoS 1 redelivery) is answered once.
+        for _ in range(2):
+            assert service.publish_raw("odd-dev", "$iothub/methods/POST/ping/?$rid=dup", b'"x"', 1)
+        dev.wait("method_repeated")
+        assert [r["status"] for r in _hub_records(emu) if r["event"] == "method_answered" and r["rid"] == "dup"] == [
+            200
+        ]
         assert len(dev.events("gateway_verified")) == 1
     finally:
         output = dev.stop()
@@ -191,7 +198,7 @@ def test_application_on_the_public_api_in_an_asyncio_task(emulator, device):
     service = ServiceClient.from_state_dir(emu.state_dir)
     dev_folder = device(emu, "app-dev", key, sas_ttl_s=8)
     (dev_folder.root / "app.py").write_text(APP.read_text())
-    dev = RunningDevice(dev_folder.root, script="app.py")
+    dev = RunningDevice(dev_folder, script="app.py")
     try:
         dev.wait("app_started")
         service.set_desired("app-dev", {"colour": "blue"})
@@ -228,3 +235,60 @@ def test_application_on_the_public_api_in_an_asyncio_task(emulator, device):
     assert len(completed) == 2
     telemetry = [json.loads(r["payload"]) for r in emu.telemetry() if r["device_id"] == "app-dev"]
     assert telemetry and all("n" in t for t in telemetry)
+
+
+def test_the_readme_example_runs_as_written(emulator, device):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Your application", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    key = new_key()
+    emu = emulator(enrollment_doc([individual("readme-dev", key)]), *FAST)
+    service = ServiceClient.from_state_dir(emu.state_dir)
+    dev_folder = device(emu, "readme-dev", key)
+    (dev_folder.root / "example.py").write_text(example)
+    dev = RunningDevice(dev_folder, script="example.py")
+    try:
+        deadline = time.monotonic() + 30  # the first message is sent after the handlers were registered
+        while not [r for r in emu.telemetry() if r["device_id"] == "readme-dev"]:
+            assert time.monotonic() < deadline and dev.proc.poll() is None, dev.output
+            time.sleep(0.1)
+        assert service.invoke_method("readme-dev", "echo", {"a": 1}, timeout=15) == {"status": 200, "payload": {"a": 1}}
+        _wait_reported(service, "readme-dev", lambda r: r.get("lastEcho") == {"a": 1})
+        service.set_desired("readme-dev", {"x": 1})
+        service.send_c2d("readme-dev", "hello", {"colour": "red"})
+        deadline = time.monotonic() + 15
+        while not ("desired {'x': 1} version 2" in dev.output and "c2d b'hello'" in dev.output):
+            assert time.monotonic() < deadline and dev.proc.poll() is None, dev.output
+            time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while len([r for r in emu.telemetry() if r["device_id"] == "readme-dev"]) < 2:
+            assert time.monotonic() < deadline, dev.output
+            time.sleep(0.1)
+    finally:
+        output = dev.stop()
+    assert "Traceback" not in output, output
+    record = [r for r in emu.telemetry() if r["device_id"] == "readme-dev"][0]
+    assert record["properties"] == {"$.ct": "application/json", "$.ce": "utf-8", "source": "app"}
+
+
+_MODULES_AFTER = """import sys
+from azprov.app import main
+status = main("provisioning.json", hub_features=%s)
+print("modules", " ".join(sorted(m for m in sys.modules if m.startswith("azprov"))))
+sys.exit(status)
+"""
+
+
+def test_hub_modules_load_only_when_used(emulator, device):
+    key = new_key()
+    emu = emulator(enrollment_doc([individual("lazy-dev", key)]), *FAST)
+    loaded = {}
+    for features in (False, True):
+        dev = device(emu, "lazy-dev", key)
+        (dev.root / "flow.py").write_text(_MODULES_AFTER % features)
+        proc = run_device(dev.root, script="flow.py", runtime=dev.runtime)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("modules "))
+        loaded[features] = set(line.split()[1:])
+    assert not {"azprov.hub", "azprov.client", "azprov.default_app"} & loaded[False]
+    assert {"azprov.hub", "azprov.client", "azprov.default_app"} <= loaded[True]

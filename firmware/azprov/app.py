@@ -147,7 +147,18 @@ def load_config(path):
     config = None
     release("config")
     log.set_level(cfg["log_level"])
-    log.info("config_loaded", ("registration_id", cfg["registration_id"]), ("dps_host", cfg["dps_host"]))
+    log.info(
+        "config_loaded",
+        ("registration_id", cfg["registration_id"]),
+        ("dps_host", cfg["dps_host"]),
+        ("attestation", cfg["attestation"]),
+    )
+    if cfg["attestation"] == "x509":
+        from azprov import identity
+
+        identity.load(cfg)  # every problem with the certificate or key surfaces here, before any connection
+        identity = None
+        release("identity", "der")
     return cfg
 
 

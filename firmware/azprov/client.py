@@ -66,7 +66,7 @@ class Client:
             try:
                 self._sync_twin(self._generation, connecting=False)
             except ProvisioningError as exc:
-                self.recover(exc)
+                self.recover(exc, give_up=False)
 
     def on_method(self, name, handler):
         self._methods[name] = handler
@@ -198,7 +198,7 @@ class Client:
             try:
                 self._subscribe()
             except Exception as exc:
-                self.recover(transport.classify(exc, "subscribe"))
+                self.recover(self._dropped(exc, "subscribe"), give_up=False)
 
     def _ensure_connected(self):
         if self.gateway.client is None:
@@ -254,6 +254,7 @@ class Client:
             self.gateway = self._reprovision()
             self._reprovision = None  # fresh from DPS now: nothing staler to go back to
             self.gateway.listener = self
+            self.device_id = self.gateway.device_id
             self.failures = 0
             self._retry_at = None
             return
@@ -362,6 +363,8 @@ class Client:
         try:
             while self._queue:
                 topic, body, pid, generation = self._queue.pop(0)
+                if pid is not None and generation != self._generation:
+                    continue  # a QoS 1 message of a connection that is gone: the hub delivers it again
                 if topic is None:
                     self._give_desired(body[0], body[1])
                 else:

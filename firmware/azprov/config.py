@@ -22,7 +22,11 @@ _FIELDS = {
     "dps_port": (int, 8883),
     "id_scope": (str, _REQUIRED),
     "registration_id": (str, _REQUIRED),
-    "symmetric_key": (str, _REQUIRED),
+    "attestation": (str, "symmetric_key"),
+    "symmetric_key": (str, None),  # required with symmetric_key attestation, refused with x509
+    "certificate_file": (str, None),  # x509: the device certificate, then any intermediates (PEM or DER)
+    "private_key_file": (str, None),  # x509: its unencrypted key (PEM or DER; EC P-256 or RSA 2048)
+    "certificate_expiry_warning_days": (int, 30),
     "dps_ca_file": (str, _REQUIRED),
     "payload": (None, None),
     "gateway_host": (str, None),
@@ -132,7 +136,8 @@ def parse(text, path="provisioning file"):
                 "must be " + {str: "a string", int: "a whole number", bool: "true or false", dict: "an object"}[kind],
             )
         config[name] = value
-    for name in ("dps_host", "id_scope", "registration_id", "symmetric_key", "dps_ca_file", "storage_dir"):
+    _check_attestation(config, path)
+    for name in ("dps_host", "id_scope", "registration_id", "dps_ca_file", "storage_dir"):
         if not config[name].strip():
             raise _error(path, name, "must not be empty")
     for name in ("dps_host", "gateway_host", "ntp_host"):
@@ -151,13 +156,16 @@ def parse(text, path="provisioning file"):
         raise _error(
             path, "registration_id", "must be up to 128 letters, digits or -._: and end in a letter, digit or -"
         )
-    try:
-        key = b64decode(config["symmetric_key"])
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        # The key itself is never echoed.
-        raise _error(path, "symmetric_key", "must be a base64 key of at least 16 bytes")
+    if config["attestation"] == "symmetric_key":
+        try:
+            key = b64decode(config["symmetric_key"])
+        except ValueError:
+            key = b""
+        if len(key) < 16:
+            # The key itself is never echoed.
+            raise _error(path, "symmetric_key", "must be a base64 key of at least 16 bytes")
+    elif len(reg_id) > 64:
+        raise _error(path, "registration_id", "must be at most 64 characters with x509 (it is the certificate's CN)")
     if config["log_level"] not in LOG_LEVELS:
         raise _error(path, "log_level", "must be one of " + ", ".join(LOG_LEVELS))
     if not 5 <= config["sas_ttl_s"] <= 86400 * 366:
@@ -195,4 +203,31 @@ def parse(text, path="provisioning file"):
     base = _directory_of(path)
     config["dps_ca_file"] = resolve(base, config["dps_ca_file"])
     config["storage_dir"] = resolve(base, config["storage_dir"])
+    for name in ("certificate_file", "private_key_file"):
+        if config[name] is not None:
+            config[name] = resolve(base, config[name])
     return config
+
+
+def _check_attestation(config, path):
+    # symmetric_key: the device signs SAS tokens with its key. x509: it shows a certificate in the TLS handshake
+    # (DPS and gateway alike) and has no key to sign tokens with.
+    kind = config["attestation"]
+    if kind == "symmetric_key":
+        if config["symmetric_key"] is None:
+            raise _error(path, "symmetric_key", "is required")
+        for name in ("certificate_file", "private_key_file"):
+            if config[name] is not None:
+                raise _error(path, name, 'is only used with "attestation": "x509"')
+    elif kind == "x509":
+        if config["symmetric_key"] is not None:
+            raise _error(path, "symmetric_key", 'must not be set with "attestation": "x509"')
+        for name in ("certificate_file", "private_key_file"):
+            if config[name] is None:
+                raise _error(path, name, 'is required with "attestation": "x509"')
+            if not config[name].strip():
+                raise _error(path, name, "must not be empty")
+        if not 0 <= config["certificate_expiry_warning_days"] <= 3650:
+            raise _error(path, "certificate_expiry_warning_days", "must be between 0 and 3650")
+    else:
+        raise _error(path, "attestation", 'must be "symmetric_key" or "x509"')

@@ -49,6 +49,7 @@ class Gateway:
         self.host = config["gateway_host"] or self.hub
         self.port = config["gateway_port"] if config["gateway_host"] else 8883
         self._ca_pem_texts = ca_pem_texts
+        self.x509 = config["attestation"] == "x509"
         self._trust_source = trust_source
         self._ctx = None
         self.client = None
@@ -70,15 +71,23 @@ class Gateway:
             # provisioning file's CA file is the user's configuration.
             kind = errors.STORAGE if self._trust_source == "trust_bundle.pem" else errors.CONFIGURATION
             self._ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
+            if self.x509:
+                transport.use_client_certificate(
+                    self._ctx, self.config["client_certificates"], self.config["client_key"]
+                )
             log.debug("gateway_trust_loaded", ("certificates", count))
         return self._ctx
 
     def connect(self):
-        now = require_set_clock()
-        ttl = self.config["sas_ttl_s"]
-        self.token_expiry = now + ttl
-        self._renew_at = now + ttl * _RENEW_AT_PERCENT // 100
-        password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
+        if self.x509:
+            # Mutual TLS: the device certificate is the credential, there is no token to renew.
+            password = None
+        else:
+            now = require_set_clock()
+            ttl = self.config["sas_ttl_s"]
+            self.token_expiry = now + ttl
+            self._renew_at = now + ttl * _RENEW_AT_PERCENT // 100
+            password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
         self.connections += 1
         self.client = transport.connect(
             self.device_id,
@@ -144,7 +153,7 @@ class Gateway:
 
     def renew_if_due(self):
         """Reconnects with a fresh token once most of the old one's lifetime has passed; True when it did."""
-        if self.client is None or require_set_clock() < self._renew_at:
+        if self.client is None or self.x509 or require_set_clock() < self._renew_at:
             return False
         transport.disconnect(self.client)
         self.client = None

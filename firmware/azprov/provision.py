@@ -55,10 +55,16 @@ class Session:
 
     def _connect(self, deadline):
         cfg = self.config
+        x509 = cfg["attestation"] == "x509"
         if self._ctx is None:
             self._ctx, _ = transport.tls_context((read_text(cfg["dps_ca_file"], "dps_ca_file"),))
-        expiry = require_set_clock() + cfg["sas_ttl_s"]
-        password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
+            if x509:
+                transport.use_client_certificate(self._ctx, cfg["client_certificates"], cfg["client_key"])
+        if x509:
+            password = None  # the certificate in the TLS handshake is the credential
+        else:
+            expiry = require_set_clock() + cfg["sas_ttl_s"]
+            password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
         timeout = max(1, min(_IO_TIMEOUT_MS, _remaining_ms(deadline)))
         log.debug("dps_connecting", ("host", cfg["dps_host"]), ("port", cfg["dps_port"]))
         self.connections += 1

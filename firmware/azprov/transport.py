@@ -23,6 +23,8 @@ _COLLECT_BEFORE_BYTES = const(1024)
 _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
+_MBEDTLS_FATAL_ALERT = const(-30592)  # MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: the peer sent a fatal alert
+_EPIPE = const(32)  # the peer closed while we were still writing (Linux and lwIP agree)
 
 
 def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
@@ -44,6 +46,54 @@ def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
     return ctx, count
 
 
+def use_client_certificate(ctx, certificates, key):
+    """Makes `ctx` present the device certificate and its intermediates (DER, device certificate first) with `key`.
+    One load_cert_chain() call per certificate: mbedTLS appends each to the chain it sends, while a concatenation
+    would silently load only the first."""
+    try:
+        for der in certificates:
+            ctx.load_cert_chain(der, key)
+    except (ValueError, OSError) as exc:
+        # mbedTLS says "invalid key" or "invalid cert"; neither text holds key material.
+        raise ProvisioningError(
+            errors.CONFIGURATION, "certificate_file/private_key_file: the TLS stack cannot load them (%s)" % exc
+        )
+
+
+def drop_empty_password(packet):
+    """A CONNECT packet as umqtt.simple writes it with a user name and an empty password, rewritten without the
+    password: an X.509 client sends none at all (edgeHub takes any password field, even an empty one, as SAS).
+    Anything else is returned unchanged."""
+    if not packet or packet[0] != 0x10:
+        return packet
+    pos = 1
+    length = 0
+    shift = 0
+    while True:
+        byte = packet[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = bytearray(packet[pos : pos + length])
+    # body: protocol name (00 04 "MQTT"), level, flags at offset 7, keepalive, then the payload; the password is
+    # the last field of the payload.
+    if len(body) < 12 or not body[7] & 0x40 or body[-2:] != b"\0\0":
+        return packet
+    body = body[:-2]
+    body[7] &= 0xBF
+    out = bytearray((0x10,))
+    size = len(body)
+    while True:
+        byte = size & 0x7F
+        size >>= 7
+        out.append(byte | 0x80 if size else byte)
+        if not size:
+            break
+    return out + body + packet[pos + length :]
+
+
 class DeadlineSocket:
     """A TLS stream where every blocking read or write gives up after `timeout_ms` with OSError(ETIMEDOUT), and a
     packet larger than `max_packet` is refused before memory is spent on it."""
@@ -54,6 +104,7 @@ class DeadlineSocket:
         self._max_packet = max_packet
         self._blocking = True
         self._pending = bytearray()
+        self.no_password = False  # set for X.509: the first packet (CONNECT) goes out without a password field
         tls.setblocking(False)
         self._poll = select.poll()
         self._poll.register(tls, select.POLLIN)
@@ -114,6 +165,9 @@ class DeadlineSocket:
     def flush(self):
         if not self._pending:
             return
+        if self.no_password:
+            self.no_password = False
+            self._pending = drop_empty_password(self._pending)
         view = memoryview(self._pending)
         sent = 0
         deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
@@ -139,18 +193,33 @@ class DeadlineSocket:
 
 class _TimedContext:
     # What umqtt.simple >= 1.6 receives as `ssl`: bounds the handshake and hands back a DeadlineSocket.
-    def __init__(self, ctx, timeout_ms, max_packet):
+    def __init__(self, ctx, timeout_ms, max_packet, client_certificate=False):
         self._ctx = ctx
         self._timeout_ms = timeout_ms
         self._max_packet = max_packet
+        self._client_certificate = client_certificate
 
     def wrap_socket(self, sock, server_hostname=None, **_ignored):
         sock.settimeout(self._timeout_ms / 1000)
         # The handshake blocks (bounded by the socket timeout, below the watchdog's): feed on both sides of it.
         watchdog.feed()
-        tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
+        try:
+            tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
+        except OSError as exc:
+            if self._client_certificate and exc.args and exc.args[0] in (_MBEDTLS_FATAL_ALERT, _EPIPE):
+                # The server ended the handshake (with an alert, or by closing: which one depends on timing) after
+                # our certificate went out: it does not accept it (unknown CA, missing intermediate, or a key that
+                # does not match the certificate).
+                raise ProvisioningError(
+                    errors.AUTHENTICATION,
+                    "the server ended the TLS handshake after the device certificate (refused it: code %s)"
+                    % exc.args[0],
+                )
+            raise
         watchdog.feed()
-        return DeadlineSocket(tls, self._timeout_ms, self._max_packet)
+        wrapped = DeadlineSocket(tls, self._timeout_ms, self._max_packet)
+        wrapped.no_password = self._client_certificate
+        return wrapped
 
 
 class _BoundedSockets:
@@ -225,12 +294,16 @@ def connect(
     max_packet=DEFAULT_MAX_PACKET,
     context="connect",
 ):
-    """A connected umqtt.simple MQTTClient over verified TLS, or a classified ProvisioningError."""
+    """A connected umqtt.simple MQTTClient over verified TLS, or a classified ProvisioningError. A `password` of
+    None means X.509: `ctx` holds the client certificate and the CONNECT carries no password field."""
     import umqtt.simple as umqtt
     from umqtt.simple import MQTTClient, MQTTException
 
-    timed = _TimedContext(ctx, timeout_ms, max_packet)
-    client = MQTTClient(client_id, host, port=port, user=user, password=password, keepalive=keepalive, ssl=timed)
+    x509 = password is None
+    timed = _TimedContext(ctx, timeout_ms, max_packet, client_certificate=x509)
+    client = MQTTClient(
+        client_id, host, port=port, user=user, password="" if x509 else password, keepalive=keepalive, ssl=timed
+    )
     client.ssl_params = {"context": timed, "server_hostname": host}
     if on_message is not None:
         client.set_callback(on_message)

@@ -24,7 +24,7 @@ from host_tools.board.unix_port import device_command, device_env
 
 ASSETS_DIR = Path(__file__).resolve().with_name("assets")
 SDK_CHILD = Path(__file__).resolve().with_name("sdk_child.py")
-ID_SCOPE = "0ne00BENCH01"
+ID_SCOPE = "0ne0BENCH01"  # 0ne + 8 letters or digits, as the device checks
 HUB = "bench-hub.azure-devices.net"
 DEVICE_ID = "bench-device"
 DPS_CA_NAME = "certs/dps-root.pem"

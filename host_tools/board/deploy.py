@@ -77,7 +77,6 @@ def provisioning_files(provisioning: Path) -> list[DeployFile]:
     byte for byte; any other is put in certs/ and the board's copy of the provisioning file names it there."""
     from host_tools.provisioning.provision_file import (
         ProvisioningFileError,
-        resolve_ca_file,
         validate_provisioning_file,
     )
 
@@ -86,19 +85,25 @@ def provisioning_files(provisioning: Path) -> list[DeployFile]:
         config = validate_provisioning_file(provisioning)
     except ProvisioningFileError as exc:
         raise DeployError(str(exc)) from None
-    ca_path = resolve_ca_file(provisioning, config)
-    name = PurePosixPath(config["dps_ca_file"])
     text = provisioning.read_bytes()
-    if name.is_absolute() or ".." in name.parts:
-        config["dps_ca_file"] = f"certs/{ca_path.name}"
+    files = []
+    rewritten = False
+    # The DPS CA file, and with X.509 the device certificate and its private key, go to the board the same way.
+    fields = ["dps_ca_file"] + (["certificate_file", "private_key_file"] if config.get("attestation") == "x509" else [])
+    for field in fields:
+        path = Path(config[field])
+        path = path if path.is_absolute() else provisioning.parent / path
+        name = PurePosixPath(config[field])
+        if name.is_absolute() or ".." in name.parts:
+            config[field] = f"certs/{path.name}"
+            rewritten = True
+            dest = "/certs/" + path.name
+        else:
+            dest = "/" + posixpath.normpath(name.as_posix())
+        files.append(DeployFile(dest, path.read_bytes(), str(path)))
+    if rewritten:
         text = (json.dumps(config, indent=2) + "\n").encode()
-        ca_dest = "/certs/" + ca_path.name
-    else:
-        ca_dest = "/" + posixpath.normpath(name.as_posix())
-    return [
-        DeployFile(BOARD_PROVISIONING, text, str(provisioning)),
-        DeployFile(ca_dest, ca_path.read_bytes(), str(ca_path)),
-    ]
+    return [DeployFile(BOARD_PROVISIONING, text, str(provisioning))] + files
 
 
 FROZEN_DIRS = ["/azprov", "/lib/umqtt"]  # what a custom firmware (boards/esp32/manifest.py) has frozen in

@@ -6,8 +6,11 @@ Subcommands use a running emulator as the IoT Hub service would be used (host_to
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import math
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +19,37 @@ import click
 
 from host_tools.emulator.enrollments import EnrollmentError, write_demo_enrollments
 from host_tools.emulator.faults import FaultError, describe, parse_fault_option, validate_faults
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
+
+
+def _host_name(ctx, param, value: str) -> str:
+    if not _HOST_NAME.match(value):
+        raise click.BadParameter("must be a host name (letters, digits, dots and dashes)")
+    return value
+
+
+def _ip_addresses(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"{value[:64]!r} is not an IP address") from None
+    return values
+
+
+def _listen_address(ctx, param, value: str) -> str:
+    if value in ("", "localhost"):
+        return value
+    return _ip_addresses(ctx, param, (value,))[0]
+
+
+def _rate(ctx, param, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter("must be a number of registrations per second above 0")
+    return value
 
 
 def _fault_epilog() -> str:
@@ -44,7 +78,13 @@ def _fault_epilog() -> str:
     is_flag=True,
     help="Create the --enrollments file with demo enrollments first if it does not exist.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for a LAN).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_listen_address,
+    help="Address to listen on (0.0.0.0 for a LAN).",
+)
 @click.option("--dps-port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option(
     "--gateway-port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port."
@@ -53,15 +93,23 @@ def _fault_epilog() -> str:
     "--dps-hostname",
     default="localhost",
     show_default=True,
+    callback=_host_name,
     help="Name devices use for DPS (in the DPS server certificate).",
 )
 @click.option(
     "--gateway-hostname",
     default="localhost",
     show_default=True,
+    callback=_host_name,
     help="Name devices use for the gateway (in the gateway server certificate).",
 )
-@click.option("--ip", "ips", multiple=True, help="Extra IP address for both server certificates (repeatable).")
+@click.option(
+    "--ip",
+    "ips",
+    multiple=True,
+    callback=_ip_addresses,
+    help="Extra IP address for both server certificates (repeatable).",
+)
 @click.option(
     "--fault",
     "faults",
@@ -72,7 +120,8 @@ def _fault_epilog() -> str:
 )
 @click.option(
     "--rate-limit",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=_rate,
     help="At most R registrations per second; beyond that DPS answers 429 with retry-after.",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug). Keys and tokens are never logged.")
@@ -111,7 +160,12 @@ def emulator(
         if not enrollments.exists() and not demo:
             raise click.UsageError("give --enrollments FILE (or --write-demo-enrollments to create one)")
     if demo and not enrollments.exists():
-        write_demo_enrollments(enrollments)
+        try:
+            write_demo_enrollments(enrollments)
+        except OSError as exc:
+            raise click.ClickException(
+                f"{exc.filename or enrollments}: cannot write the enrollments ({exc.strerror})"
+            ) from None
         click.echo(f"wrote demo enrollments to {enrollments}")
 
     fault_values = {}
@@ -123,23 +177,30 @@ def emulator(
     except FaultError as exc:
         raise click.BadParameter(str(exc), param_hint="--fault") from None
 
-    server = EmulatorServer(
-        state_dir,
-        enrollments,
-        host=host,
-        dps_port=dps_port,
-        gateway_port=gateway_port,
-        dps_hostname=dps_hostname,
-        gateway_hostname=gateway_hostname,
-        faults=fault_values,
-        rate_limit=rate_limit,
-        ip_addresses=ips,
-    )
+    try:
+        server = EmulatorServer(
+            state_dir,
+            enrollments,
+            host=host,
+            dps_port=dps_port,
+            gateway_port=gateway_port,
+            dps_hostname=dps_hostname,
+            gateway_hostname=gateway_hostname,
+            faults=fault_values,
+            rate_limit=rate_limit,
+            ip_addresses=ips,
+        )
+    except OSError as exc:
+        raise click.ClickException(
+            f"{exc.filename or state_dir}: cannot use as the state folder ({exc.strerror})"
+        ) from None
     try:
         server.prepare()
     except EnrollmentError as exc:
         raise click.ClickException(f"enrollment file: {exc}") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or state_dir}: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(_serve(server))

@@ -6,6 +6,10 @@ down: every per-connection error is logged and ends only that connection.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
+import ctypes
+import ctypes.util
+import gc
 import logging
 import ssl
 from urllib.parse import unquote
@@ -16,6 +20,62 @@ from host_tools.emulator.records import Stats
 CONNECT_TIMEOUT_S = 10.0
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 READ_CHUNK = 16 * 1024
+# At most this many connections per endpoint at once. A new one beyond it takes the place of the oldest connection
+# that has not yet sent its CONNECT (a stalled or idle client), or is closed at once when every one is a client.
+MAX_CONNECTIONS = 1000
+# Every TLS connection holds a read buffer and objects in reference cycles (asyncio's SSL protocol and transport)
+# that only the cyclic garbage collector frees; after a burst of ended connections memory would stay taken until a
+# full collection happens by chance. The janitor collects once this many connections ended, or this long after the
+# last one ended, and hands freed heap back to the system (glibc malloc_trim).
+COLLECT_AFTER_ENDED = 200
+COLLECT_IDLE_S = 2.0
+
+
+class MemoryJanitor:
+    """Full garbage collections after connections end (see COLLECT_AFTER_ENDED), shared by both endpoints."""
+
+    def __init__(self):
+        self.ended = 0
+        self.collections = 0
+        self._pending: asyncio.TimerHandle | None = None
+        libc = ctypes.util.find_library("c")
+        self._trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+    def connection_ended(self) -> None:
+        self.ended += 1
+        if self.ended >= COLLECT_AFTER_ENDED:
+            self.collect()
+        elif self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(COLLECT_IDLE_S, self.collect)
+
+    def collect(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if not self.ended:
+            return
+        self.ended = 0
+        self.collections += 1
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+
+
+_janitor: MemoryJanitor | None = None
+
+# asyncio gives every TLS connection a 256 KiB read buffer (SSLProtocol.max_size), allocated when the handshake
+# starts: hundreds of clients that open TCP and never speak cost hundreds of MB. A TLS record is at most 16 KiB,
+# so 64 KiB loses nothing but copies.
+TLS_READ_BUFFER = 64 * 1024
+if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
+def janitor() -> MemoryJanitor:
+    global _janitor
+    if _janitor is None:
+        _janitor = MemoryJanitor()
+    return _janitor
 
 
 class ConnectionDropped(Exception):
@@ -128,6 +188,11 @@ class Endpoint:
         self.ssl_context = ssl_context
         self.log = logging.getLogger(f"host_tools.emulator.{self.name}")
         self.sessions: set[MqttSession] = set()
+        # Connections not yet past CONNECT (TLS handshake included), oldest first: the ones evicted at the cap.
+        self.waiting: dict[asyncio.StreamWriter, asyncio.Task] = {}
+        self._evicted: set[asyncio.Task] = set()
+        self.open_connections = 0
+        self.max_connections = MAX_CONNECTIONS
         self.server: asyncio.base_events.Server | None = None
 
     @property
@@ -138,10 +203,37 @@ class Endpoint:
         self.server = await asyncio.start_server(self._accept, host, port, limit=READ_CHUNK * 4)
         return self.server.sockets[0].getsockname()[1]
 
+    def _make_room(self, peer: str) -> bool:
+        """Below the cap, or made so by ending the oldest connection still waiting for TLS or CONNECT (its task is
+        cancelled, so the TLS handshake it may be in unwinds cleanly)."""
+        if self.open_connections - len(self._evicted) < self.max_connections:
+            return True
+        candidates = [writer for writer, task in self.waiting.items() if task not in self._evicted]
+        if not candidates:
+            return False
+        task = self.waiting[candidates[0]]
+        self._evicted.add(task)
+        self.stats.incr(self.name, "evicted")
+        self.log.info(
+            "%s: %d connections open: ending the oldest one without CONNECT for %s",
+            self.name,
+            self.open_connections,
+            peer,
+        )
+        task.cancel()
+        return True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         self.stats.incr(self.name, "connections")
+        if not self._make_room(peer):
+            self.stats.incr(self.name, "over_capacity")
+            self.log.warning("%s: %d connections open, refusing %s", self.name, self.open_connections, peer)
+            writer.transport.abort()
+            return
+        self.open_connections += 1
+        self.waiting[writer] = asyncio.current_task()
         self.stats.incr(self.name, "active")
         session = None
         try:
@@ -152,6 +244,8 @@ class Endpoint:
                 self.stats.incr(self.name, "tls_failures")
                 self.log.info("%s: TLS handshake with %s failed: %s", self.name, peer, _short(exc))
                 writer.transport.abort()
+                return
+            if writer.transport is None:  # the client left as the handshake ended (asyncio gives no transport)
                 return
             session = MqttSession(reader, writer, self.name, peer)
             self.sessions.add(session)
@@ -169,19 +263,25 @@ class Endpoint:
         except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
             self.log.debug("%s: connection lost: %s", session or peer, _short(exc))
         except asyncio.CancelledError:
-            raise
+            if asyncio.current_task() not in self._evicted:
+                raise
+            self.log.debug("%s: ended to make room", session or peer)
         except Exception:  # a bug in the emulator: log it loudly, but keep serving everyone else
             self.stats.incr(self.name, "internal_errors")
             self.log.exception("%s: internal error while serving the connection", session or peer)
         finally:
+            self.open_connections -= 1
+            self.waiting.pop(writer, None)
+            self._evicted.discard(asyncio.current_task())
             self.stats.incr(self.name, "active", -1)
+            janitor().connection_ended()
             if session is not None:
                 self.sessions.discard(session)
                 await self.on_session_end(session)
                 if session.close_reason and session.close_reason != "closed":
                     self.log.debug("%s: closed (%s)", session, session.close_reason)
                 session.close()
-            else:
+            elif writer.transport is not None:
                 writer.close()
 
     async def serve(self, session: MqttSession) -> None:
@@ -223,6 +323,7 @@ class Endpoint:
         client = await self._authenticate(session, connect)
         if client is None:
             return None
+        self.waiting.pop(session.writer, None)  # a client now: never evicted for room
         present = self.resume_session(client, connect)
         await session.send(mqtt.ConnAck(mqtt.CONNACK_ACCEPTED, session_present=present))
         session.state = client

@@ -21,11 +21,12 @@ class Assignment:
     registration_id: str
     device_id: str
     assigned_hub: str
-    device_key: str = field(repr=False)
+    device_key: str | None = field(repr=False)  # None for an X.509 device
     enrollment: Enrollment = field(repr=False)
     created: dt.datetime
     last_updated: dt.datetime
     generation_id: str
+    thumbprints: frozenset = frozenset()  # X.509: the certificate it registered with (IoT Hub's thumbprint identity)
 
 
 @dataclass
@@ -34,9 +35,15 @@ class DeviceCredential:
 
     device_id: str
     assigned_hub: str
-    key: str = field(repr=False)
+    key: str | None = field(repr=False)  # None for an X.509 device
     enrollment: Enrollment | None = field(repr=False)
     source: str  # "registration" or "enrollment"
+    thumbprints: frozenset = frozenset()  # X.509 thumbprint authentication (SHA-1 or SHA-256)
+    ca_certificate: Any = field(default=None, repr=False)  # X.509 CA authentication (CN must be the device id)
+
+    @property
+    def x509(self) -> bool:
+        return self.key is None
 
 
 class EmulatorContext:
@@ -107,9 +114,15 @@ class EmulatorContext:
         cached its assignment and skips DPS still reaches the gateway after an emulator restart)."""
         assignment = self.assignments.get(device_id)
         if assignment is not None:
+            # DPS-provisioned X.509 devices are thumbprint identities in IoT Hub (reference A.4).
             return [
                 DeviceCredential(
-                    device_id, assignment.assigned_hub, assignment.device_key, assignment.enrollment, "registration"
+                    device_id,
+                    assignment.assigned_hub,
+                    assignment.device_key,
+                    assignment.enrollment,
+                    "registration",
+                    thumbprints=assignment.thumbprints,
                 )
             ]
         enrollments = self.store.current()
@@ -123,14 +136,26 @@ class EmulatorContext:
                 and enrollment.allocation_error is None
             ):
                 found.append(
-                    DeviceCredential(device_id, enrollment.assigned_hub, enrollment.key, enrollment, "enrollment")
+                    DeviceCredential(
+                        device_id,
+                        enrollment.assigned_hub,
+                        None if enrollment.x509 else enrollment.key,
+                        enrollment,
+                        "enrollment",
+                        thumbprints=enrollment.thumbprints,
+                    )
                 )
         if device_id not in enrollments.individual:  # an individual enrollment shadows groups for its id
             for group in enrollments.groups:
                 if not group.disabled and group.allocation_error is None:
                     found.append(
                         DeviceCredential(
-                            device_id, group.assigned_hub, group.device_key(device_id), group, "enrollment"
+                            device_id,
+                            group.assigned_hub,
+                            group.device_key(device_id),
+                            group,
+                            "enrollment",
+                            ca_certificate=group.ca_certificate,
                         )
                     )
         return found

@@ -19,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
 from host_tools.emulator.context import Assignment
@@ -69,6 +73,9 @@ class DpsClient:
     enrollment: Enrollment | None = None
     problem: AuthProblem | None = None
     ctx: Any = field(default=None, repr=False)
+    certificate: Any = field(default=None, repr=False)  # X.509: the device certificate it authenticated with
+    x509: bool = False  # presented a certificate and no password: judged as an X.509 device
+    password_field: bool = True  # X.509: whether the CONNECT carried a (necessarily empty) password field
     subscriptions: dict[str, int] = field(default_factory=dict)
     tasks: set = field(default_factory=set)
 
@@ -137,6 +144,24 @@ def registration_etag() -> str:
     return base64.b64encode(f'"{uuid.uuid4()}"'.encode("ascii")).decode("ascii")
 
 
+def _x509_state(certificate, enrollment: Enrollment) -> dict:
+    """registrationState.x509 as the service shapes it: the device certificate's details, and the group's id."""
+    der = certificate.public_bytes(Encoding.DER)
+    info = {
+        "subjectName": certificate.subject.rfc4514_string(),
+        "sha1Thumbprint": hashlib.sha1(der).hexdigest().upper(),
+        "sha256Thumbprint": hashlib.sha256(der).hexdigest().upper(),
+        "issuerName": certificate.issuer.rfc4514_string(),
+        "notBeforeUtc": dotnet_datetime(certificate.not_valid_before_utc, "Z"),
+        "notAfterUtc": dotnet_datetime(certificate.not_valid_after_utc, "Z"),
+        "serialNumber": format(certificate.serial_number, "X"),
+        "version": 3,
+    }
+    if enrollment.kind == "group":
+        return {"enrollmentGroupId": enrollment.name, "signingCertificateInfo": None, "certificateInfo": info}
+    return {"certificateInfo": info}
+
+
 def remove_path(document: dict, dotted: str) -> None:
     *parents, last = dotted.split(".")
     node = document
@@ -202,8 +227,8 @@ class DpsEndpoint(Endpoint):
             enrollments=enrollments,
             ctx=self.ctx,
         )
-        token = self._identify(client, connect)
-        if client.problem is None:
+        token = self._identify(client, connect, session)
+        if client.problem is None and client.certificate is None:
             try:
                 check_token(
                     token,
@@ -230,21 +255,31 @@ class DpsEndpoint(Endpoint):
             await self.refuse(session, refusal["code"], "fault connack_refuse")
             return None
         self.log.info(
-            "%s: connected (api-version %s, %s)",
+            "%s: connected (api-version %s, %s%s)",
             session,
             api_version,
             client.enrollment.label if client.enrollment and not client.problem else "unauthorized",
+            (", X.509 certificate, " + ("empty password field" if client.password_field else "no password field"))
+            if client.x509
+            else "",
         )
         return client
 
-    def _identify(self, client: DpsClient, connect: mqtt.Connect):
-        """Find the enrollment whose key signed the token; sets client.enrollment or client.problem."""
+    def _identify(self, client: DpsClient, connect: mqtt.Connect, session: MqttSession):
+        """Find the enrollment whose key signed the token, or (no password, a client certificate) the X.509
+        enrollment the certificate belongs to; sets client.enrollment or client.problem."""
         enrollments = client.enrollments
         if client.id_scope.lower() != enrollments.id_scope.lower():
             client.problem = AuthProblem("auth", f"ID scope {client.id_scope!r} is not this DPS's")
             return None
+        if not connect.password:
+            presented = client_tls.peer_certificates(session.writer)
+            if presented:
+                client.x509, client.password_field = True, connect.password is not None
+                self._identify_x509(client, presented)
+                return None
         if connect.password is None:
-            client.problem = AuthProblem("auth", "no password (SAS token)")
+            client.problem = AuthProblem("auth", "no password (SAS token) and no client certificate")
             return None
         try:
             token = parse_sas_token(connect.password.decode("utf-8"))
@@ -254,17 +289,54 @@ class DpsEndpoint(Endpoint):
         registration_id = client.registration_id
         individual = enrollments.individual.get(registration_id)
         if individual is not None:
+            if individual.x509:
+                client.problem = AuthProblem("auth", "the individual enrollment is X.509: no certificate was presented")
+                return None
             if not signature_matches(token, individual.key):
                 client.problem = AuthProblem("auth", "token not signed with the individual enrollment's key")
                 return None
             client.enrollment = individual
             return token
         for group in enrollments.groups:
-            if signature_matches(token, group.device_key(registration_id)):
+            if not group.x509 and signature_matches(token, group.device_key(registration_id)):
                 client.enrollment = group
                 return token
         client.problem = AuthProblem("unknown", "no individual enrollment, and no group's derived key signed the token")
         return None
+
+    @staticmethod
+    def _identify_x509(client: DpsClient, presented: list) -> None:
+        """Individual enrollment of the registration id first (by certificate thumbprint), else the first X.509
+        group whose CA the presented chain reaches. The CN must be the registration id."""
+        registration_id = client.registration_id
+        try:
+            device = x509_auth.check_device_certificate(presented, registration_id, "registration id")
+        except x509_auth.CertificateProblem as exc:
+            client.problem = AuthProblem("auth", str(exc))
+            return
+        individual = client.enrollments.individual.get(registration_id)
+        if individual is not None:
+            if not individual.x509:
+                client.problem = AuthProblem("auth", "the individual enrollment uses a symmetric key, not X.509")
+            elif x509_auth.thumbprints(device) & individual.thumbprints:
+                client.enrollment, client.certificate = individual, device
+            else:
+                client.problem = AuthProblem("auth", "the certificate is not the individual enrollment's")
+            return
+        reasons = []
+        for group in client.enrollments.groups:
+            if not group.x509:
+                continue
+            try:
+                x509_auth.chain_reaches(presented, group.ca_certificate)
+            except x509_auth.CertificateProblem as exc:
+                reasons.append(f"group {group.name}: {exc}")
+                continue
+            client.enrollment, client.certificate = group, device
+            return
+        client.problem = AuthProblem(
+            "auth", "no X.509 enrollment accepts the certificate" + (f" ({'; '.join(reasons)})" if reasons else "")
+        )
 
     def _maybe_drop(self, client: DpsClient, point: str) -> None:
         if self.ctx.fault_book.consume(
@@ -527,6 +599,8 @@ class DpsEndpoint(Endpoint):
             "lastUpdatedDateTimeUtc": dotnet_datetime(now, "Z"),
             "etag": registration_etag(),
         }
+        if client.certificate is not None:
+            state["x509"] = _x509_state(client.certificate, enrollment)
         if enrollment.has_payload:
             state["payload"] = enrollment.payload
         bundle_summary = None
@@ -553,6 +627,7 @@ class DpsEndpoint(Endpoint):
                 device_id=device_id,
                 assigned_hub=enrollment.assigned_hub,
                 device_key=enrollment.device_key(registration_id),
+                thumbprints=frozenset(x509_auth.thumbprints(client.certificate)) if client.certificate else frozenset(),
                 enrollment=enrollment,
                 created=created,
                 last_updated=now,
@@ -691,6 +766,7 @@ class DpsEndpoint(Endpoint):
             "registration_id": client.registration_id,
             "api_version": client.api_version,
             "enrollment": client.enrollment.label if client.enrollment and not client.problem else None,
+            "attestation": "x509" if client.x509 else "symmetric_key",
             "status": status,
             "http_status": http_status,
             "attempts": attempts,

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 import jsonschema
 from cryptography import x509
 
+from host_tools.emulator import x509_auth
 from host_tools.emulator.faults import GLOBAL_ONLY, FaultError, validate_faults
 from host_tools.emulator.sas import derive_device_key
 
@@ -43,6 +45,12 @@ SUBSTATUSES = ["initialAssignment", "deviceDataMigrated", "deviceDataReset", "re
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}
 _HUB = {"type": "string", "pattern": r"^[A-Za-z0-9.-]{1,253}$"}
 _KEY = {"type": "string", "minLength": 4}
+_FILE = {"type": "string", "minLength": 1}
+# SHA-1 (40 hex digits) or SHA-256 (64), colons between bytes allowed.
+_THUMBPRINT = {
+    "type": "string",
+    "pattern": r"^([0-9A-Fa-f]{2}:?){19}[0-9A-Fa-f]{2}(:?([0-9A-Fa-f]{2}:?){11}[0-9A-Fa-f]{2})?$",
+}
 _COMMON = {
     "assigned_hub": _HUB,
     "trust_bundle": {"type": ["string", "null"]},
@@ -86,8 +94,21 @@ SCHEMA = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["registration_id", "symmetric_key", "assigned_hub"],
-                "properties": {"registration_id": _ID, "symmetric_key": _KEY, "device_id": _ID, **_COMMON},
+                "required": ["registration_id", "assigned_hub"],
+                # How the device proves itself: its symmetric key, or (X.509) its certificate or its thumbprint.
+                "oneOf": [
+                    {"required": ["symmetric_key"]},
+                    {"required": ["certificate"]},
+                    {"required": ["thumbprint"]},
+                ],
+                "properties": {
+                    "registration_id": _ID,
+                    "symmetric_key": _KEY,
+                    "certificate": _FILE,
+                    "thumbprint": _THUMBPRINT,
+                    "device_id": _ID,
+                    **_COMMON,
+                },
             },
         },
         "groups": {
@@ -95,8 +116,10 @@ SCHEMA = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["group_id", "group_key", "assigned_hub"],
-                "properties": {"group_id": _ID, "group_key": _KEY, **_COMMON},
+                "required": ["group_id", "assigned_hub"],
+                # A symmetric-key group, or an X.509 group trusting a CA certificate (a root or an intermediate).
+                "oneOf": [{"required": ["group_key"]}, {"required": ["ca_certificate"]}],
+                "properties": {"group_id": _ID, "group_key": _KEY, "ca_certificate": _FILE, **_COMMON},
             },
         },
     },
@@ -127,13 +150,22 @@ class Enrollment:
     allocation_error: int | None = None
     substatus: str = "initialAssignment"
     faults: dict = field(default_factory=dict)
+    attestation: str = field(default="symmetric_key", repr=False)  # or "x509"
+    thumbprints: frozenset = frozenset()  # x509 individual: SHA-1/SHA-256 (upper-case hex) the device may present
+    ca_certificate: Any = field(default=None, repr=False)  # x509 group: the CA certificate (cryptography object)
 
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.name}"
 
-    def device_key(self, registration_id: str) -> str:
-        """The key a device of this enrollment signs with (derived from the group key for a group)."""
+    @property
+    def x509(self) -> bool:
+        return self.attestation == "x509"
+
+    def device_key(self, registration_id: str) -> str | None:
+        """The key a device of this enrollment signs with (derived from the group key for a group); None for X.509."""
+        if self.x509:
+            return None
         return self.key if self.kind == "individual" else derive_device_key(self.key, registration_id)
 
     def device_id_for(self, registration_id: str) -> str:
@@ -190,6 +222,58 @@ def _field_path(parts) -> str:
     return out
 
 
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "an object",
+    "array": "a list",
+    "null": "null",
+}
+
+
+def _describe(error) -> str:
+    """A schema error in words that never repeat the offending value: it may hold a key (jsonschema's own
+    messages print the whole instance)."""
+    kind, rule = error.validator, error.validator_value
+    if kind == "type":
+        types = rule if isinstance(rule, list) else [rule]
+        return "must be " + " or ".join(_TYPE_WORDS.get(t, str(t)) for t in types)
+    if kind == "required":
+        missing = [name for name in rule if isinstance(error.instance, dict) and name not in error.instance]
+        return f"needs the field {', '.join(missing) or ', '.join(rule)}"
+    if kind == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"has unknown fields {', '.join(map(_printable_name, extra))}; allowed: {', '.join(allowed)}"
+    if kind == "propertyNames":
+        return "has a name with characters or a length that are not allowed"
+    if kind == "pattern":
+        return "has characters or a length that are not allowed"
+    if kind == "enum":
+        return "must be one of " + ", ".join(json.dumps(v) for v in rule)
+    if kind == "oneOf" and all(isinstance(o, dict) and "required" in o for o in rule):
+        return "needs exactly one of " + ", ".join(o["required"][0] for o in rule)
+    if kind == "oneOf":
+        return "must be true, false or one of " + ", ".join(map(str, sorted(ALLOCATION_ERRORS)))
+    if kind in ("minLength", "minItems"):
+        return (
+            "must not be empty"
+            if rule == 1
+            else f"must have at least {rule} {'characters' if kind == 'minLength' else 'items'}"
+        )
+    if kind in ("maxLength", "maxItems"):
+        return f"must have at most {rule} {'characters' if kind == 'maxLength' else 'items'}"
+    return f"breaks the schema rule '{kind}'"
+
+
+def _printable_name(name: str) -> str:
+    # An unknown field's name is the user's own text, not a value; shown short and printable.
+    name = name if len(name) <= 40 else name[:40] + "..."
+    return json.dumps(name)
+
+
 def _check_base64_key(value: str, where: str, source):
     text = value.strip() + "=" * (-len(value.strip()) % 4)
     try:
@@ -208,14 +292,7 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     )
     if errors:
         error = jsonschema.exceptions.best_match(errors)
-        path = _field_path(error.absolute_path)
-        message = error.message
-        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = sorted(error.schema.get("properties", {}))
-            message += f"; allowed: {', '.join(allowed)}"
-        elif error.validator == "pattern":
-            message = f"{json.dumps(error.instance)} has characters or a length that are not allowed"
-        raise EnrollmentError(path, message, source)
+        raise EnrollmentError(_field_path(error.absolute_path), _describe(error), source)
 
     result = Enrollments(
         id_scope=document.get("id_scope", DEFAULT_ID_SCOPE), source=source, settings=dict(document.get("settings", {}))
@@ -274,7 +351,16 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
     for index, entry in enumerate(document.get("individual", [])):
         where = f"individual[{index}]"
         registration_id = entry["registration_id"]
-        _check_base64_key(entry["symmetric_key"], f"{where}.symmetric_key", source)
+        x509_fields = {}
+        if "symmetric_key" in entry:
+            _check_base64_key(entry["symmetric_key"], f"{where}.symmetric_key", source)
+        elif "certificate" in entry:
+            cert = _load_ca_or_device(result, entry["certificate"], f"{where}.certificate", source)
+            x509_fields = dict(attestation="x509", thumbprints=frozenset(x509_auth.thumbprints(cert)))
+        else:
+            x509_fields = dict(
+                attestation="x509", thumbprints=frozenset({x509_auth.normalise_thumbprint(entry["thumbprint"])})
+            )
         if registration_id in result.individual:
             raise EnrollmentError(f"{where}.registration_id", f"{registration_id!r} is enrolled twice", source)
         device_id = entry.get("device_id", registration_id)
@@ -286,34 +372,102 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
         result.individual[registration_id] = Enrollment(
             kind="individual",
             name=registration_id,
-            key=entry["symmetric_key"],
+            key=entry.get("symmetric_key", ""),
             device_id=entry.get("device_id"),
             **common(entry, where),
+            **x509_fields,
         )
     group_ids = set()
     for index, entry in enumerate(document.get("groups", [])):
         where = f"groups[{index}]"
-        _check_base64_key(entry["group_key"], f"{where}.group_key", source)
+        x509_fields = {}
+        if "group_key" in entry:
+            _check_base64_key(entry["group_key"], f"{where}.group_key", source)
+        else:
+            ca = _load_ca_or_device(result, entry["ca_certificate"], f"{where}.ca_certificate", source, ca=True)
+            x509_fields = dict(attestation="x509", ca_certificate=ca)
         if entry["group_id"] in group_ids:
             raise EnrollmentError(f"{where}.group_id", f"{entry['group_id']!r} is defined twice", source)
         group_ids.add(entry["group_id"])
         result.groups.append(
-            Enrollment(kind="group", name=entry["group_id"], key=entry["group_key"], **common(entry, where))
+            Enrollment(
+                kind="group",
+                name=entry["group_id"],
+                key=entry.get("group_key", ""),
+                **common(entry, where),
+                **x509_fields,
+            )
         )
     return result
 
 
+MAX_FILE_BYTES = 32 * 1024 * 1024  # about 150,000 enrollments
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_enrollment_text(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_FILE_BYTES in UTF-8 (a FIFO or /dev/zero is refused, not
+    read: one would block, the other grow without end)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise EnrollmentError("", "is a folder, not an enrollment file", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise EnrollmentError("", "is not a regular file (a device, FIFO or socket)", path)
+    if info.st_size > MAX_FILE_BYTES:
+        raise EnrollmentError("", f"is larger than {MAX_FILE_BYTES} bytes", path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise EnrollmentError("", f"is larger than {MAX_FILE_BYTES} bytes", path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnrollmentError("", f"is not UTF-8 (byte {exc.start})", path) from None
+
+
+def _load_ca_or_device(result: Enrollments, reference: str, where: str, source, ca: bool = False):
+    """The first certificate of a PEM or DER file named by an X.509 enrollment (relative to the enrollment file)."""
+    path = result.certificate_path(reference)
+    try:
+        cert = x509_auth.load_certificate_file(path)[0]
+    except OSError as exc:
+        raise EnrollmentError(where, f"cannot read {path} ({exc.strerror})", source) from exc
+    except (ValueError, IndexError) as exc:
+        raise EnrollmentError(where, f"{path} holds no PEM or DER certificate", source) from exc
+    if ca:
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise EnrollmentError(where, f"{path} is not a CA certificate", source)
+    return cert
+
+
 def load_enrollments(path: str | os.PathLike, pki=None) -> Enrollments:
     path = Path(path)
+    text = read_enrollment_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EnrollmentError("", f"cannot read the enrollment file ({exc.strerror})", path) from exc
-    try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise EnrollmentError("", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from exc
-    return parse_enrollments(document, source=path.resolve(), pki=pki)
+        raise EnrollmentError("", f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path) from None
+    except RecursionError:
+        raise EnrollmentError("", "JSON nested too deeply", path) from None
+    except ValueError as exc:
+        raise EnrollmentError("", f"not valid JSON ({exc})", path) from None
+    try:
+        return parse_enrollments(document, source=path.resolve(), pki=pki)
+    except RecursionError:  # a document just shallow enough for the decoder, too deep for the validator
+        raise EnrollmentError("", "JSON nested too deeply", path) from None
 
 
 class EnrollmentStore:

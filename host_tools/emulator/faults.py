@@ -49,7 +49,8 @@ CATALOGUE: dict[str, tuple[dict, str]] = {
     ),
     "auth_failure": (
         {"enum": ["401", 401, "connack", "connack_5", "connack_4"]},
-        "bad/expired DPS token: accept and answer 401 (default), or refuse: connack (=5), connack_4",
+        "bad/expired DPS token or refused X.509 certificate: accept and answer 401 (default), or refuse: connack "
+        "(=5), connack_4",
     ),
     "unknown_registration": (
         {"enum": ["401", 401, "404", 404, "connack", "connack_5", "connack_4"]},

@@ -24,6 +24,7 @@ import json
 import time
 from urllib.parse import quote, unquote
 
+from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
 from host_tools.emulator.dps import raw_query
@@ -62,10 +63,12 @@ def decode_property_bag(bag: str) -> dict[str, str]:
 class GatewayClient:
     """Per-connection state."""
 
-    def __init__(self, device_id: str, hub: str, ctx, enrollment, token_expiry: int, skew: int):
+    def __init__(self, device_id: str, hub: str, ctx, enrollment, token_expiry: int | None, skew: int):
+        # token_expiry None: an X.509 device (mutual TLS), nothing expires on the live connection.
         self.device_id, self.hub, self._ctx, self._enrollment = device_id, hub, ctx, enrollment
         self.token_expiry, self.skew = token_expiry, skew
         self.subscriptions: dict[str, int] = {}
+        self.password_field = True  # X.509: whether the CONNECT carried a (necessarily empty) password field
         self.clean_session = True
         self.in_flight: dict[int, object] = {}  # packet id -> C2DMessage delivered on this connection, not acked
         self.messages = 0
@@ -115,13 +118,21 @@ class GatewayEndpoint(Endpoint):
         client = await self.accept_client(session)
         if client is None:
             return
-        self.log.info(
-            "%s: connected to hub %s (token valid %d s more)",
-            session,
-            client.hub,
-            int(client.token_expiry - time.time()),
-        )
-        client.expiry_task = asyncio.create_task(self._expire(session, client))
+        if client.token_expiry is None:
+            self.log.info(
+                "%s: connected to hub %s (X.509 certificate, %s)",
+                session,
+                client.hub,
+                "empty password field" if client.password_field else "no password field",
+            )
+        else:
+            self.log.info(
+                "%s: connected to hub %s (token valid %d s more)",
+                session,
+                client.hub,
+                int(client.token_expiry - time.time()),
+            )
+            client.expiry_task = asyncio.create_task(self._expire(session, client))
         self.live[client.device_id] = (session, client)
         if self.ctx.fault_book.consume(
             client.faults, "gateway_drop_after", client.device_id, when=lambda v: v["at"] == "connack"
@@ -179,15 +190,23 @@ class GatewayEndpoint(Endpoint):
         if not credentials:
             await self.refuse(session, not_authorized, f"device {device_id!r} is unknown to this gateway")
             return None
+        if not connect.password:
+            # As edgeHub: a password (even with a certificate) means SAS; without one the certificate decides.
+            presented = client_tls.peer_certificates(session.writer)
+            if presented:
+                client = await self._authenticate_x509(session, hub, device_id, credentials, presented)
+                if client is not None:
+                    client.password_field = connect.password is not None
+                return client
         if connect.password is None:
-            await self.refuse(session, not_authorized, "no password (SAS token)")
+            await self.refuse(session, not_authorized, "no password (SAS token) and no client certificate")
             return None
         try:
             token = parse_sas_token(connect.password.decode("utf-8"))
         except (SasError, UnicodeDecodeError) as exc:
             await self.refuse(session, not_authorized, f"password is not a valid SAS token: {exc}")
             return None
-        credential = next((c for c in credentials if signature_matches(token, c.key)), None)
+        credential = next((c for c in credentials if not c.x509 and signature_matches(token, c.key)), None)
         if credential is None:
             await self.refuse(session, not_authorized, "token not signed with the device's key")
             return None
@@ -214,6 +233,50 @@ class GatewayEndpoint(Endpoint):
             await self.refuse(session, not_authorized, str(exc))
             return None
         return GatewayClient(device_id, credential.assigned_hub, self.ctx, credential.enrollment, token.expiry, skew)
+
+    async def _authenticate_x509(self, session, hub, device_id, credentials, presented) -> GatewayClient | None:
+        """edgeHub's X.509 paths: the certificate's SHA-1 or SHA-256 thumbprint is the device's, or (CA
+        authentication) its CN is the device id and its chain leads to the device's CA. Not expired, not a CA."""
+        not_authorized = mqtt.CONNACK_NOT_AUTHORIZED
+        candidates = [c for c in credentials if c.x509]
+        if not candidates:
+            await self.refuse(session, not_authorized, f"device {device_id!r} does not authenticate with X.509")
+            return None
+        device = presented[0]
+        try:
+            x509_auth.check_dates(device, "the device certificate")
+            if x509_auth.is_ca(device):
+                raise x509_auth.CertificateProblem("the device certificate is a CA certificate")
+        except x509_auth.CertificateProblem as exc:
+            await self.refuse(session, not_authorized, str(exc))
+            return None
+        prints = x509_auth.thumbprints(device)
+        credential, reasons = None, []
+        for candidate in candidates:
+            if prints & candidate.thumbprints:
+                credential = candidate
+                break
+            if candidate.ca_certificate is not None:
+                try:
+                    x509_auth.check_device_certificate(presented, device_id, "device id")
+                    x509_auth.chain_reaches(presented, candidate.ca_certificate)
+                except x509_auth.CertificateProblem as exc:
+                    reasons.append(str(exc))
+                    continue
+                credential = candidate
+                break
+            reasons.append("thumbprint differs from the device's")
+        if credential is None:
+            await self.refuse(session, not_authorized, f"certificate refused: {'; '.join(reasons)}")
+            return None
+        if hub.lower() != credential.assigned_hub.lower():
+            await self.refuse(
+                session,
+                not_authorized,
+                f"hub {hub!r} in the user name is not the device's hub {credential.assigned_hub!r}",
+            )
+            return None
+        return GatewayClient(device_id, credential.assigned_hub, self.ctx, credential.enrollment, None, 0)
 
     # ------------------------------------------------------------------------------ packets
 
@@ -264,8 +327,8 @@ class GatewayEndpoint(Endpoint):
             await self._ack(session, packet)
             await self._twin(session, client, topic, packet.payload)
         elif topic.startswith("$iothub/methods/res/"):
+            self._method_answer(client, topic, packet.payload)  # recorded before the device hears the PUBACK
             await self._ack(session, packet)
-            self._method_answer(client, topic, packet.payload)
         else:
             raise ConnectionDropped(f"PUBLISH to a topic the gateway does not serve: {topic!r}")
 

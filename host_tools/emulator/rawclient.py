@@ -67,8 +67,11 @@ class RawMqttClient:
         server_hostname: str = "localhost",
         timeout: float = 5.0,
         cadata: str | None = None,
+        client_cert: tuple | None = None,
     ):
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None, cadata=cadata)
+        if client_cert is not None:  # (certificate chain file, key file): an X.509 device
+            context.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
         raw = socket.create_connection((host, port), timeout=timeout)
         try:
             self.sock = context.wrap_socket(raw, server_hostname=server_hostname)

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from host_tools.emulator import client_tls
 from host_tools.emulator.context import EmulatorContext
 from host_tools.emulator.control import ControlServer, perform
 from host_tools.emulator.dps import DpsEndpoint
@@ -32,11 +33,9 @@ log = logging.getLogger("host_tools.emulator")
 
 
 def server_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """TLS 1.2+ server context (DPS and IoT Hub require TLS 1.2; clients never present certificates here)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert_file), str(key_file))
-    return context
+    """TLS 1.2+ server context (DPS and IoT Hub require TLS 1.2). It asks every client for a certificate and takes
+    whatever is presented (X.509 devices); the endpoints authenticate at CONNECT (client_tls.py)."""
+    return client_tls.server_context(cert_file, key_file)
 
 
 class EmulatorServer:
@@ -130,6 +129,9 @@ class EmulatorServer:
         return self.info
 
     async def close(self) -> None:
+        if self.info:  # the ready marker goes with the endpoints: a stopped emulator leaves no stale emulator.json
+            (self.state_dir / "emulator.json").unlink(missing_ok=True)
+            self.info = {}
         if self.control is not None:
             await self.control.close()
         for endpoint in (self.dps, self.gateway):

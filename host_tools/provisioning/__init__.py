@@ -2,6 +2,7 @@
 
 provision_file.py           `provision-file create|validate|show`: write, check and show one provisioning file
 provisioning.schema.json    the rules a provisioning file must follow
-fleet.py                    `fleet`: provisioning files for many devices of one group enrollment
-pki.py                      `pki`: the lab PKI (DPS and gateway server certificates, trust roots)
+fleet.py                    `fleet`: provisioning files for many devices of one group enrollment (key or X.509)
+pki.py                      `pki`: the lab PKI (DPS and gateway server certificates, trust roots; X.509 group CA
+                            and device certificates)
 """

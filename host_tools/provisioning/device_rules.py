@@ -154,3 +154,71 @@ def judge_ca_file(path: Path, field: str = "dps_ca_file", owner: str | Path | No
         return judge_ca_text(text, str(path))
     except RuleError as exc:
         raise RuleError(prefix + str(exc)) from None
+
+
+def judge_identity(config: dict, owner: str | Path, ca_file: Path | None = None) -> dict:
+    """An X.509 provisioning file's certificate and key as the device judges them (azprov.identity: PEM or DER,
+    key type, key/certificate match, CN = registration id, expiry), plus what only the host can check: the dates'
+    start, that each certificate of the file signs the one before, and with `ca_file` that the chain reaches that
+    CA (the enrollment group's root or intermediate). Returns the device certificate's info; RuleError otherwise.
+    Messages never hold key material."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    fw = firmware()
+    identity = importlib.import_module("azprov.identity")
+    der = importlib.import_module("azprov.der")
+    for field in ("certificate_file", "private_key_file"):
+        read_bounded(Path(config[field]), identity._MAX_FILE_BYTES, field.replace("_", " "))
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    try:
+        certificates = identity.read_certificates(config["certificate_file"])
+        key = identity.read_private_key(config["private_key_file"])
+        device = identity.check(certificates, key, config["registration_id"], now, 0)
+    except fw.errors.ProvisioningError as exc:
+        raise RuleError(f"{owner}: {exc.message}") from None
+    chain = [x509.load_der_x509_certificate(c) for c in certificates]
+    if device["not_before"] > now:
+        raise RuleError(f"{owner}: certificate_file: the device certificate is not valid before its not_before date")
+    for child, parent in zip(chain, chain[1:]):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise RuleError(
+                f"{owner}: certificate_file: {parent.subject.rfc4514_string()} did not sign "
+                f"{child.subject.rfc4514_string()} (device certificate first, then its intermediates in order)"
+            ) from None
+    for cert in chain[1:]:
+        info = der.certificate(cert.public_bytes(_der_encoding()))
+        if info["not_after"] <= now:
+            raise RuleError(f"{owner}: certificate_file: intermediate {info['common_name']!r} has expired")
+    if ca_file is not None:
+        try:
+            anchors = [x509.load_der_x509_certificate(c) for c in identity.read_certificates(str(ca_file), "--ca")]
+        except fw.errors.ProvisioningError as exc:
+            raise RuleError(f"{owner}: {exc.message}") from None
+        last = chain[-1]
+        if not any(last == a or _issued_by(last, a) for a in anchors):
+            raise RuleError(
+                f"{owner}: certificate_file: the chain does not reach the CA in {ca_file} "
+                "(another CA, or an intermediate missing from the file)"
+            )
+    return device
+
+
+def _der_encoding():
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+def _issued_by(child, parent) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        child.verify_directly_issued_by(parent)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False

@@ -19,10 +19,15 @@ from host_tools.provisioning.provision_file import (
     decode_key,
     derive_device_key,
     file_text,
+    judge_planned_identity,
     plan_ca_file,
+    plan_identity,
     read_group_key,
     settings_from_options,
     settings_options,
+    write_identity,
+    x509_config,
+    x509_options,
 )
 
 MAX_COUNT = 100_000  # a fleet file each; more is a job for a database, not a folder
@@ -52,24 +57,51 @@ def registration_ids(pattern: str, count: int, start: int = 1) -> list[str]:
 )
 @click.option("--pattern", default="sensor-{n:04d}", show_default=True, help="Registration id pattern, {n} = number.")
 @click.option("--start", type=int, default=1, show_default=True, help="First number.")
+@x509_options
 @settings_options
-def fleet(out_dir, count, pattern, start, group_key, group_key_file, ca_file, force, **settings):
-    """Make provisioning files for COUNT devices of one group enrollment."""
+def fleet(
+    out_dir,
+    count,
+    pattern,
+    start,
+    group_key,
+    group_key_file,
+    ca_file,
+    force,
+    attestation,
+    certificate_file,
+    private_key_file,
+    group_ca,
+    group_ca_key,
+    key_type,
+    **settings,
+):
+    """Make provisioning files for COUNT devices of one group enrollment (symmetric key: each device's key derived
+    from the group key; x509: each device a new certificate and key from the group CA, in certs/)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    group_key = read_group_key(group_key, group_key_file)
-    if group_key is None:
-        raise click.ClickException(
-            "a fleet needs the group enrollment key: --group-key, AZPROV_GROUP_KEY or --group-key-file"
-        )
+    x509 = attestation == "x509"
+    if x509:
+        if group_key is not None or group_key_file is not None or certificate_file or private_key_file:
+            raise click.ClickException("a fleet with --attestation x509 takes --group-ca and --group-ca-key only")
+        if group_ca is None or group_ca_key is None:
+            raise click.ClickException("a fleet with --attestation x509 needs --group-ca and --group-ca-key")
+        group_key = None
+    else:
+        group_key = read_group_key(group_key, group_key_file)
+        if group_key is None:
+            raise click.ClickException(
+                "a fleet needs the group enrollment key: --group-key, AZPROV_GROUP_KEY or --group-key-file"
+            )
     device_settings = settings_from_options(**settings)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        decode_key(group_key, "group key")
+        if not x509:
+            decode_key(group_key, "group key")
         ids = registration_ids(pattern, count, start)
         index_path = out_dir / "fleet.json"
         # Everything is checked before the first file is written: what exists, the CA file, every device's file.
@@ -83,27 +115,42 @@ def fleet(out_dir, count, pattern, start, group_key, group_key_file, ca_file, fo
             for registration_id in ids:
                 path = out_dir / f"{registration_id}.json"
                 _refuse_existing(path, force)
-                config = device_settings.config(
-                    registration_id, derive_device_key(group_key, registration_id), plan.name
-                )
+                identity = None
+                if x509:
+                    identity = plan_identity(
+                        registration_id, group_ca=group_ca, group_ca_key=group_ca_key, key_type=key_type
+                    )
+                    for name in (identity.cert_name, identity.key_name):
+                        _refuse_existing(out_dir / name, force)
+                    config = x509_config(
+                        device_settings, registration_id, plan.name, identity.cert_name, identity.key_name
+                    )
+                else:
+                    config = device_settings.config(
+                        registration_id, derive_device_key(group_key, registration_id), plan.name
+                    )
                 problems = check_config(config, str(path))
                 if problems:
                     raise ProvisioningFileError("\n".join(problems))
-                files.append((registration_id, path, file_text(config)))
+                if identity is not None:
+                    judge_planned_identity(config, identity, str(path))
+                files.append((registration_id, path, file_text(config), identity))
                 progress.advance(task)
         _check_writable(out_dir)
         index = {
             "id_scope": device_settings.id_scope,
             "dps_host": device_settings.dps_host,
             "dps_ca_file": plan.name,
-            "devices": [{"registration_id": r, "file": p.name} for r, p, _ in files],
+            "devices": [{"registration_id": r, "file": p.name} for r, p, _, _ in files],
         }
         if plan.content is not None:
             _writing(plan.target, lambda: _write_atomic(plan.target, plan.content, 0o644))
         written = []
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("provisioning files", total=len(files))
-            for registration_id, path, text in files:
+            for registration_id, path, text, identity in files:
+                if identity is not None:
+                    write_identity(out_dir, identity)
                 _writing(path, lambda: _write_private(path, text))  # noqa: B023 (called at once)
                 written.append((registration_id, path))
                 progress.advance(task)

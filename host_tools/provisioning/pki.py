@@ -209,7 +209,9 @@ def _unique(label: str) -> str:
     return f"{label} {secrets.token_hex(3)}"
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key, days: int, not_before=None, not_after=None
+) -> x509.CertificateBuilder:
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -217,8 +219,8 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int) -> x5
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(not_before or now - BACKDATE)
+        .not_valid_after(not_after or now + dt.timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
@@ -367,6 +369,155 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return True
     except (ValueError, TypeError, InvalidSignature):
         return False
+
+
+# --------------------------------------------------------------------------------------------- X.509 devices
+
+DEVICE_DAYS = 365
+KEY_TYPES = ("ec", "rsa")
+KEY_FORMATS = ("pkcs8", "sec1", "pkcs1")  # sec1 for EC keys, pkcs1 for RSA keys ("traditional" OpenSSL forms)
+X509_FILES = {
+    "x509_root": "x509-root.pem",
+    "x509_root_key": "x509-root-key.pem",
+    "x509_intermediate": "x509-intermediate.pem",
+    "x509_intermediate_key": "x509-intermediate-key.pem",
+}
+
+
+def new_device_key(key_type: str = "ec"):
+    """EC P-256 (the default: small, fast on a microcontroller) or RSA 2048."""
+    if key_type == "ec":
+        return new_key()
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise PkiError(f"key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
+
+
+def make_device_cert(
+    issuer: Issued,
+    registration_id: str,
+    key_type: str = "ec",
+    days: int = DEVICE_DAYS,
+    valid_from: dt.datetime | None = None,
+    valid_until: dt.datetime | None = None,
+    key=None,
+) -> Issued:
+    """A TLS client certificate whose CN is the registration id (DPS and IoT Hub take the device's identity from
+    it). The chain is what the device sends after it: the issuer when it is an intermediate, and its own chain."""
+    key = key or new_device_key(key_type)
+    builder = _builder(
+        _name(registration_id, unit="device"), issuer.cert.subject, key.public_key(), days, valid_from, valid_until
+    )
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_authority_key_id(issuer), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    chain = [] if is_self_signed(issuer.cert) else [issuer.cert] + list(issuer.chain)
+    return Issued(cert, key, chain=chain)
+
+
+def private_key_bytes(key, key_format: str = "pkcs8", encoding: str = "pem") -> bytes:
+    """An unencrypted private key in PKCS#8, SEC1 (EC) or PKCS#1 (RSA) form, PEM or DER."""
+    if key_format not in KEY_FORMATS:
+        raise PkiError(f"key format {key_format!r}: use one of {', '.join(KEY_FORMATS)}")
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    if (key_format == "sec1" and is_rsa) or (key_format == "pkcs1" and not is_rsa):
+        raise PkiError(f"key format {key_format} does not fit an {'RSA' if is_rsa else 'EC'} key")
+    fmt = serialization.PrivateFormat.PKCS8 if key_format == "pkcs8" else serialization.PrivateFormat.TraditionalOpenSSL
+    enc = serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER
+    return key.private_bytes(enc, fmt, serialization.NoEncryption())
+
+
+def write_device_files(
+    issued: Issued, cert_path: Path, key_path: Path, key_format: str = "pkcs8", encoding: str = "pem"
+) -> None:
+    """The device certificate followed by its intermediates (PEM, or concatenated DER), and its key (mode 0600)."""
+    certs = [issued.cert] + list(issued.chain)
+    if encoding == "pem":
+        data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    else:
+        data = b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
+    _atomic_write(Path(key_path), private_key_bytes(issued.key, key_format, encoding), private=True)
+    _atomic_write(Path(cert_path), data)
+
+
+@dataclass(frozen=True)
+class X509GroupCa:
+    """An enrollment-group CA as a manufacturer has it: a root and an intermediate that signs device certificates."""
+
+    folder: Path
+    root: Path
+    root_key: Path
+    intermediate: Path
+    intermediate_key: Path
+    actions: dict = field(default_factory=dict, compare=False)
+
+    def load_intermediate(self) -> Issued:
+        return load_issued(self.intermediate, self.intermediate_key)
+
+    def load_root(self) -> Issued:
+        return load_issued(self.root, self.root_key)
+
+
+def ensure_x509_group_ca(folder: str | os.PathLike) -> X509GroupCa:
+    """Create (or reuse) x509-root.pem and x509-intermediate.pem (+ keys) in `folder`. The intermediate file holds
+    only the intermediate; devices send it after their own certificate."""
+    folder = Path(folder)
+    paths = {name: folder / file_name for name, file_name in X509_FILES.items()}
+    actions: dict[str, str] = {}
+    with _folder_lock(folder):
+        root, root_new = _ensure_root(paths, "x509_root", "azprov X.509 group root", actions)
+        _ensure_child(
+            paths,
+            "x509_intermediate",
+            root,
+            root_new,
+            actions,
+            lambda: make_intermediate(root, _unique("azprov X.509 group intermediate")),
+        )
+    return X509GroupCa(
+        folder=folder,
+        root=paths["x509_root"],
+        root_key=paths["x509_root_key"],
+        intermediate=paths["x509_intermediate"],
+        intermediate_key=paths["x509_intermediate_key"],
+        actions=actions,
+    )
+
+
+def issue_device(
+    ca: X509GroupCa,
+    registration_id: str,
+    out_dir: Path,
+    key_type: str = "ec",
+    key_format: str = "pkcs8",
+    encoding: str = "pem",
+    **cert_options,
+) -> tuple[Path, Path]:
+    """A device certificate under the group CA's intermediate, written as <id>.pem (device + intermediate) and
+    <id>-key.pem (or .der files). Returns (certificate file, key file)."""
+    suffix = "pem" if encoding == "pem" else "der"
+    issued = make_device_cert(ca.load_intermediate(), registration_id, key_type, **cert_options)
+    cert_path = Path(out_dir) / f"{registration_id}.{suffix}"
+    key_path = Path(out_dir) / f"{registration_id}-key.{suffix}"
+    write_device_files(issued, cert_path, key_path, key_format, encoding)
+    return cert_path, key_path
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -663,7 +814,7 @@ _DESCRIPTIONS = {
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the PKI files (created if absent; valid files in it are reused).",
 )
-@click.option("--gateway-host", required=True, help="Host name devices use to reach the gateway (goes into the SAN).")
+@click.option("--gateway-host", help="Host name devices use to reach the gateway (goes into the SAN).")
 @click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificates' SAN (repeatable).")
 @click.option("--dps-host", default="localhost", show_default=True, help="Host name of the (emulated) DPS.")
 @click.option(
@@ -673,11 +824,79 @@ _DESCRIPTIONS = {
     show_default=True,
     help="lab: P-256 everywhere. azure: RSA-2048 servers under RSA-4096 intermediates and roots, a 3-root bundle.",
 )
-def pki_command(out_dir: Path, gateway_host: str, ips: tuple[str, ...], dps_host: str, profile: str):
-    """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates).
+@click.option(
+    "--x509-group-ca",
+    is_flag=True,
+    help="Make (or reuse) an X.509 enrollment-group CA: x509-root.pem and x509-intermediate.pem with their keys.",
+)
+@click.option(
+    "--device",
+    "devices",
+    multiple=True,
+    help="Issue a device certificate with this registration id as CN from the group CA's intermediate "
+    "(repeatable): <id>.pem (device + intermediate) and <id>-key.pem (mode 0600).",
+)
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec", show_default=True, help="Device key type.")
+def pki_command(
+    out_dir: Path,
+    gateway_host: str | None,
+    ips: tuple[str, ...],
+    dps_host: str,
+    x509_group_ca: bool,
+    devices: tuple[str, ...],
+    key_type: str,
+    profile: str,
+):
+    """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates); with
+    --x509-group-ca / --device, an X.509 enrollment-group CA (root + intermediate) and device certificates.
 
     The folder can serve as the emulator's PKI folder (STATE_DIR/pki) and as test material for a lab IoT Edge
     gateway: edge-ca.pem / edge-ca-key.pem as its edge CA, trust-root.pem as its trust bundle."""
+    from rich.console import Console
+
+    if not gateway_host and not x509_group_ca and not devices:
+        raise click.UsageError("give --gateway-host (gateway PKI), --x509-group-ca or --device (X.509 devices)")
+    if x509_group_ca or devices:
+        _x509_command(out_dir, devices, key_type, Console(width=max(Console().width, 120)))
+    if gateway_host:
+        _gateway_pki_command(out_dir, gateway_host, ips, dps_host, profile)
+
+
+def _x509_command(out_dir: Path, devices, key_type: str, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    try:
+        ca = ensure_x509_group_ca(out_dir)
+        issued = [(device, *issue_device(ca, device, out_dir, key_type)) for device in devices]
+    except (PkiError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"X.509 enrollment-group CA and devices in {ca.folder}")
+    for column in ("file", "what", "subject", "expires", "action"):
+        table.add_column(column, no_wrap=column != "what")
+    for name, what in (("root", "group CA root (enrollment group / trust)"), ("intermediate", "intermediate")):
+        cert = load_certificates(getattr(ca, name))[0]
+        table.add_row(
+            getattr(ca, name).name,
+            what,
+            escape(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            ca.actions.get(f"x509_{name}", ""),
+        )
+    for device, cert_path, key_path in issued:
+        cert = load_certificates(cert_path)[0]
+        table.add_row(
+            cert_path.name,
+            f"device certificate ({key_type})",
+            escape(device),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+            "created",
+        )
+        table.add_row(key_path.name, "device private key (0600)", "", "", "created")
+    console.print(table)
+
+
+def _gateway_pki_command(out_dir: Path, gateway_host: str, ips, dps_host: str, profile: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

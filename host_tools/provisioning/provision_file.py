@@ -14,7 +14,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -245,9 +245,10 @@ def read_provisioning_document(path: Path):
     return data, document
 
 
-def validate_provisioning_file(path: Path, check_ca: bool = True) -> dict:
-    """Load and check a provisioning file as the device would; raise ProvisioningFileError naming file and field."""
-    from host_tools.provisioning.device_rules import RuleError, judge_ca_file
+def validate_provisioning_file(path: Path, check_ca: bool = True, group_ca: Path | None = None) -> dict:
+    """Load and check a provisioning file as the device would; raise ProvisioningFileError naming file and field.
+    With X.509 also its certificate and key (match, CN, dates; with `group_ca` the chain to that CA)."""
+    from host_tools.provisioning.device_rules import RuleError, judge_ca_file, judge_identity
 
     path = Path(path)
     data, config = read_provisioning_document(path)
@@ -259,6 +260,11 @@ def validate_provisioning_file(path: Path, check_ca: bool = True) -> dict:
     if not problems and check_ca:
         try:
             judge_ca_file(Path(device_config["dps_ca_file"]), "dps_ca_file", path)
+        except RuleError as exc:
+            problems.append(str(exc))
+    if not problems and device_config["attestation"] == "x509":
+        try:
+            judge_identity(device_config, path, group_ca)
         except RuleError as exc:
             problems.append(str(exc))
     if problems:
@@ -459,6 +465,136 @@ def create_provisioning_file(
     return config
 
 
+# --- X.509 ----------------------------------------------------------------------------------------------------------
+
+X509_FILE_LIMIT = 16 * 1024  # what the device reads into its heap (azprov.identity)
+
+
+@dataclass
+class IdentityPlan:
+    """A device's certificate file and key file as they will be written beside its provisioning file."""
+
+    cert_name: str
+    key_name: str
+    cert_bytes: bytes = field(repr=False)
+    key_bytes: bytes = field(repr=False)  # private key: mode 0600, never shown
+
+
+def x509_config(settings: DeviceSettings, registration_id: str, ca_name: str, cert_name: str, key_name: str) -> dict:
+    config = {}
+    for name, value in settings.config(registration_id, "", ca_name).items():
+        if name == "symmetric_key":
+            config.update(attestation="x509", certificate_file=cert_name, private_key_file=key_name)
+        elif name != "sas_ttl_s":  # no token is signed with X.509
+            config[name] = value
+    return config
+
+
+def plan_identity(
+    registration_id: str,
+    certificate_file: Path | None = None,
+    private_key_file: Path | None = None,
+    group_ca: Path | None = None,
+    group_ca_key: Path | None = None,
+    key_type: str = "ec",
+) -> IdentityPlan:
+    """The files of an X.509 device: given ones (copied to certs/), or a new device certificate (CN = registration id,
+    EC P-256 or RSA 2048) issued by the group CA. When that CA is an intermediate, it (and any chain after it in its
+    file) follows the device certificate, as the device must send it."""
+    from host_tools.provisioning import pki
+    from host_tools.provisioning.device_rules import RuleError, read_bounded
+
+    if certificate_file is not None or private_key_file is not None:
+        if certificate_file is None or private_key_file is None or group_ca is not None:
+            raise ProvisioningFileError("give --certificate-file with --private-key-file, or --group-ca with its key")
+        try:
+            cert_bytes = read_bounded(certificate_file, X509_FILE_LIMIT, "certificate file")
+            key_bytes = read_bounded(private_key_file, X509_FILE_LIMIT, "private key file")
+        except RuleError as exc:
+            raise ProvisioningFileError(str(exc)) from None
+        return IdentityPlan(
+            f"certs/{Path(certificate_file).name}", f"certs/{Path(private_key_file).name}", cert_bytes, key_bytes
+        )
+    if group_ca is None or group_ca_key is None:
+        raise ProvisioningFileError(
+            "X.509 needs the device's files (--certificate-file, --private-key-file) or a group CA to issue them "
+            "(--group-ca, --group-ca-key)"
+        )
+    try:
+        ca = pki.load_issued(group_ca, group_ca_key)
+        issued = pki.make_device_cert(ca, registration_id, key_type)
+    except pki.PkiError as exc:
+        raise ProvisioningFileError(str(exc)) from None
+    cert_bytes = issued.cert_pem(with_chain=True)
+    return IdentityPlan(
+        f"certs/{registration_id}.pem",
+        f"certs/{registration_id}-key.pem",
+        cert_bytes,
+        pki.private_key_bytes(issued.key, "pkcs8", "pem"),
+    )
+
+
+def judge_planned_identity(config: dict, plan: IdentityPlan, where: str, ca: Path | None = None) -> dict:
+    """Run the device's identity checks (and the host's chain checks) on planned files before anything is written."""
+    import tempfile
+
+    from host_tools.provisioning.device_rules import RuleError, judge_identity
+
+    with tempfile.TemporaryDirectory(prefix="azprov-identity-") as tmp:
+        cert, key = Path(tmp) / "certificate", Path(tmp) / "key"
+        cert.write_bytes(plan.cert_bytes)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(plan.key_bytes)
+        trial = dict(config, certificate_file=str(cert), private_key_file=str(key))
+        try:
+            return judge_identity(trial, where, ca)
+        except RuleError as exc:
+            # Name the user's files, not the temporary ones.
+            text = str(exc).replace(str(cert), plan.cert_name).replace(str(key), plan.key_name)
+            raise ProvisioningFileError(text) from None
+
+
+def write_identity(out_dir: Path, plan: IdentityPlan) -> None:
+    _writing(out_dir / plan.cert_name, lambda: _write_atomic(out_dir / plan.cert_name, plan.cert_bytes, 0o644))
+    _writing(out_dir / plan.key_name, lambda: _write_atomic(out_dir / plan.key_name, plan.key_bytes, 0o600))
+
+
+def create_x509_provisioning_file(
+    path: Path,
+    settings: DeviceSettings,
+    registration_id: str,
+    identity: IdentityPlan,
+    ca_file: Path | None = None,
+    overwrite: bool = False,
+    group_ca: Path | None = None,
+) -> dict:
+    """Write an X.509 provisioning file with its certificate and key files (certs/ beside it), after checking all of
+    it with the device's rules; nothing is written unless everything will be."""
+    path = Path(path)
+    _refuse_existing(path, overwrite)
+    for name in (identity.cert_name, identity.key_name):
+        target = path.parent / name
+        if (
+            target.exists()
+            and not overwrite
+            and target.read_bytes() != (identity.cert_bytes if name == identity.cert_name else identity.key_bytes)
+        ):
+            raise ProvisioningFileError(f"{target}: already exists (use --force to replace it)")
+    plan = plan_ca_file(path.parent, ca_file, overwrite)
+    config = x509_config(settings, registration_id, plan.name, identity.cert_name, identity.key_name)
+    problems = check_config(config, str(path))
+    if problems:
+        raise ProvisioningFileError("\n".join(problems))
+    judge_planned_identity(config, identity, str(path), group_ca)
+    _check_writable(path.parent)
+    if plan.content is not None:
+        _writing(plan.target, lambda: _write_atomic(plan.target, plan.content, 0o644))
+    write_identity(path.parent, identity)
+    _writing(path, lambda: _write_private(path, file_text(config)))
+    return config
+
+
 def _check_writable(folder: Path) -> None:
     """The folder exists or can be made, and takes files; checked before the first file is written."""
     folder = Path(folder)
@@ -501,6 +637,47 @@ def read_group_key(group_key: str | None, group_key_file: Path | None) -> str | 
         except ProvisioningFileError as exc:
             raise click.ClickException(f"--group-key: {exc}") from None
     return group_key
+
+
+def x509_options(func):
+    """Options of `provision-file create` and `fleet` for X.509 devices."""
+    options = [
+        click.option(
+            "--attestation",
+            type=click.Choice(["symmetric_key", "x509"]),
+            default="symmetric_key",
+            show_default=True,
+            help="How the device proves who it is.",
+        ),
+        click.option(
+            "--certificate-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="x509: the device certificate, then its intermediates (PEM or DER); copied to certs/.",
+        ),
+        click.option(
+            "--private-key-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="x509: its unencrypted private key (PEM or DER); copied to certs/ with mode 0600, never shown.",
+        ),
+        click.option(
+            "--group-ca",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="x509: issue a new device certificate from this enrollment-group CA certificate (e.g. from `pki`).",
+        ),
+        click.option(
+            "--group-ca-key", type=click.Path(dir_okay=False, path_type=Path), help="x509: the group CA's key."
+        ),
+        click.option(
+            "--key-type",
+            type=click.Choice(["ec", "rsa"]),
+            default="ec",
+            show_default=True,
+            help="x509: key of a new device certificate (EC P-256 or RSA 2048).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def settings_options(func):
@@ -622,11 +799,55 @@ def provision_file():
     envvar="AZPROV_SYMMETRIC_KEY",
     help="Individual enrollment key (base64) [env AZPROV_SYMMETRIC_KEY].",
 )
+@x509_options
 @settings_options
-def create(out, registration_id, symmetric_key, group_key, group_key_file, ca_file, force, **settings):
-    """Write a provisioning file from an individual key, or from a group key and a registration id."""
+def create(
+    out,
+    registration_id,
+    symmetric_key,
+    group_key,
+    group_key_file,
+    ca_file,
+    force,
+    attestation,
+    certificate_file,
+    private_key_file,
+    group_ca,
+    group_ca_key,
+    key_type,
+    **settings,
+):
+    """Write a provisioning file from an individual key, or from a group key and a registration id; with
+    --attestation x509 from the device's certificate and key files, or with a new device certificate issued by an
+    enrollment-group CA (--group-ca, --group-ca-key)."""
     from rich.console import Console
 
+    if attestation == "x509":
+        if symmetric_key is not None or group_key is not None or group_key_file is not None:
+            raise click.ClickException("--attestation x509 takes no symmetric key or group key")
+        try:
+            identity = plan_identity(
+                registration_id, certificate_file, private_key_file, group_ca, group_ca_key, key_type
+            )
+            config = create_x509_provisioning_file(
+                out,
+                settings_from_options(**settings),
+                registration_id,
+                identity,
+                ca_file=ca_file,
+                overwrite=force,
+                group_ca=group_ca,
+            )
+        except ProvisioningFileError as exc:
+            raise click.ClickException(str(exc)) from None
+        Console(width=max(Console().width, 100)).print(_summary_table(out, config, ""))
+        click.echo(
+            f"wrote {out}, {out.parent / identity.cert_name}, {out.parent / identity.key_name} (mode 0600) "
+            f"and {resolve_ca_file(out, config)}"
+        )
+        return
+    if certificate_file or private_key_file or group_ca or group_ca_key:
+        raise click.ClickException("certificate and CA options need --attestation x509")
     group_key = read_group_key(group_key, group_key_file)
     if (symmetric_key is None) == (group_key is None):
         raise click.ClickException("give exactly one of --symmetric-key or --group-key/--group-key-file")
@@ -651,7 +872,12 @@ def create(out, registration_id, symmetric_key, group_key, group_key_file, ca_fi
 @provision_file.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--no-ca-check", is_flag=True, help="Do not check that the CA file exists and holds certificates.")
-def validate(files, no_ca_check):
+@click.option(
+    "--group-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="X.509: the enrollment group's CA certificate; the device's chain must reach it.",
+)
+def validate(files, no_ca_check, group_ca):
     """Check provisioning files against the schema (every problem names the file and the field)."""
     failures = []
     for path in files:
@@ -663,7 +889,7 @@ def validate(files, no_ca_check):
             click.echo(f"{path}: fleet index (written by `fleet`), skipped")
             continue
         try:
-            config = validate_provisioning_file(path, check_ca=not no_ca_check)
+            config = validate_provisioning_file(path, check_ca=not no_ca_check, group_ca=group_ca)
         except ProvisioningFileError as exc:
             failures.append(str(exc))
             continue

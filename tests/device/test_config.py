@@ -94,6 +94,27 @@ def test_overlong_utf8_refused_by_load():
         raise AssertionError("accepted an overlong UTF-8 form")
 
 
+def test_x509_attestation_fields():
+    x509 = {"attestation": "x509", "symmetric_key": ..., "certificate_file": "dev.pem", "private_key_file": "dev.key"}
+    cfg = config.parse(_with(**x509), "/flash/provisioning.json")
+    assert cfg["attestation"] == "x509" and cfg["symmetric_key"] is None
+    assert cfg["certificate_file"] == "/flash/dev.pem" and cfg["private_key_file"] == "/flash/dev.key"
+    assert cfg["certificate_expiry_warning_days"] == 30
+    assert config.parse(_with(), "p.json")["attestation"] == "symmetric_key"
+    cases = [
+        (_with(**dict(x509, symmetric_key=GOOD["symmetric_key"])), "symmetric_key"),
+        (_with(attestation="x509", symmetric_key=..., private_key_file="dev.key"), "certificate_file"),
+        (_with(**dict(x509, private_key_file="")), "private_key_file"),
+        (_with(**dict(x509, registration_id="x" * 65)), "registration_id"),
+        (_with(**dict(x509, certificate_expiry_warning_days=-1)), "certificate_expiry_warning_days"),
+        (_with(attestation="tpm"), "attestation"),
+        (_with(certificate_file="dev.pem"), "certificate_file"),
+        (_with(symmetric_key=...), "symmetric_key"),
+    ]
+    for text, field in cases:
+        assert field in _error(text), field
+
+
 def test_rules_the_host_validator_shares():
     # Issue 14: each of these got a different verdict from `provision-file validate` and the device.
     cases = [

@@ -54,7 +54,7 @@ CASES = [
     ("short key", lambda d: d["groups"][0].update(group_key="AAAA"), "groups[0].group_key", "bytes"),
     ("unknown field", lambda d: d["individual"][1].update(symetric_key="x"), "individual[1]", "symetric_key"),
     ("unknown top-level", lambda d: d.update(individuals=[]), "", "individuals"),
-    ("wrong type", lambda d: d["individual"][0].update(disabled="yes"), "individual[0].disabled", "boolean"),
+    ("wrong type", lambda d: d["individual"][0].update(disabled="yes"), "individual[0].disabled", "true or false"),
     (
         "bad id",
         lambda d: d["individual"][0].update(registration_id="has space"),
@@ -96,7 +96,7 @@ CASES = [
         "empty bundle",
         lambda d: d["trust_bundles"]["edge"].update(certificates=[]),
         "trust_bundles.edge.certificates",
-        "non-empty",
+        "must not be empty",
     ),
     (
         "bad allocation code",
