@@ -34,12 +34,20 @@ def provision(cfg, store):
     from azprov import bundle as trust_bundle
     from azprov.provision import Session
 
-    session = Session(cfg)
+    # The bundle's certificates go straight from the DPS answer to flash (trust_bundle.pem.in) as they are parsed.
+    sink = store.incoming()
+    session = Session(cfg, bundle_sink=sink)
     try:
         registration = session.register()
+        streamed = session.streamed
+        pem_sha256 = sink.finish() if streamed else None
+    except BaseException:
+        sink.close()
+        store.discard_incoming()
+        raise
     finally:
         _dps_connections[0] += session.connections
-        session = Session = None
+        session = Session = sink = None
         release("provision", "dps")
     log.info(
         "registered",
@@ -48,7 +56,11 @@ def provision(cfg, store):
         ("substatus", registration.get("substatus") or "-"),
     )
     gc.collect()
-    parsed = trust_bundle.parse(registration.get("trustBundle"))
+    try:
+        parsed = trust_bundle.parse(registration.get("trustBundle"), streamed, pem_sha256)
+    except BaseException:
+        store.discard_incoming()
+        raise
     assignment = {
         "registration_id": cfg["registration_id"],
         "assigned_hub": registration["assignedHub"],
@@ -105,7 +117,10 @@ def _gateway(cfg, store, state):
     from azprov.gateway import Gateway
 
     if state["trust_bundle"] is not None:
-        return Gateway(cfg, state["assignment"], (store.trust_bundle_pem(),))
+        from azprov.pem import PemFile
+
+        # Read line by line while the TLS context loads it: one certificate in heap at a time.
+        return Gateway(cfg, state["assignment"], (PemFile(store.pem_path),))
     if cfg["gateway_host"]:
         log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
     from azprov.store import read_text

@@ -136,9 +136,19 @@ class Registration:
     `operation_id`. Final errors are raised as ProvisioningError. A request is (delay_s, topic, body)."""
 
     def __init__(
-        self, registration_id, payload=None, max_attempts=DEFAULT_MAX_ATTEMPTS, max_polls=DEFAULT_MAX_POLLS, random=None
+        self,
+        registration_id,
+        payload=None,
+        max_attempts=DEFAULT_MAX_ATTEMPTS,
+        max_polls=DEFAULT_MAX_POLLS,
+        random=None,
+        bundle_sink=None,
     ):
         self.registration_id = registration_id
+        # Given a sink (azprov.store.Incoming), a 200 answer's trust bundle certificates are streamed into it before
+        # the body is parsed (azprov.bundle.extract); `streamed` then holds their sha256 values.
+        self.bundle_sink = bundle_sink
+        self.streamed = []
         self.payload = payload
         self.max_attempts = max_attempts
         self.max_polls = max_polls
@@ -197,6 +207,11 @@ class Registration:
             raise service_error(status, body, retry_after)
         if status not in (200, 202):
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "unexpected status %d" % status, status=status)
+        if self.bundle_sink is not None and status == 200:
+            from azprov.bundle import extract
+
+            self.bundle_sink.start()
+            self.streamed = extract(body, self.bundle_sink)
         reply = _json_object(body, "response body")
         if reply is None:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "response body is empty", status=status)

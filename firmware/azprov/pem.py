@@ -11,13 +11,26 @@ class PemError(ValueError):
     pass
 
 
+class PemFile:
+    """A PEM file read line by line each time it is iterated, so that split() holds one certificate at a time,
+    never the whole file (a 10-root bundle is about 20 KB)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __iter__(self):
+        with open(self.path) as f:
+            for line in f:
+                yield line
+
+
 def split(text):
-    """Yields (pem_block, der) for every certificate in `text`; pem_block has "\n" line endings and a final
-    newline whatever the input used. Raises PemError naming the problem."""
+    """Yields (pem_block, der) for every certificate in `text` (a str, or lines such as a PemFile); pem_block has
+    "\n" line endings and a final newline whatever the input used. Raises PemError naming the problem."""
     lines = None
     body = None
     count = 0
-    for raw in text.split("\n"):
+    for raw in text.split("\n") if isinstance(text, str) else text:
         line = raw.strip()
         if not line:
             continue

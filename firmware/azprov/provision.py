@@ -43,8 +43,10 @@ def _sleep_within(seconds, deadline, cause=None):
 class Session:
     """One DPS registration for a loaded provisioning file (azprov.config)."""
 
-    def __init__(self, config, client_version="azprov/" + __version__):
+    def __init__(self, config, client_version="azprov/" + __version__, bundle_sink=None):
         self.config = config
+        self.bundle_sink = bundle_sink  # see dps.Registration
+        self.streamed = []
         self.client_version = client_version
         self.connections = 0
         self._inbox = []
@@ -78,6 +80,7 @@ class Session:
             timeout,
             keepalive=_KEEPALIVE_S,
             on_message=self._on_message,
+            max_packet=None,  # a trust bundle may be large: the limit is what the free heap can take
             context="DPS",
         )
         try:
@@ -92,7 +95,7 @@ class Session:
         """Registers and returns the registrationState dict of an `assigned` result; raises ProvisioningError."""
         cfg = self.config
         deadline = time.ticks_add(time.ticks_ms(), cfg["registration_timeout_s"] * 1000)
-        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random)
+        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random, bundle_sink=self.bundle_sink)
         request = reg.start()
         client = None
         reconnects = 0
@@ -103,6 +106,7 @@ class Session:
                         client = self._connect(deadline)
                     request = self._exchange(client, reg, request, deadline)
                     if request is None:
+                        self.streamed = reg.streamed
                         return reg.result
                 except ProvisioningError as exc:
                     # The service's own answers were judged by the state machine; what is left to retry here is

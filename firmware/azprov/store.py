@@ -17,6 +17,7 @@ from azprov.errors import ProvisioningError
 STATE = "state.json"
 PEM = "trust_bundle.pem"
 _STAGED = ".new"
+_INCOMING = ".in"  # certificates streamed from a DPS response, before save() stages them
 _TMP = ".tmp"
 _CHUNK = const(512)
 _MAX_STATE_BYTES = const(16384)
@@ -131,12 +132,83 @@ def _serialise(state):
     return text
 
 
+class Incoming:
+    """The sink azprov.bundle.extract() streams certificates into: trust_bundle.pem.in, written only from the first
+    certificate that differs from the stored trust_bundle.pem (a bundle DPS sends again unchanged costs no flash
+    write). Nothing reads the .in file but save(); a leftover one is removed by the next save() or clear()."""
+
+    def __init__(self, store):
+        self._store = store
+        self.start()
+
+    def start(self):
+        self.close()
+        self._hash = hashlib.sha256()
+        self._file = None
+        self._same = 0  # leading certificates identical to the stored file's, not yet copied
+        self._stored = None
+        self.count = 0
+
+    def _stored_blocks(self):
+        if self._stored is None:
+            from azprov.pem import PemError, PemFile, split
+
+            def blocks():
+                try:
+                    for block, _ in split(PemFile(self._store.pem_path)):
+                        yield block
+                except (OSError, PemError, UnicodeError):
+                    return
+
+            self._stored = blocks()
+        return self._stored
+
+    def add(self, block):
+        self._hash.update(block.encode())
+        self.count += 1
+        if self._file is None:
+            if next(self._stored_blocks(), None) == block:
+                self._same += 1
+                return
+            self._open_with_copy()
+        self._file.write(block)
+
+    def _open_with_copy(self):
+        from azprov.pem import PemFile, split
+
+        self._stored = None
+        makedirs(self._store.directory)
+        self._file = open(self._store.pem_path + _INCOMING, "w")
+        if self._same:
+            for block, _ in split(PemFile(self._store.pem_path)):
+                self._file.write(block)
+                self._same -= 1
+                if not self._same:
+                    break
+
+    def finish(self):
+        """The sha256 (hex) of everything added; the .in file is complete (unless all matched the stored file)."""
+        if self._file is None and next(self._stored_blocks(), None) is not None:
+            self._open_with_copy()  # a shorter bundle that starts like the stored one
+        self.close()
+        return binascii.hexlify(self._hash.digest()).decode()
+
+    def close(self):
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+            self._file = None
+            self._store.writes += 1
+        self._stored = None
+
+
 class Store:
     def __init__(self, directory):
         self.directory = directory.rstrip("/") or "/"
         self.state_path = self.directory + "/" + STATE
         self.pem_path = self.directory + "/" + PEM
         self.writes = 0  # files written by this instance: how tests and the benchmark see "no flash write"
+        self._streaming = False  # an Incoming sink of this instance is in use: its .in file is not a leftover
 
     def load(self):
         """The committed state (a dict) or None on a fresh device. Finishes an interrupted commit; raises a STORAGE
@@ -153,6 +225,8 @@ class Store:
         except (ValueError, UnicodeError):
             raise _corrupt("state.json is not valid JSON")
         _check_state(state)
+        if not self._streaming:
+            _remove(self.pem_path + _INCOMING)  # a power cut while a DPS answer streamed in
         staged = self.pem_path + _STAGED
         bundle = state["trust_bundle"]
         if bundle is None:
@@ -171,14 +245,15 @@ class Store:
     def _check_certificates(self, listed):
         # The file matches its recorded hash; now each certificate must be the one state.json lists, so a file
         # and a record that were damaged together are still caught before TLS sees them.
-        from azprov.pem import PemError, split
+        from azprov.pem import PemError, PemFile, split
 
         try:
+            # Line by line: one certificate in heap at a time, not the whole file.
             found = [
                 binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
-                for _, der in split(self.trust_bundle_pem())
+                for _, der in split(PemFile(self.pem_path))
             ]
-        except PemError as exc:
+        except (PemError, OSError, UnicodeError) as exc:
             raise _corrupt("trust_bundle.pem: %s" % exc)
         if found != [entry.get("sha256") if isinstance(entry, dict) else None for entry in listed]:
             raise _corrupt("trust_bundle.pem holds other certificates than state.json lists")
@@ -192,9 +267,26 @@ class Store:
         except (OSError, UnicodeError):
             raise _corrupt("trust_bundle.pem cannot be read as text")
 
+    def incoming(self):
+        """A sink for azprov.bundle.extract() (see Incoming)."""
+        _remove(self.pem_path + _INCOMING)
+        self._streaming = True
+        return Incoming(self)
+
+    def discard_incoming(self):
+        self._streaming = False
+        _remove(self.pem_path + _INCOMING)
+
     def save(self, assignment, bundle):
         """Commits an assignment and a parsed bundle (azprov.bundle.parse; None removes the stored bundle).
-        Returns False, writing nothing, when the stored state already says the same."""
+        Returns False, writing nothing, when the stored state already says the same. A bundle whose `pem` is None
+        was streamed by extract() into an Incoming sink: its file is what gets staged."""
+        try:
+            return self._save(assignment, bundle)
+        finally:
+            self.discard_incoming()
+
+    def _save(self, assignment, bundle):
         meta = None
         if bundle is not None:
             meta = {key: bundle[key] for key in ("id", "etag", "pem_sha256", "certificates")}
@@ -210,9 +302,15 @@ class Store:
             makedirs(self.directory)
             staged = False
             if meta is not None and file_sha256(self.pem_path) != meta["pem_sha256"]:
-                with open(self.pem_path + _STAGED, "w") as f:
-                    f.write(bundle["pem"])
-                self.writes += 1
+                if bundle["pem"] is None:
+                    incoming = self.pem_path + _INCOMING
+                    if file_sha256(incoming) != meta["pem_sha256"]:
+                        raise ProvisioningError(errors.STORAGE, "streamed trust bundle was not written completely")
+                    os.rename(incoming, self.pem_path + _STAGED)
+                else:
+                    with open(self.pem_path + _STAGED, "w") as f:
+                        f.write(bundle["pem"])
+                    self.writes += 1
                 staged = True
             write_atomic(self.state_path, text)
             self.writes += 1
@@ -228,5 +326,5 @@ class Store:
         return True
 
     def clear(self):
-        for name in (STATE, PEM, PEM + _STAGED, STATE + _TMP):
+        for name in (STATE, PEM, PEM + _STAGED, PEM + _INCOMING, STATE + _TMP):
             _remove(self.directory + "/" + name)

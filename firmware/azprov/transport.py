@@ -25,6 +25,30 @@ _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
 _MBEDTLS_FATAL_ALERT = const(-30592)  # MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: the peer sent a fatal alert
 _EPIPE = const(32)  # the peer closed while we were still writing (Linux and lwIP agree)
+# Heap a received packet must leave free for what handles it (a DPS answer: one certificate of its trust bundle at a
+# time, its DER form and the TLS stack's check of it, plus the small parsed JSON).
+PACKET_HEADROOM = const(8192)
+
+
+def packet_fits(n):
+    """None when an n-byte packet can be read and handled in the free heap, else the OUT_OF_MEMORY error naming
+    the size and the free heap (the limit for DPS answers: derived from free heap, not fixed)."""
+    gc.collect()
+    free = gc.mem_free()
+    if n + PACKET_HEADROOM <= free:
+        return None
+    return too_large(n, free)
+
+
+def too_large(n, free=None):
+    if free is None:
+        gc.collect()
+        free = gc.mem_free()
+    return ProvisioningError(
+        errors.OUT_OF_MEMORY,
+        "a %d-byte message does not fit: %d bytes of heap free, %d needed in one block and after it"
+        % (n, free, n + PACKET_HEADROOM),
+    )
 
 
 def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
@@ -96,7 +120,8 @@ def drop_empty_password(packet):
 
 class DeadlineSocket:
     """A TLS stream where every blocking read or write gives up after `timeout_ms` with OSError(ETIMEDOUT), and a
-    packet larger than `max_packet` is refused before memory is spent on it."""
+    packet larger than `max_packet` (None: no fixed limit) or than the free heap can take is refused before memory
+    is spent on it."""
 
     def __init__(self, tls, timeout_ms, max_packet):
         self._tls = tls
@@ -126,13 +151,20 @@ class DeadlineSocket:
 
     def read(self, n):
         self.flush()
-        if n > self._max_packet:
+        if self._max_packet is not None and n > self._max_packet:
             raise ProvisioningError(
                 errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit" % (n, self._max_packet)
             )
         if n >= _COLLECT_BEFORE_BYTES:
-            gc.collect()  # a DPS result with a trust bundle needs one contiguous block: make room first
-        buf = bytearray(n)
+            # A DPS result with a trust bundle needs one contiguous block: make room first, and refuse what cannot
+            # fit with a classified error rather than a MemoryError half-way.
+            error = packet_fits(n)
+            if error is not None:
+                raise error
+        try:
+            buf = bytearray(n)
+        except MemoryError:  # enough heap in total, but not in one block
+            raise too_large(n)
         view = memoryview(buf)
         got = 0
         deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
@@ -262,7 +294,11 @@ def classify(exc, context):
         # mbedTLS reports verification failures as ValueError with its own text (wrong CA, host name mismatch).
         return ProvisioningError(errors.TLS_VERIFICATION, "%s: server certificate rejected: %s" % (context, exc))
     if isinstance(exc, MemoryError):
-        return ProvisioningError(errors.MALFORMED_RESPONSE, "%s: message too large for free memory" % context)
+        gc.collect()
+        return ProvisioningError(
+            errors.OUT_OF_MEMORY,
+            "%s: message too large for free memory (%d bytes of heap free)" % (context, gc.mem_free()),
+        )
     return ProvisioningError(
         errors.MALFORMED_RESPONSE, "%s: malformed MQTT packet (%s)" % (context, type(exc).__name__)
     )

@@ -144,6 +144,26 @@ def start_device(
     )
 
 
+def _named_files(provisioning: Path) -> dict[str, Path]:
+    """The files a provisioning file names (its DPS CA file; with X.509 its certificate and key), placed in the flash
+    where it names them (relative paths only, as on a board; `--ca` files win)."""
+    try:
+        config = json.loads(provisioning.read_text())
+    except (OSError, ValueError):
+        return {}  # the device will say what is wrong with it
+    if not isinstance(config, dict):
+        return {}
+    files = {}
+    fields = ["dps_ca_file"] + (["certificate_file", "private_key_file"] if config.get("attestation") == "x509" else [])
+    for field in fields:
+        name = config.get(field)
+        if isinstance(name, str) and name and not Path(name).is_absolute() and ".." not in Path(name).parts:
+            source = provisioning.parent / name
+            if source.is_file():
+                files[name] = source
+    return files
+
+
 @click.command("run-unix")
 @click.option(
     "--provisioning",
@@ -179,6 +199,7 @@ def start_device(
 def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, runtime: str, timeout: float):
     """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
     cas = {f"certs/{path.name}": path for path in ca_files}
+    cas.update({name: path for name, path in _named_files(Path(provisioning)).items() if name not in cas})
     stage_device_root(flash_dir, provisioning, use_mpy=not source, ca_files=cas, runtime=runtime)
     proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)
     try:
