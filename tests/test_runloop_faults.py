@@ -175,3 +175,31 @@ def test_watchdog_resets_a_hang_in_the_socket_layer(board_device):
     assert [s["reset_cause"] for s in board.events("run_loop_started")] == ["power_on", "watchdog"]
     assert not board.events("registered") and _registrations(emu) == 1
     assert _sequences(emu, "hung-dev")[-2:] == [0, 1]
+
+
+def test_clock_resynced_once_a_period(board_device):
+    # Compressed time (the stand-in clock runs 40 times fast): a 120 s re-sync period passes every 3 s.
+    board = board_device("resync-dev", wifi=WIFI, telemetry_count=7, telemetry_interval_s=1, ntp_resync_s=120)
+    board.control(time_scale=40)
+    with board:
+        assert board.wait_done(timeout=90) == 0
+    reasons = [s["reason"] for s in board.events("clock_synced")]
+    assert reasons[0] == "boot" and "daily" in reasons[1:], reasons
+    assert len(board.events("wifi_connected")) == 1 and not board.events("retry_scheduled")
+
+
+def test_an_error_no_retry_can_fix_waits_at_the_cap(emulator, device):
+    # A disabled enrollment needs a person: the device waits the cap (not a growing backoff) between attempts, and
+    # registers once someone enables it.
+    key = new_key()
+    doc = enrollment_doc([individual("off-dev", key, disabled=True)])
+    emu = emulator(doc, *FAST)
+    dev = device(emu, "off-dev", key)
+    dev.write_provisioning(**{**RUN_LOOP, "telemetry_count": 1, "retry_max_s": 3})
+    install_standins(dev.root)
+    with Board(dev.root) as board:
+        retries = board.wait_for("retry_scheduled", 2)
+        assert {(r["step"], r["reason"], r["in_s"]) for r in retries} == {("provision", "disabled", "3.0")}
+        emu.update_enrollments(enrollment_doc([individual("off-dev", key)]))
+        assert board.wait_done(timeout=60) == 0
+    assert _registrations(emu) == 1 and _sequences(emu, "off-dev") == [0]
