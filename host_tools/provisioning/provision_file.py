@@ -129,6 +129,8 @@ def _describe(error) -> str:
         return "must be " + " or ".join(words.get(t, t) for t in types)
     if kind == "pattern":
         return error.schema.get("x-hint", f"must match {rule}")
+    if kind == "anyOf" and "x-hint" in error.schema:
+        return error.schema["x-hint"]
     if kind == "enum":
         return "must be one of " + ", ".join(json.dumps(v) for v in rule)
     if kind in ("minimum", "maximum"):
