@@ -128,3 +128,4 @@ def assert_no_secret(text: str, *secrets_: str) -> None:
         assert secret not in text, "a secret appeared in the output"
     assert "SharedAccessSignature" not in text
     assert "sig=" not in text
+    assert "PRIVATE KEY-----" not in text, "a PEM private key appeared in the output"

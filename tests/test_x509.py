@@ -293,3 +293,21 @@ def test_no_private_key_material_in_any_output_or_file(emulator, device, group_c
     everything = "\n".join(texts)
     leaked = [form for k in (key, other_key) for form in private_key_material(k) if form in everything]
     assert not leaked, "private key material appeared in an output or file"
+
+
+def test_key_without_public_part_that_does_not_match_fails_in_the_handshake(emulator, device, group_ca, tmp_path):
+    # A SEC1 key without its optional public key cannot be compared with the certificate before connecting; the
+    # TLS stack takes it, and the server refuses the handshake (the signature does not fit the certificate).
+    cert, _ = pki.issue_device(group_ca, "x509-bare-key", tmp_path)
+    _, other_key = pki.issue_device(group_ca, "x509-bare-other", tmp_path)
+    private = serialization.load_pem_private_key(other_key.read_bytes(), None).private_numbers().private_value
+    bare = (
+        b"\x30\x31\x02\x01\x01\x04\x20"
+        + private.to_bytes(32, "big")
+        + b"\xa0\x0a\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07"
+    )
+    bare_key = tmp_path / "bare-key.der"
+    bare_key.write_bytes(bare)
+    emu = emulator(enrollment_doc(groups=[x509_group("factory", group_ca.root)]))
+    result = _expect_refused(x509_device(device, emu, "x509-bare-key", cert, bare_key), "authentication", "TLS")
+    assert result.event("certificate_loaded")  # the files passed every check the device can make alone

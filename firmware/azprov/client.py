@@ -9,7 +9,7 @@ import time
 
 from micropython import const
 
-from azprov import errors, hub, log, transport
+from azprov import errors, hub, log, transport, watchdog
 from azprov.errors import ProvisioningError
 
 _REQUEST_TIMEOUT_MS = const(15000)
@@ -205,7 +205,7 @@ class Client:
             if self._retry_at is not None:
                 early = time.ticks_diff(self._retry_at, time.ticks_ms())
                 if early > 0:
-                    time.sleep_ms(early)  # the backoff recover() chose
+                    watchdog.sleep_ms(early)  # the backoff recover() chose
             self._retry_at = None
             self.gateway.connect()
 

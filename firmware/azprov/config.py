@@ -41,6 +41,15 @@ _FIELDS = {
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),
     "mqtt_keepalive_s": (int, 120),
+    # The run loop (azprov.runloop): null runs it on every port but Unix.
+    "run_loop": (bool, None),
+    "retry_base_ms": (int, 1000),
+    "retry_max_s": (int, 300),
+    "reset_after_failures": (int, 10),  # 0: never reset the board
+    "retry_deep_sleep": (bool, False),
+    "watchdog_timeout_s": (int, 60),  # 0: no watchdog
+    "ntp_host": (str, None),
+    "ntp_resync_s": (int, 86400),  # 0: only after a (re-)join
 }
 
 
@@ -131,7 +140,7 @@ def parse(text, path="provisioning file"):
     for name in ("dps_host", "id_scope", "registration_id", "dps_ca_file", "storage_dir"):
         if not config[name].strip():
             raise _error(path, name, "must not be empty")
-    for name in ("dps_host", "gateway_host"):
+    for name in ("dps_host", "gateway_host", "ntp_host"):
         if config[name] is not None and not _is_host_name(config[name]):
             raise _error(path, name, "must be a host name (letters, digits, dots and dashes)")
     scope = config["id_scope"]
@@ -163,11 +172,24 @@ def parse(text, path="provisioning file"):
         raise _error(path, "sas_ttl_s", "must be between 5 and 31622400 seconds")
     if not 2 <= config["mqtt_keepalive_s"] <= 1740:  # IoT Hub's ceiling is 29 minutes
         raise _error(path, "mqtt_keepalive_s", "must be between 2 and 1740 seconds")
-    for name in ("telemetry_count", "telemetry_interval_s", "max_gateway_failures"):
+    for name in (
+        "telemetry_count",
+        "telemetry_interval_s",
+        "max_gateway_failures",
+        "reset_after_failures",
+        "ntp_resync_s",
+    ):
         if config[name] < 0:
             raise _error(path, name, "must not be negative")
     if config["registration_timeout_s"] < 5:  # less cannot fit one TLS handshake and an answer
         raise _error(path, "registration_timeout_s", "must be at least 5 seconds")
+    if not 1 <= config["retry_base_ms"] <= 3600000:
+        raise _error(path, "retry_base_ms", "must be between 1 and 3600000 milliseconds")
+    if not 1 <= config["retry_max_s"] <= 86400:
+        raise _error(path, "retry_max_s", "must be between 1 and 86400 seconds")
+    # The longest wait that cannot feed the watchdog is one blocking network call (15 s at most).
+    if config["watchdog_timeout_s"] and not 20 <= config["watchdog_timeout_s"] <= 3600:
+        raise _error(path, "watchdog_timeout_s", "must be 0 (off) or between 20 and 3600 seconds")
     wifi = config["wifi"]
     if wifi is not None:
         for name in wifi:

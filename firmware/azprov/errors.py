@@ -15,6 +15,8 @@ MALFORMED_RESPONSE = "malformed_response"
 STORAGE = "storage"
 CLOCK = "clock"
 OUT_OF_MEMORY = "out_of_memory"
+# An exception the firmware did not expect (a bug): the run loop reports it and tries again like any other.
+INTERNAL = "internal"
 
 # Kinds worth trying again after a pause; the rest need a person or a new configuration.
 _TRANSIENT = (THROTTLED, SERVICE_UNAVAILABLE, NETWORK, TIMEOUT)

@@ -5,7 +5,7 @@ import time
 
 from micropython import const
 
-from azprov import errors, log, sas, transport
+from azprov import errors, log, sas, transport, watchdog
 from azprov.clock import require_set_clock
 from azprov.encoding import url_encode
 
@@ -133,6 +133,7 @@ class Gateway:
             remaining = time.ticks_diff(end, time.ticks_ms())
             if remaining <= 0:
                 return
+            watchdog.feed()
             self.renew_if_due()
             if self.client is None:
                 self.connect()

@@ -4,7 +4,7 @@ import time
 
 from micropython import const
 
-from azprov import __version__, dps, errors, log, sas, transport
+from azprov import __version__, dps, errors, log, sas, transport, watchdog
 from azprov.clock import require_set_clock
 from azprov.errors import ProvisioningError
 from azprov.store import read_text
@@ -41,7 +41,7 @@ def _sleep_within(seconds, deadline, cause=None):
         raise ProvisioningError(
             errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds, retry_after=int(seconds)
         )
-    time.sleep_ms(int(seconds * 1000))
+    watchdog.sleep_ms(int(seconds * 1000))  # a DPS retry-after can be long: the watchdog stays fed
 
 
 class Session:
@@ -187,5 +187,6 @@ class Session:
             remaining = _remaining_ms(deadline)
             if remaining <= 0:
                 raise ProvisioningError(errors.TIMEOUT, "no DPS answer before the registration deadline")
+            watchdog.feed()
             client.sock.wait_readable(min(remaining, 1000))
             client.check_msg()

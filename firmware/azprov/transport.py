@@ -14,7 +14,7 @@ import time
 
 from micropython import const
 
-from azprov import errors
+from azprov import errors, watchdog
 from azprov.errors import ProvisioningError
 from azprov.pem import der_certificates
 
@@ -148,6 +148,7 @@ class DeadlineSocket:
         remaining = time.ticks_diff(deadline, time.ticks_ms())
         if remaining <= 0:
             raise OSError(110)  # ETIMEDOUT
+        watchdog.feed()
         self._poll.modify(self._tls, events)
         self._poll.poll(min(remaining, _POLL_SLICE_MS))
 
@@ -280,6 +281,8 @@ class _TimedContext:
 
     def wrap_socket(self, sock, server_hostname=None, **_ignored):
         sock.settimeout(self._timeout_ms / 1000)
+        # The handshake blocks (bounded by the socket timeout, below the watchdog's): feed on both sides of it.
+        watchdog.feed()
         try:
             tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
         except OSError as exc:
@@ -293,6 +296,7 @@ class _TimedContext:
                     % exc.args[0],
                 )
             raise
+        watchdog.feed()
         wrapped = DeadlineSocket(tls, self._timeout_ms, self._max_packet)
         wrapped.no_password = self._client_certificate
         return wrapped

@@ -192,7 +192,13 @@ def image_cat(image, path):
     try:
         data = _image(image).read(path)
     except VirtualBoardError as exc:
-        raise click.ClickException(str(exc)) from None
+        # name the file inside the image, not only the image
+        reason = str(exc).removeprefix(f"{image}: ")
+        if "ENOENT" in reason or "Errno 2" in reason:
+            reason = "no such file in the image"
+        elif "EISDIR" in reason or "Errno 21" in reason:
+            reason = "is a folder in the image"
+        raise click.ClickException(f"{image}: {path}: {reason}") from None
     click.get_binary_stream("stdout").write(data)
 
 

@@ -41,6 +41,12 @@ def monitor(port, miniterm, baud, capture):
         )
     if capture and miniterm:
         raise click.ClickException("--capture works with the mpremote console only")
+    if not sys.stdin.isatty():
+        # mpremote's terminal needs one (it ends in a traceback about termios otherwise)
+        raise click.ClickException(
+            f"monitor needs a terminal and stdin is not one; to collect the board's output without one, use "
+            f"`python -m mpremote connect {port} exec ...` or run the device tests (`test-device --port {port}`)"
+        )
     click.echo("console on %s; Ctrl-] %s" % (port, "quits" if miniterm else "or Ctrl-X quits"), err=True)
     status = subprocess.call(monitor_command(port, miniterm, baud, capture))
     if status != 0:

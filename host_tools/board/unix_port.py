@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 
@@ -147,7 +147,7 @@ def start_device(
 @click.command("run-unix")
 @click.option(
     "--provisioning",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     required=True,
     help="Provisioning file (JSON) for the device.",
 )
@@ -175,17 +175,67 @@ def start_device(
     show_default=True,
     help="MicroPython binary: the PyPI wheel or a Unix port built from source (`make runtimes`).",
 )
-@click.option("--timeout", type=float, default=300, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=300,
+    show_default=True,
+    help="Seconds the device may run (printing or not) before it is stopped.",
+)
 def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, runtime: str, timeout: float):
     """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
-    cas = {f"certs/{path.name}": path for path in ca_files}
-    stage_device_root(flash_dir, provisioning, use_mpy=not source, ca_files=cas, runtime=runtime)
-    proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)
+    from host_tools.board.deploy import DeployError, provisioning_files
+
+    # The files a board would get (deploy's own list: provisioning.json and the CA and key files it names), checked
+    # with the device's rules before anything is staged.
     try:
+        files = provisioning_files(provisioning)
+    except DeployError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or provisioning}: cannot be read ({exc.strerror})") from None
+    storage = json.loads(files[0].data).get("storage_dir") or "azprov_state"
+    if PurePosixPath(storage).is_absolute():
+        raise click.ClickException(
+            f"{provisioning}: storage_dir: must be relative for run-unix (the flash folder is the device's root)"
+        )
+    if flash_dir.exists() and not flash_dir.is_dir():
+        raise click.ClickException(f"{flash_dir}: is not a folder")
+    cas = {f"certs/{path.name}": path for path in ca_files}
+    try:
+        stage_device_root(flash_dir, None, use_mpy=not source, ca_files=cas, runtime=runtime)
+        for file in files:
+            if file.dest.lstrip("/") in cas:  # a --ca file of the same name wins
+                continue
+            target = flash_dir / file.dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.data)
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or flash_dir}: cannot be written ({exc.strerror})") from None
+    proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)
+    status = stream_until(proc, timeout, click.echo)
+    if status is None:
+        raise click.ClickException(f"the device did not finish within {timeout:g} s")
+    sys.exit(status)
+
+
+def stream_until(proc: subprocess.Popen, timeout: float, echo) -> int | None:
+    """Echo the process's output lines as they come; its exit status, or None after killing it at `timeout` (the
+    clock runs from the start, whether the device prints or not)."""
+    import threading
+
+    def pump():
         for line in proc.stdout:
-            click.echo(line, nl=False)
+            echo(line, nl=False)
+
+    reader = threading.Thread(target=pump, name="run-unix-output", daemon=True)
+    reader.start()
+    try:
         status = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise click.ClickException(f"the device did not finish within {timeout:.0f} s") from None
-    sys.exit(status)
+        proc.wait()
+        reader.join(5)
+        return None
+    reader.join(5)
+    return status

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
 from host_tools.emulator.dps import raw_query
-from host_tools.emulator.hub import DEFAULT_METHOD_TIMEOUT_S, HubError, HubService
+from host_tools.emulator.hub import HubError, HubService, ServiceSide
 from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
 
 
@@ -93,7 +93,7 @@ class GatewayClient:
         }
 
 
-class GatewayEndpoint(Endpoint):
+class GatewayEndpoint(ServiceSide, Endpoint):
     name = "gateway"
 
     def __init__(self, ctx, ssl_context):
@@ -394,119 +394,6 @@ class GatewayEndpoint(Endpoint):
         qos = min(qos, granted)
         packet_id = session.next_packet_id() if qos else None
         await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
-        return True
-
-    # ------------------------------------------------------------------------------ service side
-
-    def _subscribed_client(self, device_id: str, topic: str):
-        session, client = self.live.get(device_id, (None, None))
-        if session is None or session.closed:
-            return None, None
-        if not any(mqtt.topic_matches(f, topic) for f in client.subscriptions):
-            return None, None
-        return session, client
-
-    async def set_desired(self, device_id: str, patch: dict) -> dict:
-        """Merges `patch` into the desired properties and notifies the device if it is connected and subscribed."""
-        desired = self.hub.twins.patch(device_id, "desired", patch)
-        version = desired["$version"]
-        body = {k: v for k, v in patch.items() if not k.startswith("$")}
-        body["$version"] = version
-        topic = f"$iothub/twin/PATCH/properties/desired/?$version={version}"
-        self.hub.record(device_id, "desired_patch", version=version, patch=patch)
-        session, client = self._subscribed_client(device_id, topic)
-        if session is not None:
-            await self._deliver(session, client, topic, json.dumps(body).encode(), 0)
-            self.hub.record(device_id, "desired_sent", version=version)
-        return self.hub.twins.get(device_id)
-
-    async def invoke_method(
-        self, device_id: str, name: str, payload=None, timeout: float = DEFAULT_METHOD_TIMEOUT_S
-    ) -> dict:
-        """Calls a direct method: {"status": <device's status or 404/504>, "payload": <its JSON answer>}."""
-        rid = self.hub.next_rid()
-        topic = f"$iothub/methods/POST/{quote(name, safe='')}/?$rid={rid}"
-        self.hub.record(device_id, "method_invoked", name=name, rid=rid, payload=payload, timeout=timeout)
-        session, client = self._subscribed_client(device_id, topic)
-        if session is None:
-            self.hub.record(device_id, "method_device_offline", name=name, rid=rid)
-            return {"status": 404, "payload": {"message": f"device {device_id!r} is not online"}}
-        future = asyncio.get_running_loop().create_future()
-        self.hub.pending_methods[rid] = (device_id, name, future)
-        try:
-            body = b"" if payload is None else json.dumps(payload).encode()
-            await self._deliver(session, client, topic, body, 0)
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self.hub.record(device_id, "method_timeout", name=name, rid=rid)
-            return {"status": 504, "payload": {"message": f"no answer from {device_id!r} in {timeout} s"}}
-        finally:
-            self.hub.pending_methods.pop(rid, None)
-
-    def _method_answer(self, client: GatewayClient, topic: str, payload: bytes) -> None:
-        status_text, _, query = topic[len("$iothub/methods/res/") :].partition("/")
-        rid = raw_query(query).get("$rid", "")
-        pending = self.hub.pending_methods.get(rid)
-        try:
-            status = int(status_text)
-            answer = json.loads(payload) if payload.strip() else None
-        except ValueError:
-            status, answer = None, None
-        valid = status is not None
-        self.hub.record(client.device_id, "method_answered", rid=rid, status=status, payload=answer, valid=valid)
-        if pending is None or pending[0] != client.device_id:
-            self.log.info("%s: method answer for unknown $rid %r", client.device_id, rid)
-            return
-        future = pending[2]
-        if not future.done():
-            future.set_result({"status": status if valid else 502, "payload": answer})
-
-    async def send_c2d(self, device_id: str, payload: bytes, properties: dict | None = None) -> str:
-        """Queues a cloud-to-device message and delivers it if the device is listening; returns its message id."""
-        message = self.hub.queue_c2d(device_id, payload, properties)
-        session, client = self.live.get(device_id, (None, None))
-        if session is not None and not session.closed:
-            await self._deliver_c2d(session, client)
-        return message.message_id
-
-    async def _deliver_c2d(self, session: MqttSession, client: GatewayClient) -> None:
-        for message in list(self.hub.c2d.get(client.device_id, [])):
-            if message.in_flight is not None:
-                continue
-            topic = message.topic()
-            granted = [q for f, q in client.subscriptions.items() if mqtt.topic_matches(f, topic)]
-            if not granted or session.closed:
-                return
-            qos = min(1, max(granted))
-            packet_id = session.next_packet_id() if qos else None
-            await session.send(mqtt.Publish(topic=topic, payload=message.payload, qos=qos, packet_id=packet_id))
-            message.deliveries += 1
-            self.hub.record(
-                client.device_id, "c2d_sent", message_id=message.message_id, qos=qos, delivery=message.deliveries
-            )
-            if qos:
-                message.in_flight = (session, packet_id)
-                client.in_flight[packet_id] = message
-            else:
-                self.hub.c2d[client.device_id].remove(message)
-
-    async def publish_raw(self, device_id: str, topic: str, payload: bytes, qos: int = 0) -> bool:
-        """Sends any PUBLISH to the device's live connection (tests: malformed messages); False when offline."""
-        session, client = self.live.get(device_id, (None, None))
-        if session is None or session.closed:
-            return False
-        packet_id = session.next_packet_id() if qos else None
-        await session.send(mqtt.Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
-        self.hub.record(device_id, "raw_sent", topic=topic, size=len(payload), qos=qos)
-        return True
-
-    def drop_device(self, device_id: str) -> bool:
-        session, _ = self.live.get(device_id, (None, None))
-        if session is None or session.closed:
-            return False
-        self.stats.incr(self.name, "dropped")
-        self.log.info("%s: dropping the connection on request", session)
-        session.abort("dropped on request")
         return True
 
     def drop_connections(self, reason: str = "dropped on request") -> int:

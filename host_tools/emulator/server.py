@@ -61,7 +61,7 @@ class EmulatorServer:
         if isinstance(enrollments, dict):
             # A document given inline (tests): keep it as a file, so "re-read on change" works the same way.
             enrollments = write_enrollments(self.state_dir / "enrollments.json", enrollments)
-        self.enrollments_path = Path(enrollments).resolve()
+        self.enrollments_path = Path(enrollments).absolute()  # not resolved: errors name the path as given
         self.host = host
         self.requested_ports = {"dps": dps_port, "gateway": gateway_port}
         self.dps_hostname, self.gateway_hostname = dps_hostname, gateway_hostname

@@ -103,11 +103,28 @@ def judge_text(text: str, where: str) -> dict:
     `where` is the file's path as the device would see it (relative paths resolve against its folder)."""
     fw = firmware()
     if len(text.encode("utf-8", "surrogatepass")) > max_file_bytes():
-        raise RuleError(f"{where}: provisioning file is larger than {max_file_bytes()} bytes")
+        raise RuleError(f"{where}: provisioning file is larger than {max_file_bytes()} bytes{_largest_field(text)}")
     try:
         return fw.config.parse(text, where)
     except fw.errors.ProvisioningError as exc:
         raise RuleError(exc.message) from None
+
+
+def _largest_field(text: str) -> str:
+    """' (largest field: NAME)' for a too-large file, so the message says what to shorten; '' when unknown."""
+    try:
+        document = json.loads(text, strict=False)
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(document, dict) or not document:
+        return ""
+    sizes = {}
+    for name, value in document.items():
+        try:
+            sizes[name] = len(json.dumps(value))
+        except (ValueError, RecursionError):
+            sizes[name] = len(text)
+    return f" (largest field: {max(sizes, key=sizes.get)})"
 
 
 def judge_bytes(data: bytes, where: str) -> dict:

@@ -912,10 +912,13 @@ def _gateway_pki_command(out_dir: Path, gateway_host: str, ips, dps_host: str, p
         )
     except (PkiError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    table = Table(title=f"PKI in {pki.folder} (profile {pki.profile})")
+    from rich import box
+
+    # No vertical rules and the subject under the description: the table fits 80 columns without breaking names.
+    table = Table(title=f"PKI in {pki.folder} (profile {pki.profile})", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("file", no_wrap=True)
-    for column in ("what", "key", "subject"):
-        table.add_column(column)
+    table.add_column("what (subject)", ratio=1)
+    table.add_column("key", no_wrap=True)
     table.add_column("expires", no_wrap=True)
     table.add_column("action", no_wrap=True)
     for name, description in _DESCRIPTIONS.items():
@@ -930,7 +933,8 @@ def _gateway_pki_command(out_dir: Path, gateway_host: str, ips, dps_host: str, p
             subject = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
             expires = cert.not_valid_after_utc.strftime("%Y-%m-%d")
             kind = key_kind(cert.public_key()) + (f" x{len(certs)}" if name == "trust_bundle" else "")
-        table.add_row(path.name, escape(description), kind, escape(subject), expires, pki.actions.get(name, ""))
+        what = escape(description) + (f"\n[dim]{escape(subject)}[/dim]" if subject else "")
+        table.add_row(path.name, what, kind, expires, pki.actions.get(name, ""))
     Console().print(table)
     click.echo(f"profile: {pki.profile} ({PROFILES[pki.profile].description})")
     click.echo(f"gateway certificate covers: {', '.join(server_names(gateway_host, ips))}")

@@ -129,6 +129,8 @@ def _describe(error) -> str:
         return "must be " + " or ".join(words.get(t, t) for t in types)
     if kind == "pattern":
         return error.schema.get("x-hint", f"must match {rule}")
+    if kind == "anyOf" and "x-hint" in error.schema:
+        return error.schema["x-hint"]
     if kind == "enum":
         return "must be one of " + ", ".join(json.dumps(v) for v in rule)
     if kind in ("minimum", "maximum"):
@@ -180,6 +182,8 @@ def _verdict(config, text: str, where: str) -> tuple[list[str], dict | None]:
         device_problem = str(exc)
     problems = schema_problems(config, where)
     field = device_problem[len(where) + 2 :].split(" ")[0] if device_problem.startswith(where + ": ") else ""
+    if not isinstance(config, dict) or field.split(".")[0] not in config:
+        field = ""  # the message is about the whole file (its size, its JSON), not one field
     if not field or not any(p.startswith(f"{where}: {field}:") for p in problems):
         problems.append(
             device_problem.replace(f"{where}: {field} ", f"{where}: {field}: ", 1) if field else device_problem

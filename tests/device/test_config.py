@@ -139,3 +139,25 @@ def test_rules_the_host_validator_shares():
     # Upper-case ID scopes are accepted, as by DPS and the emulator.
     assert config.parse(_with(id_scope="0NE00AAAAAA"), "p.json")["id_scope"] == "0NE00AAAAAA"
     assert config.parse(_with(registration_timeout_s=5, wifi={"ssid": "n"}), "p.json")["wifi"] == {"ssid": "n"}
+
+
+def test_run_loop_fields_have_defaults_and_bounds():
+    cfg = config.parse(_with(), "/flash/provisioning.json")
+    assert cfg["run_loop"] is None and cfg["retry_base_ms"] == 1000 and cfg["retry_max_s"] == 300
+    assert cfg["reset_after_failures"] == 10 and cfg["retry_deep_sleep"] is False
+    assert cfg["watchdog_timeout_s"] == 60 and cfg["ntp_host"] is None and cfg["ntp_resync_s"] == 86400
+    assert config.parse(_with(watchdog_timeout_s=0, run_loop=True))["watchdog_timeout_s"] == 0
+    for text, field in [
+        (_with(run_loop="yes"), "run_loop"),
+        (_with(retry_base_ms=0), "retry_base_ms"),
+        (_with(retry_max_s=0), "retry_max_s"),
+        (_with(retry_max_s=86401), "retry_max_s"),
+        (_with(reset_after_failures=-1), "reset_after_failures"),
+        (_with(retry_deep_sleep=1), "retry_deep_sleep"),
+        (_with(watchdog_timeout_s=10), "watchdog_timeout_s"),
+        (_with(watchdog_timeout_s=3601), "watchdog_timeout_s"),
+        (_with(ntp_host=""), "ntp_host"),
+        (_with(ntp_host="ntp server"), "ntp_host"),
+        (_with(ntp_resync_s=-5), "ntp_resync_s"),
+    ]:
+        assert field in _error(text), field

@@ -259,3 +259,66 @@ def test_fleet_group_key_from_a_file_or_the_environment(tmp_path):
     )
     assert proc.returncode != 0 and "group key is not valid base64" in proc.stderr
     assert "!!notbase64" not in proc.stderr
+
+
+def test_validate_over_a_fleet_folder_skips_the_index(tmp_path):
+    out = tmp_path / "fleet"
+    common = ["--out-dir", str(out), "--id-scope", "0ne00AAAAAA", "--group-key", GROUP_KEY]
+    assert run_cli("fleet", "--count", "3", *common).returncode == 0
+    proc = run_cli("provision-file", "validate", *sorted(str(p) for p in out.glob("*.json")))
+    assert proc.returncode == 0, proc.stderr
+    assert "fleet.json: fleet index (written by `fleet`), skipped" in proc.stdout
+    assert proc.stdout.count(": ok") == 3
+
+
+def _tree(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_create_checks_everything_before_writing_and_replaces_nothing(tmp_path):
+    device = tmp_path / "dev"
+    common = ["provision-file", "create", "--id-scope", "0ne00AAAAAA", "--symmetric-key", DEVICE_KEY]
+    # a field the device refuses: not even the CA file is written
+    proc = run_cli(*common, "--out", str(device / "a.json"), "--registration-id", "d1", "--dps-port", "0")
+    assert proc.returncode == 1 and "dps_port" in proc.stderr
+    assert not device.exists()
+    # another provisioning file's CA file, different from the default: kept unless --force
+    (device / "certs").mkdir(parents=True)
+    (device / "certs" / "dps-root.pem").write_text("# the CA another provisioning file uses\n")
+    before = _tree(device)
+    proc = run_cli(*common, "--out", str(device / "b.json"), "--registration-id", "d2")
+    assert proc.returncode == 1 and "certs/dps-root.pem: already exists" in proc.stderr and "--force" in proc.stderr
+    assert _tree(device) == before
+    assert run_cli(*common, "--out", str(device / "b.json"), "--registration-id", "d2", "--force").returncode == 0
+
+
+def test_fleet_into_a_folder_holding_one_of_its_files_writes_nothing(tmp_path):
+    out = tmp_path / "fleet"
+    out.mkdir()
+    (out / "sensor-0003.json").write_text("someone else's\n")
+    before = _tree(out)
+    proc = run_cli(
+        "fleet", "--out-dir", str(out), "--count", "5", "--id-scope", "0ne00AAAAAA", "--group-key", GROUP_KEY
+    )
+    assert proc.returncode == 1 and "sensor-0003.json: already exists" in proc.stderr
+    assert _tree(out) == before
+
+
+def test_wifi_password_needs_the_network(tmp_path):
+    proc = run_cli(
+        "provision-file",
+        "create",
+        "--out",
+        str(tmp_path / "p.json"),
+        "--id-scope",
+        "0ne00AAAAAA",
+        "--registration-id",
+        "d1",
+        "--symmetric-key",
+        DEVICE_KEY,
+        "--wifi-password",
+        "secret-password-1",
+    )
+    assert proc.returncode == 1 and "--wifi-password needs --wifi-ssid" in proc.stderr
+    assert "secret-password-1" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "p.json").exists()

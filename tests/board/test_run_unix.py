@@ -1,0 +1,70 @@
+"""`run-unix` (issue 14): the timeout holds while the device prints, the provisioning file's CA file goes into the
+flash as deploy puts it on a board, and a file the device would refuse (or one that writes outside the flash folder)
+stops the command before anything is staged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from host_tools.board import unix_port
+from host_tools.provisioning.provision_file import DeviceSettings, create_provisioning_file
+from tests.host_helpers import DEVICE_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def provisioning(tmp_path):
+    path = tmp_path / "dev" / "provisioning.json"
+    create_provisioning_file(path, DeviceSettings(id_scope="0ne00AAAAAA"), "sensor-001", symmetric_key=DEVICE_KEY)
+    return path
+
+
+def _fake_device(monkeypatch, code: str):
+    def start(root, heapsize=None, runtime=None, **_):
+        return subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root
+        )
+
+    monkeypatch.setattr(unix_port, "start_device", start)
+
+
+def test_timeout_holds_while_the_device_prints(tmp_path, provisioning, monkeypatch):
+    _fake_device(monkeypatch, "while True: print('telemetry', flush=True)")
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        unix_port.run_unix,
+        ["--provisioning", str(provisioning), "--flash", str(tmp_path / "flash"), "--source", "--timeout", "2"],
+    )
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1 and "did not finish within 2 s" in result.output
+
+
+def test_the_provisioning_files_ca_file_goes_into_the_flash(tmp_path, provisioning, monkeypatch):
+    _fake_device(monkeypatch, "import os; print(sorted(os.listdir('certs')))")
+    flash = tmp_path / "flash"
+    result = CliRunner().invoke(
+        unix_port.run_unix, ["--provisioning", str(provisioning), "--flash", str(flash), "--source"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dps-root.pem" in result.output
+    assert (flash / "certs" / "dps-root.pem").read_bytes() == (provisioning.parent / "certs/dps-root.pem").read_bytes()
+
+
+@pytest.mark.parametrize("storage_dir, words", [("../../etc", "storage_dir"), ("/tmp/elsewhere", "storage_dir")])
+def test_a_file_writing_outside_the_flash_is_refused_before_staging(tmp_path, provisioning, storage_dir, words):
+    config = json.loads(provisioning.read_text())
+    config["storage_dir"] = storage_dir
+    provisioning.write_text(json.dumps(config))
+    flash = tmp_path / "flash"
+    result = CliRunner().invoke(
+        unix_port.run_unix, ["--provisioning", str(provisioning), "--flash", str(flash), "--source"]
+    )
+    assert result.exit_code == 1 and words in result.output and str(provisioning) in result.output
+    assert not flash.exists(), "nothing is staged for a file the device refuses"
