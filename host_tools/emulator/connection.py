@@ -12,6 +12,7 @@ import ctypes.util
 import gc
 import logging
 import ssl
+import time
 from urllib.parse import unquote
 
 from host_tools.emulator import mqtt_codec as mqtt
@@ -312,6 +313,19 @@ class Endpoint:
             return None
         session.client_id = connect.client_id
         self.stats.client_connected(self.name, connect.client_id)
+        recorder = getattr(self.ctx, "credentials_received", None)
+        if recorder is not None:
+            # Test mode (--record-credentials): what really arrived on the wire, so a test can search every output
+            # for it whatever the device meant to send. Never on by default: the file holds live tokens.
+            recorder.append(
+                {
+                    "time": time.time(),
+                    "endpoint": self.name,
+                    "client_id": connect.client_id,
+                    "username": connect.username,
+                    "password": connect.password.decode("utf-8", "replace") if connect.password else None,
+                }
+            )
         self.log.debug("%s: %r", session, connect)
         if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
             await self.refuse(
