@@ -40,7 +40,7 @@ UNIX_MAKE = $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 B
 	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
 	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
 
-.PHONY: help setup system-deps build run lint test bench soak flash deploy monitor clean distclean runtimes need-port
+.PHONY: help setup system-deps build run lint test bench soak mutants flash deploy monitor clean distclean runtimes need-port
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
@@ -48,6 +48,7 @@ help:
 	@echo "make lint    - ruff: lint rules and formatting of host_tools/, tests/, firmware/ and boards/"
 	@echo "make soak    - the long run-loop soak: 10,000 messages, 500 renewals, 200 drops, heap sampled (minutes)"
 	@echo "make bench   - heap, footprint, speed and fleet measurements"
+	@echo "make mutants - promise mutants (each must be killed by its tests) and the core's mutation score"
 	@echo "make build   - compile firmware/ to .mpy (build/mpy) with a size table"
 	@echo "make runtimes - MicroPython from source: mpy-cross, Unix port 32/64-bit, plain and frozen (build/runtimes)"
 	@echo "               source: MICROPYTHON_TARBALL=path/to/micropython-src.tar.xz, else a git clone"
@@ -122,6 +123,9 @@ soak: setup system-deps runtimes
 
 bench: setup system-deps runtimes
 	$(PY) -m host_tools bench
+
+mutants: setup system-deps
+	$(PY) -m host_tools mutants
 
 flash: need-port setup
 	$(PY) -m host_tools flash --port "$(PORT)" --chip "$(CHIP)" --firmware "$(FIRMWARE)"

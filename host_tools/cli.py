@@ -17,6 +17,7 @@ _COMMANDS = {
     "fleet": "host_tools.provisioning.fleet:fleet",
     "flash": "host_tools.board.flash:flash",
     "monitor": "host_tools.board.monitor:monitor",
+    "mutants": "host_tools.mutation.runner:mutants_command",
     "pki": "host_tools.provisioning.pki:pki_command",
     "provision-file": "host_tools.provisioning.provision_file:provision_file",
     "run-unix": "host_tools.board.unix_port:run_unix",

@@ -4,6 +4,7 @@ never changes what the device had stored."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -38,11 +39,25 @@ def _snapshot(folder: Path) -> dict[str, str]:
 # --- retry-after, polling, throttling --------------------------------------------------------------------------
 
 
+def _seconds(record: dict) -> float:
+    return dt.datetime.fromisoformat(record["time"]).timestamp()
+
+
 def test_throttled_register_honours_retry_after(emulator, device):
-    _, _, result, _ = _run(emulator, device, {"throttle_register": {"count": 2, "retry_after": 1}})
+    # retry-after 3 s is longer than the first backoff window's jitter (under 2 s): only a device that really waits
+    # the service's retry-after can leave 3 s between the 429 and its next request.
+    emu, _, result, _ = _run(emulator, device, {"throttle_register": {"count": 1, "retry_after": 3}})
     assert result.status == 0, result.output
-    assert _statuses(result)[:2] == [429, 429]
-    assert [f["next_in_s"] for f in result.all("dps_status")][:2] != ["0", "0"]
+    assert _statuses(result)[:1] == [429]
+    assert float(result.all("dps_status")[0]["next_in_s"]) >= 3
+    # Measured by the emulator: from its 429 answer to the registration it assigned after the retry (the 202 in
+    # between asks for no wait).
+    records = [r for r in emu.registrations() if r["registration_id"] == "outcome-dev"]
+    throttled = [r for r in records if r.get("http_status") == 429]
+    assigned = [r for r in records if r.get("status") == "assigned"]
+    assert len(throttled) == 1 and len(assigned) == 1, records
+    waited = _seconds(assigned[0]) - _seconds(throttled[0])
+    assert waited >= 3.0, waited
 
 
 def test_throttled_poll_and_server_error_on_poll(emulator, device):

@@ -3,20 +3,17 @@ keepalive, reconnects with backoff, unset clocks and secrets that never leak."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import shutil
 import subprocess
 import time
-import urllib.parse
 
 import pytest
 
 from host_tools.board.unix_port import device_command, device_env
 from host_tools.provisioning.provision_file import derive_device_key
 from tests.helpers import ID_SCOPE, assert_no_secret, enrollment_doc, individual, new_key, parse_result
+from tests.secrets_scan import Signer, private_key_lines, scan
 
 FAST = ("--fault", "retry_after=0")
 
@@ -170,19 +167,6 @@ def test_unset_clock_refuses_to_sign(emulator, device):
     assert emu.registrations() == []
 
 
-def _signatures(key_b64: str, resources: list[str], start: int, end: int) -> set[str]:
-    """Every signature the device could have made for these resources with an expiry in [start, end]."""
-    key = base64.b64decode(key_b64)
-    out = set()
-    for resource in resources:
-        encoded = urllib.parse.quote(resource, safe="")
-        for expiry in range(start, end + 1):
-            digest = hmac.new(key, f"{encoded}\n{expiry}".encode(), hashlib.sha256).digest()
-            sig = base64.b64encode(digest).decode()
-            out.update({sig, urllib.parse.quote(sig, safe="")})
-    return out
-
-
 def test_no_secret_in_any_output_or_file(emulator, device, tmp_path):
     group_key = new_key()
     device_key = derive_device_key(group_key, "secret-dev")
@@ -194,30 +178,31 @@ def test_no_secret_in_any_output_or_file(emulator, device, tmp_path):
         "trust_bundle": "bundle",
         "faults": {"throttle_register": {"count": 1, "retry_after": 0}, "drop_after": "202"},
     }
-    emu = emulator(enrollment_doc(groups=[group]), *FAST, "-v")
+    # --record-credentials: the emulator hands over every token it really received, whatever the firmware meant.
+    emu = emulator(enrollment_doc(groups=[group]), *FAST, "-v", "--record-credentials")
     started = int(time.time())
-    outputs = []
+    outputs = {}
     dev = device(
         emu, "secret-dev", device_key, log_level="debug", sas_ttl_s=60, telemetry_count=3, telemetry_interval_s=0
     )
     ok = dev.run()
     assert ok.status == 0, ok.output
-    outputs.append(ok.output)
+    outputs["device output (run 1)"] = ok.output
     dev.write_provisioning(symmetric_key=wrong_key, force_reprovision=True)
     refused = dev.run()
     assert refused.status == 1 and refused.error["kind"] == "authentication"
-    outputs.append(refused.output)
-    ended = int(time.time()) + 2
+    outputs["device output (run 2, wrong key)"] = refused.output
+    ended = int(time.time())
+    received = emu.credentials_received()
+    # Two DPS connections (one dropped after 202) and a gateway connection, then the wrong key's DPS connection.
+    assert len([r for r in received if r["endpoint"] == "dps"]) >= 3, received
+    assert [r for r in received if r["endpoint"] == "gateway"], received
 
-    resources = [f"{ID_SCOPE}/registrations/secret-dev", "test-hub.azure-devices.net/devices/secret-dev"]
-    secrets_ = [group_key, device_key, wrong_key]
-    signatures = _signatures(device_key, resources, started + 60, ended + 60) | _signatures(
-        wrong_key, resources, started + 60, ended + 60
-    )
-    texts = list(outputs)
-    texts.append((emu.state_dir / "emulator.log").read_text())
+    texts = dict(outputs)
+    texts["emulator.log"] = (emu.state_dir / "emulator.log").read_text()
     # Every file the device or the emulator wrote: all but the firmware's own code, the provisioning file, the
-    # emulator's enrollment file (the service side's key store) and its PKI private keys.
+    # emulator's enrollment file (the service side's key store), its PKI private keys and the test-mode record of
+    # the credentials it received (the scan's input).
     written = [
         p
         for p in dev.root.rglob("*")
@@ -226,11 +211,24 @@ def test_no_secret_in_any_output_or_file(emulator, device, tmp_path):
     written += [
         p
         for p in emu.state_dir.rglob("*")
-        if p.is_file() and p.name != "enrollments.json" and not p.name.endswith("-key.pem")
+        if p.is_file()
+        and p.name not in ("enrollments.json", "credentials-received.jsonl")
+        and not p.name.endswith("-key.pem")
     ]
     assert any(p.name == "state.json" for p in written) and any(p.name == "telemetry.jsonl" for p in written)
-    texts += [p.read_text(errors="replace") for p in written]
-    everything = "\n".join(texts)
-    assert_no_secret(everything, *secrets_)
-    leaked = [s for s in signatures if s in everything]
-    assert not leaked, "a SAS signature appeared in an output or file"
+    texts.update({str(p): p.read_text(errors="replace") for p in written})
+
+    resources = [f"{ID_SCOPE}/registrations/secret-dev", "test-hub.azure-devices.net/devices/secret-dev"]
+    signers = [Signer(device_key, resources), Signer(wrong_key, resources), Signer(group_key, resources)]
+    # Any expiry from a day before the run to a day after the last token could have expired.
+    expiries = range(started - 86400, ended + 60 + 86400)
+    findings = scan(
+        texts,
+        [group_key, device_key, wrong_key],
+        received,
+        signers,
+        expiries,
+        private_key_lines(emu.state_dir / "pki"),
+    )
+    assert not findings, "secrets found: " + "; ".join(map(str, findings))
+    assert_no_secret("\n".join(texts.values()), group_key, device_key, wrong_key)

@@ -92,7 +92,11 @@ def provision(cfg, store):
             )
     parsed = trust_bundle = None
     release("bundle")
-    return store.load()
+    state = store.load()
+    if state is None:
+        # What was just written cannot be read back (a file system damaged by an earlier power cut: FAT).
+        raise ProvisioningError(errors.STORAGE, "stored state: state.json cannot be read back after writing it")
+    return state
 
 
 def _cached_state(cfg, store):

@@ -2,7 +2,8 @@
 # (assignment + bundle metadata). A crash at any point leaves either the complete old state or the complete new
 # one: the PEM is written beside the old one, state.json is replaced atomically (temp file + rename, atomic on
 # littlefs), and only then is the new PEM moved into place. At load time a state.json whose pem_sha256 matches the
-# staged PEM finishes that last step.
+# staged PEM finishes that last step, and a complete state.json.tmp without a state.json (FAT renames onto an
+# existing file by removing it first) finishes the rename.
 import binascii
 import hashlib
 import json
@@ -216,15 +217,18 @@ class Store:
         try:
             text = read_bounded(self.state_path, _MAX_STATE_BYTES)
         except OSError:
-            return None
-        if text is None:
-            raise _corrupt("state.json is too large")
-        try:
-            check_utf8(text)
-            state = json.loads(text)
-        except (ValueError, UnicodeError):
-            raise _corrupt("state.json is not valid JSON")
-        _check_state(state)
+            state = self._finish_state_rename()
+            if state is None:
+                return None
+        else:
+            if text is None:
+                raise _corrupt("state.json is too large")
+            try:
+                check_utf8(text)
+                state = json.loads(text)
+            except (ValueError, UnicodeError):
+                raise _corrupt("state.json is not valid JSON")
+            _check_state(state)
         if not self._streaming:
             _remove(self.pem_path + _INCOMING)  # a power cut while a DPS answer streamed in
         staged = self.pem_path + _STAGED
@@ -240,6 +244,23 @@ class Store:
         else:
             raise _corrupt("trust_bundle.pem does not match state.json")
         self._check_certificates(bundle["certificates"])
+        return state
+
+    def _finish_state_rename(self):
+        # On FAT, renaming onto an existing file is "remove it, then rename" (MicroPython's VfsFat): a power cut in
+        # between leaves no state.json, only the temporary file, which was complete and closed before the old
+        # state.json was removed. A temporary file that is not a complete state is a cut before the commit point.
+        tmp = self.state_path + _TMP
+        try:
+            text = read_bounded(tmp, _MAX_STATE_BYTES)
+            if text is None:
+                return None
+            check_utf8(text)
+            state = json.loads(text)
+            _check_state(state)
+        except (OSError, ValueError, UnicodeError, ProvisioningError):
+            return None
+        os.rename(tmp, self.state_path)
         return state
 
     def _check_certificates(self, listed):
@@ -326,5 +347,5 @@ class Store:
         return True
 
     def clear(self):
-        for name in (STATE, PEM, PEM + _STAGED, PEM + _INCOMING, STATE + _TMP):
+        for name in (STATE + _TMP, STATE, PEM, PEM + _STAGED, PEM + _INCOMING):
             _remove(self.directory + "/" + name)

@@ -108,6 +108,10 @@ class EmulatorProcess:
         """What the gateway acknowledged, one dict per message (docs/design.md)."""
         return self._records(Path(self.info["telemetry"]))
 
+    def credentials_received(self) -> list[dict]:
+        """Every CONNECT user name and SAS token the emulator received (only with --record-credentials)."""
+        return self._records(self.state_dir / "credentials-received.jsonl")
+
     def registrations(self) -> list[dict]:
         """Every registration outcome the DPS endpoint recorded (no keys or tokens)."""
         return self._records(self.state_dir / "registrations.jsonl")

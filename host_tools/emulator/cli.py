@@ -124,6 +124,12 @@ def _fault_epilog() -> str:
     callback=_rate,
     help="At most R registrations per second; beyond that DPS answers 429 with retry-after.",
 )
+@click.option(
+    "--record-credentials",
+    is_flag=True,
+    help="Test mode: write every CONNECT user name and password (SAS token) received to "
+    "STATE_DIR/credentials-received.jsonl, so tests can search outputs for what really went over the wire.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-v: debug). Keys and tokens are never logged.")
 def emulator(
     ctx: click.Context,
@@ -138,6 +144,7 @@ def emulator(
     ips: tuple[str, ...],
     faults: tuple[str, ...],
     rate_limit: float | None,
+    record_credentials: bool,
     verbose: int,
 ):
     """Run the local DPS + IoT Edge gateway emulator (see docs/emulator.md); with a subcommand, use a running one
@@ -189,6 +196,7 @@ def emulator(
             faults=fault_values,
             rate_limit=rate_limit,
             ip_addresses=ips,
+            record_credentials=record_credentials,
         )
     except OSError as exc:
         raise click.ClickException(

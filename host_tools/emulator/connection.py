@@ -12,6 +12,7 @@ import ctypes.util
 import gc
 import logging
 import ssl
+import time
 from urllib.parse import unquote
 
 from host_tools.emulator import mqtt_codec as mqtt
@@ -38,15 +39,20 @@ class MemoryJanitor:
         self.ended = 0
         self.collections = 0
         self._pending: asyncio.TimerHandle | None = None
+        self._pending_loop: asyncio.AbstractEventLoop | None = None
         libc = ctypes.util.find_library("c")
         self._trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
     def connection_ended(self) -> None:
         self.ended += 1
+        loop = asyncio.get_running_loop()
+        if self._pending is not None and self._pending_loop is not loop:  # left over from a loop that has ended
+            self._pending = None
         if self.ended >= COLLECT_AFTER_ENDED:
             self.collect()
         elif self._pending is None:
-            self._pending = asyncio.get_running_loop().call_later(COLLECT_IDLE_S, self.collect)
+            self._pending = loop.call_later(COLLECT_IDLE_S, self.collect)
+            self._pending_loop = loop
 
     def collect(self) -> None:
         if self._pending is not None:
@@ -312,6 +318,19 @@ class Endpoint:
             return None
         session.client_id = connect.client_id
         self.stats.client_connected(self.name, connect.client_id)
+        recorder = getattr(self.ctx, "credentials_received", None)
+        if recorder is not None:
+            # Test mode (--record-credentials): what really arrived on the wire, so a test can search every output
+            # for it whatever the device meant to send. Never on by default: the file holds live tokens.
+            recorder.append(
+                {
+                    "time": time.time(),
+                    "endpoint": self.name,
+                    "client_id": connect.client_id,
+                    "username": connect.username,
+                    "password": connect.password.decode("utf-8", "replace") if connect.password else None,
+                }
+            )
         self.log.debug("%s: %r", session, connect)
         if connect.protocol_name != "MQTT" or connect.protocol_level != 4:
             await self.refuse(

@@ -30,6 +30,8 @@ from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic
 from host_tools.provisioning.pki import EmulatorPki, ensure_emulator_pki
 
 log = logging.getLogger("host_tools.emulator")
+# Test mode only (--record-credentials): every CONNECT user name and password received, one JSON line each.
+CREDENTIALS_RECEIVED = "credentials-received.jsonl"
 
 
 def server_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -55,6 +57,7 @@ class EmulatorServer:
         rate_limit: float | None = None,
         ip_addresses=(),
         gateway_certificate: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+        record_credentials: bool = False,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,7 @@ class EmulatorServer:
         self.initial_faults = faults or {}
         self.rate_limit = rate_limit
         self.gateway_certificate = gateway_certificate
+        self.record_credentials = record_credentials
         self.pki: EmulatorPki | None = None
         self.ctx: EmulatorContext | None = None
         self.dps: DpsEndpoint | None = None
@@ -98,6 +102,8 @@ class EmulatorServer:
             faults=self.initial_faults,
             rate_limit=self.rate_limit,
         )
+        if self.record_credentials:
+            self.ctx.credentials_received = JsonlLog(self.state_dir / CREDENTIALS_RECEIVED)
         self.ctx.hub = HubService(self.state_dir)
         gateway_cert, gateway_key = self.gateway_certificate or (self.pki.gateway_server, self.pki.gateway_server_key)
         self.dps = DpsEndpoint(self.ctx, server_ssl_context(self.pki.dps_server, self.pki.dps_server_key))
@@ -140,6 +146,8 @@ class EmulatorServer:
         if self.ctx is not None:
             self.ctx.telemetry.close()
             self.ctx.registrations.close()
+            if getattr(self.ctx, "credentials_received", None) is not None:
+                self.ctx.credentials_received.close()
             if self.ctx.hub is not None:
                 self.ctx.hub.close()
 

@@ -1,4 +1,6 @@
 # Time: Unix seconds on both epochs, and no signing with a clock that was never set.
+import sys
+
 from azprov import clock, errors
 from azprov.errors import ProvisioningError
 
@@ -46,3 +48,39 @@ def test_unix_time_on_both_epochs():
             assert clock.require_set_clock() == unix_now
     finally:
         clock.time, clock._EPOCH_OFFSET = saved_time, saved_offset
+
+
+class _PortTime:
+    # A `time` module of a port whose epoch starts in `year`, its clock reading Unix time `unix_now` there.
+    def __init__(self, year, unix_now):
+        self._year = year
+        self._seconds = unix_now - (946684800 if year == 2000 else 0)
+
+    def gmtime(self, seconds=0):
+        assert seconds == 0
+        return (self._year, 1, 1, 0, 0, 0, 5, 1)
+
+    def time(self):
+        return self._seconds
+
+
+def test_epoch_detected_from_gmtime_zero():
+    # The module asks the port where its epoch starts (time.gmtime(0)) when it is imported: load it afresh on a
+    # 1970 port and on a 2000 port (ESP32) and read the same Unix time on both.
+    import azprov
+
+    real_time = sys.modules.get("time")
+    try:
+        for year in (1970, 2000):
+            sys.modules["time"] = _PortTime(year, 1800000000)
+            sys.modules.pop("azprov.clock", None)
+            fresh = __import__("azprov.clock", None, None, ["unix_time"])
+            assert fresh.unix_time() == 1800000000, year
+            assert fresh.require_set_clock() == 1800000000
+    finally:
+        if real_time is None:
+            sys.modules.pop("time", None)
+        else:
+            sys.modules["time"] = real_time
+        sys.modules["azprov.clock"] = clock
+        azprov.clock = clock

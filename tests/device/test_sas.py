@@ -27,13 +27,36 @@ def test_hub_token_vector_with_unpadded_key():
     )
 
 
-def test_dps_token_shape_and_string_to_sign():
-    token = sas.dps_token("0neFEEDC0DE", "myRegistrationId", "cGFzc3dvcmQ=", 1578941692)
-    resource = "0neFEEDC0DE%2Fregistrations%2FmyRegistrationId"
-    # The embedded C SDK writes %2f; the string to sign is the same resource with the expiry.
-    assert resource.lower() == "0neFEEDC0DE%2fregistrations%2fmyRegistrationId".lower()
-    expected_sig = url_encode(sas.sign("cGFzc3dvcmQ=", resource + "\n1578941692"))
-    assert token == "SharedAccessSignature sr=%s&sig=%s&se=1578941692&skn=registration" % (resource, expected_sig)
+# Whole tokens, computed outside this code base (CPython hmac and `openssl dgst -sha256 -mac HMAC`, which agree):
+# the expected strings are literals, so a wrong string-to-sign, encoding, field order or expiry fails here.
+def test_dps_token_vector():
+    assert sas.dps_token("0neFEEDC0DE", "myRegistrationId", "cGFzc3dvcmQ=", 1578941692) == (
+        "SharedAccessSignature sr=0neFEEDC0DE%2Fregistrations%2FmyRegistrationId"
+        "&sig=eeEVsgumyW7Un3F3zAWHeAArx%2BcEkANX1Artqfd9XH0%3D&se=1578941692&skn=registration"
+    )
+
+
+def test_dps_token_vector_with_32_byte_key():
+    assert sas.dps_token("0ne00TEST01", "sensor-001", "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", 1800000000) == (
+        "SharedAccessSignature sr=0ne00TEST01%2Fregistrations%2Fsensor-001"
+        "&sig=yoxRnN12Sc1dSC1FnuJuRlgwACazfa3L5Zps7A0bc6c%3D&se=1800000000&skn=registration"
+    )
+
+
+def test_hub_token_vector():
+    assert sas.hub_token(
+        "test-hub.azure-devices.net", "sensor-001", "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", 1800003600
+    ) == (
+        "SharedAccessSignature sr=test-hub.azure-devices.net%2Fdevices%2Fsensor-001"
+        "&sig=EVjZs9T5pCgKvIhAc5rYn9iU4fi0ktelSaoV64whGz0%3D&se=1800003600"
+    )
+
+
+def test_derived_device_key_vector():
+    assert (
+        sas.derive_device_key("NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg=", "fleet-a-0007")
+        == "91JRbDUPJRN7n3btKp0ummLAcN8pBUqtjns5xyk5nJI="
+    )
 
 
 def test_hmac_long_key_is_hashed_first():

@@ -98,9 +98,9 @@ def test_interrupted_commit_rolls_forward():
     meta = {k: new[k] for k in ("id", "etag", "pem_sha256", "certificates")}
     import json
 
-    store.write_atomic(
-        _DIR + "/state.json", json.dumps({"version": 1, "assignment": _assignment(), "trust_bundle": meta})
-    )
+    # Written with plain file calls, not the store's own helpers: the set-up must not depend on the code under test.
+    with open(_DIR + "/state.json", "w") as f:
+        f.write(json.dumps({"version": 1, "assignment": _assignment(), "trust_bundle": meta}))
     state = store.Store(_DIR).load()
     assert state["trust_bundle"]["etag"] == "e2"
     assert _read(_DIR + "/trust_bundle.pem") == CERT_B
@@ -153,4 +153,56 @@ def test_stale_staged_file_is_not_renamed_into_place():
     assert s.save(_assignment(), new)
     assert store.Store(_DIR).load()["trust_bundle"]["etag"] == "e2"
     assert _read(_DIR + "/trust_bundle.pem") == CERT_B
+    _clean()
+
+
+def test_state_json_is_replaced_only_by_rename():
+    # On FAT (and any file system without copy-on-write files) opening state.json for writing truncates it at once:
+    # a power cut before the new text is written would leave no state at all. It must only ever be replaced by
+    # renaming a complete temporary file onto it.
+    opened = []
+
+    def recording_open(path, mode="r", *args):
+        if "w" in mode or "a" in mode or "+" in mode:
+            opened.append(path)
+        return open(path, mode, *args)
+
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    store.open = recording_open
+    try:
+        assert s.save(_assignment(), _parsed("e2", CERT_B))
+        assert s.save(_assignment("other-hub.azure-devices.net"), None)
+    finally:
+        del store.open
+    assert opened, "save() wrote no file"
+    assert _DIR + "/state.json" not in opened, opened
+    assert _DIR + "/state.json.tmp" in opened, opened
+    assert store.Store(_DIR).load()["assignment"]["assigned_hub"] == "other-hub.azure-devices.net"
+    _clean()
+
+
+def test_rename_cut_between_remove_and_rename_is_finished():
+    # FAT renames onto an existing file by removing it first: a cut in between leaves only state.json.tmp.
+    import json
+
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    new = {"version": 1, "assignment": _assignment("other-hub.azure-devices.net"), "trust_bundle": None}
+    with open(_DIR + "/state.json.tmp", "w") as f:
+        f.write(json.dumps(new))
+    os.remove(_DIR + "/state.json")
+    state = store.Store(_DIR).load()
+    assert state is not None and state["assignment"]["assigned_hub"] == "other-hub.azure-devices.net"
+    assert _read(_DIR + "/state.json") == json.dumps(new)
+    try:
+        os.stat(_DIR + "/state.json.tmp")
+        raise AssertionError("the temporary file is still there")
+    except OSError:
+        pass
+    # A temporary file cut short is not a commit: the device starts fresh.
+    with open(_DIR + "/state.json.tmp", "w") as f:
+        f.write(json.dumps(new)[:40])
+    os.remove(_DIR + "/state.json")
+    assert store.Store(_DIR).load() is None
     _clean()

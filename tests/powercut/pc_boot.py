@@ -1,10 +1,15 @@
 # Power-cut board for tests/test_power_cut.py (MicroPython Unix port only).
 #
-#   micropython pc_boot.py mkimage IMAGE SRC_DIR BLOCKS   format a littlefs image and copy a host folder into it
-#   micropython pc_boot.py run                            power on: mount IMAGE at "/" and run /main.py
+#   micropython pc_boot.py mkimage IMAGE SRC_DIR BLOCKS [FS]   format an image and copy a host folder into it
+#   micropython pc_boot.py run                                 power on: mount IMAGE at "/" and run /main.py
+#   micropython pc_boot.py cat IMAGE PATH [FS]                 print one file of an image, hex-encoded
+#
+# FS is the file system: lfs2 (littlefs v2, os.VfsLfs2, 4 KiB blocks: an ESP32's flash; the default) or fat
+# (os.VfsFat, 512-byte sectors: an SD card, or a board formatted FAT).
 #
 # `run` takes its settings from the environment:
-#   PC_IMAGE         the littlefs image file (the "flash chip")
+#   PC_IMAGE         the image file (the "flash chip")
+#   PC_FS            lfs2 (default) or fat
 #   PC_PROVISIONING  provisioning file given to main.py as sys.argv[1] (default provisioning.json)
 #   PC_CUT           cut the power once this many bytes have been programmed (absent: no cut)
 #   PC_TRACE         "1": print one `PC-W <bytes before> <length> <block> <offset>` line per program operation
@@ -25,6 +30,7 @@ import sys
 import time
 
 BLOCK_SIZE = 4096
+BLOCK_SIZES = {"lfs2": 4096, "fat": 512}
 STORAGE = "/azprov_state"
 
 _IOCTL_SYNC = 3
@@ -108,7 +114,14 @@ def dump(phase, folder=STORAGE):
         return
     for name in names:
         path = folder + "/" + name
-        print("PC-FILE %s %s %d %s" % (phase, name, os.stat(path)[6], _sha256_file(path)))
+        try:
+            size = os.stat(path)[6]
+            digest = _sha256_file(path)
+        except OSError:
+            # FAT after a cut in the middle of a directory update: listed, but it cannot be opened.
+            print("PC-BROKEN %s %s" % (phase, name))
+            continue
+        print("PC-FILE %s %s %d %s" % (phase, name, size, digest))
 
 
 def _run_main(provisioning):
@@ -126,10 +139,15 @@ def _run_main(provisioning):
     return 0
 
 
+def _vfs(fs, flash):
+    return os.VfsFat(flash) if fs == "fat" else os.VfsLfs2(flash)
+
+
 def run():
     cut = os.getenv("PC_CUT")
-    flash = CutFlash(os.getenv("PC_IMAGE"), int(cut) if cut else None, os.getenv("PC_TRACE") == "1")
-    vfs = os.VfsLfs2(flash)
+    fs = os.getenv("PC_FS") or "lfs2"
+    flash = CutFlash(os.getenv("PC_IMAGE"), int(cut) if cut else None, os.getenv("PC_TRACE") == "1", BLOCK_SIZES[fs])
+    vfs = _vfs(fs, flash)
     os.umount("/")
     os.mount(vfs, "/")
     os.chdir("/")
@@ -156,21 +174,34 @@ def _copy_tree(src, dest):
                     fout.write(chunk)
 
 
-def mkimage(image, src, blocks):
+def mkimage(image, src, blocks, fs="lfs2"):
+    size = BLOCK_SIZES[fs]
     with open(image, "wb") as f:
-        block = b"\xff" * BLOCK_SIZE
+        block = b"\xff" * size
         for _ in range(blocks):
             f.write(block)
-    flash = CutFlash(image)
-    os.VfsLfs2.mkfs(flash)
-    os.mount(os.VfsLfs2(flash), "/__pc_image")
+    flash = CutFlash(image, block_size=size)
+    if fs == "fat":
+        os.VfsFat.mkfs(flash)
+    else:
+        os.VfsLfs2.mkfs(flash)
+    os.mount(_vfs(fs, flash), "/__pc_image")
     _copy_tree(src, "/__pc_image")
     os.umount("/__pc_image")
-    print("PC-IMAGE %s blocks=%d" % (image, blocks))
+    print("PC-IMAGE %s blocks=%d fs=%s" % (image, blocks, fs))
+
+
+def cat(image, path, fs="lfs2"):
+    os.mount(_vfs(fs, CutFlash(image, block_size=BLOCK_SIZES[fs])), "/__pc_image")
+    with open("/__pc_image/" + path, "rb") as f:
+        print(binascii.hexlify(f.read()).decode())
+    os.umount("/__pc_image")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "mkimage":
-        mkimage(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        mkimage(sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:6])
+    elif len(sys.argv) > 1 and sys.argv[1] == "cat":
+        cat(sys.argv[2], sys.argv[3], *sys.argv[4:5])
     else:
         run()
