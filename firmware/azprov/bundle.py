@@ -8,6 +8,8 @@ import binascii
 import hashlib
 import json
 
+from micropython import const
+
 from azprov import errors
 from azprov.errors import ProvisioningError
 from azprov.pem import PemError, split
@@ -22,17 +24,28 @@ def _meta_text(meta, name):
     return value if isinstance(value, str) else None
 
 
-def _tls_accepts(der):
+class _TlsCheck:
     # Base64 and DER framing can be right while the certificate inside is not: the TLS stack is the judge, and
-    # asking it now keeps a bundle it would refuse out of flash. A context per certificate: one holding them all
-    # would keep every parsed certificate in heap at once.
-    import ssl
+    # asking it now keeps a bundle it would refuse out of flash. One context for the whole bundle: creating one
+    # costs about 1.7 KB of GC heap each time, while the certificates it parses live outside the GC heap (about
+    # 100 bytes of GC heap per RSA-4096 root, measured by `make bench`).
+    _ctx = None
 
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
-        return True
-    except (ValueError, OSError):  # MicroPython: ValueError("invalid cert"); CPython: ssl.SSLError
-        return False
+    @classmethod
+    def accepts(cls, der):
+        import ssl
+
+        try:
+            if cls._ctx is None:
+                cls._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            cls._ctx.load_verify_locations(cadata=der)
+            return True
+        except (ValueError, OSError):  # MicroPython: ValueError("invalid cert"); CPython: ssl.SSLError
+            return False
+
+    @classmethod
+    def release(cls):
+        cls._ctx = None
 
 
 def _certificate(text, where):
@@ -44,82 +57,142 @@ def _certificate(text, where):
     if len(found) != 1:
         raise _bad(where + ".certificate holds %d certificates, expected 1" % len(found))
     block, der = found[0]
-    if not _tls_accepts(der):
+    if not _TlsCheck.accepts(der):
         raise _bad(where + " is not a certificate the TLS stack can load")
     return block, binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
 
 
 # Where the certificates are in a DPS response: registrationState.trustBundle.certificates[i].certificate.
 _PATH = (b"registrationState", b"trustBundle", b"certificates", None, b"certificate")
-_SPACE = b" \t\r\n"
+_KEY_MAX = const(32)  # longer keys are kept only as their first bytes: none of _PATH's is that long
 
 
-def _string_end(buf, i):
-    # buf[i] is the opening quote; the index after the closing one (a quote after an odd run of backslashes is
-    # escaped). Unterminated: len(buf), and json.loads will refuse the body.
-    while True:
-        i = buf.find(b'"', i + 1)
-        if i < 0:
-            return len(buf)
-        slashes = 0
-        while buf[i - 1 - slashes] == 0x5C:
-            slashes += 1
-        if not slashes & 1:
-            return i + 1
+class Extractor:
+    """Takes the trust bundle's certificates out of a DPS response fed in pieces (feed(), e.g. as they arrive from
+    the socket): each certificate string is checked (one PEM certificate the TLS stack loads) and passed to
+    sink.add(pem_block); everything else is kept, with `0` in place of each certificate string. finish() returns
+    that rest (still JSON: json.loads then builds only the small part) and `found` holds each certificate's sha256
+    (hex, upper case). Only one certificate is ever in heap. Malformed JSON is left to json.loads, which sees the
+    rest next."""
 
+    def __init__(self, sink):
+        self.sink = sink
+        self.found = []
+        self.rest = bytearray()
+        self._stack = []  # per open container: [is_object, key (bytes) or index, expecting a key]
+        self._string = None  # bytearray of the string being read (a key, or a certificate), else None
+        self._in_string = False
+        self._escaped = False
+        self._capture = False  # the string being read is a certificate: not copied to rest
 
-def _next_char(buf, i):
-    n = len(buf)
-    while i < n and buf[i] in _SPACE:
-        i += 1
-    return buf[i] if i < n else None
+    def _at_certificate(self):
+        stack = self._stack
+        if len(stack) != len(_PATH):
+            return False
+        for frame, want in zip(stack, _PATH):
+            if want is not None and frame[1] != want:
+                return False
+        return True
+
+    def _string_done(self):
+        frame = self._stack[-1] if self._stack else None
+        text = self._string
+        self._string = None
+        if self._capture:
+            self._capture = False
+            where = "certificates[%d]" % len(self.found)
+            if self._stack[3][1] != len(self.found):
+                raise _bad(where + ".certificate is missing")
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise _bad(where + ".certificate is not a valid JSON string")
+            text = None
+            block, sha256 = _certificate(value, where)
+            value = None
+            self.sink.add(block)
+            self.found.append(sha256)
+            self.rest.extend(b"0")
+        elif frame is not None and frame[0] and frame[2]:  # an object key
+            frame[1] = bytes(text[1:-1]) if len(text) <= _KEY_MAX + 2 else b""
+
+    def feed(self, chunk):
+        i, n = 0, len(chunk)
+        rest = self.rest
+        while i < n:
+            if self._in_string:
+                # Jump to the next quote or backslash: the bytes between are plain string content.
+                j = i
+                if not self._escaped:
+                    while j < n and chunk[j] != 0x22 and chunk[j] != 0x5C:
+                        j += 1
+                    part = chunk[i:j]
+                    if self._string is not None:
+                        if self._capture or len(self._string) < _KEY_MAX + 2:
+                            self._string.extend(part)
+                    if not self._capture:
+                        rest.extend(part)
+                    if j == n:
+                        return
+                    i = j
+                c = chunk[i]
+                if self._string is not None and (self._capture or len(self._string) < _KEY_MAX + 2):
+                    self._string.append(c)
+                if not self._capture:
+                    rest.append(c)
+                i += 1
+                if self._escaped:
+                    self._escaped = False
+                elif c == 0x5C:
+                    self._escaped = True
+                elif c == 0x22:
+                    self._in_string = False
+                    if self._string is not None:
+                        self._string_done()
+                continue
+            c = chunk[i]
+            i += 1
+            stack = self._stack
+            if c == 0x22:  # "
+                self._in_string = True
+                frame = stack[-1] if stack else None
+                if frame is not None and frame[0] and frame[2]:
+                    self._string = bytearray(b'"')
+                    rest.append(c)
+                elif self._at_certificate():
+                    self._capture = True
+                    self._string = bytearray(b'"')
+                else:
+                    rest.append(c)
+                continue
+            rest.append(c)
+            if c == 0x7B:  # {
+                stack.append([True, None, True])
+            elif c == 0x5B:  # [
+                stack.append([False, 0, False])
+            elif c == 0x7D or c == 0x5D:  # } ]
+                if stack:
+                    stack.pop()
+            elif c == 0x2C and stack:  # ,
+                if stack[-1][0]:
+                    stack[-1][2] = True
+                else:
+                    stack[-1][1] += 1
+            elif c == 0x3A and stack:  # :
+                stack[-1][2] = False
+
+    def finish(self):
+        _TlsCheck.release()
+        if self._capture:  # the body ended inside a certificate string: json.loads refuses the rest
+            self.rest.extend(b'"')
+        return self.rest
 
 
 def extract(body, sink):
-    """Streams the trust bundle's certificates out of a DPS response `body` (a bytearray, changed in place).
-
-    Each certificate string is checked (one PEM certificate the TLS stack loads), passed to sink.add(pem_block) and
-    replaced in `body` by `0` and spaces (still valid JSON, same length). Returns the sha256 (hex, upper case) of
-    each certificate in order, [] when there is none. Malformed JSON is left to json.loads, which sees it next."""
-    if not isinstance(body, bytearray) or body.find(b'"certificates"') < 0:
-        return []
-    found = []
-    stack = []  # per open container: [is_object, key (bytes) or index]
-    i, n = 0, len(body)
-    while i < n:
-        c = body[i]
-        if c == 0x7B or c == 0x5B:  # { [
-            stack.append([c == 0x7B, None if c == 0x7B else 0])
-            i += 1
-        elif c == 0x7D or c == 0x5D:  # } ]
-            if stack:
-                stack.pop()
-            i += 1
-        elif c == 0x2C:  # ,
-            if stack and not stack[-1][0]:
-                stack[-1][1] += 1
-            i += 1
-        elif c == 0x22:  # "
-            end = _string_end(body, i)
-            if stack and stack[-1][0] and _next_char(body, end) == 0x3A:  # an object key
-                stack[-1][1] = bytes(body[i + 1 : end - 1])
-            elif len(stack) == len(_PATH) and all(want is None or got[1] == want for got, want in zip(stack, _PATH)):
-                where = "certificates[%d]" % len(found)
-                if stack[3][1] != len(found):
-                    raise _bad(where + ".certificate is missing")
-                try:
-                    text = json.loads(body[i:end])
-                except ValueError:
-                    raise _bad(where + ".certificate is not a valid JSON string")
-                block, sha256 = _certificate(text, where)
-                text = None
-                sink.add(block)
-                found.append(sha256)
-                body[i:end] = b"0" + b" " * (end - i - 1)
-            i = end
-        else:
-            i += 1
-    return found
+    """A whole DPS response body -> (the body without its certificates, their sha256 list); see Extractor."""
+    extractor = Extractor(sink)
+    extractor.feed(body)
+    return extractor.finish(), extractor.found
 
 
 def parse(trust_bundle, streamed=None, streamed_sha256=None):
@@ -173,6 +246,7 @@ def parse(trust_bundle, streamed=None, streamed_sha256=None):
                 "not_after": _meta_text(meta, "notAfterUtc"),
             }
         )
+    _TlsCheck.release()
     if streamed:
         pem, pem_sha256 = None, streamed_sha256
     else:

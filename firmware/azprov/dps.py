@@ -194,7 +194,9 @@ class Registration:
             raise self.last_error
         return self._request(self._backoff(retry_after), self._last)
 
-    def on_message(self, topic, body):
+    def on_message(self, topic, body, streamed=None):
+        """`streamed`: the certificates' sha256 list when the shell already took them out of `body` as it arrived
+        (azprov.bundle.Extractor; the body is then the rest)."""
         parsed = parse_topic(topic)
         if parsed is None or self.done:
             return None
@@ -208,10 +210,12 @@ class Registration:
         if status not in (200, 202):
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "unexpected status %d" % status, status=status)
         if self.bundle_sink is not None and status == 200:
-            from azprov.bundle import extract
+            if streamed is None:
+                from azprov.bundle import extract
 
-            self.bundle_sink.start()
-            self.streamed = extract(body, self.bundle_sink)
+                self.bundle_sink.start()
+                body, streamed = extract(body, self.bundle_sink)
+            self.streamed = streamed
         reply = _json_object(body, "response body")
         if reply is None:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "response body is empty", status=status)

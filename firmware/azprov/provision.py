@@ -12,6 +12,10 @@ from azprov.store import read_text
 _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(60)
 _MAX_RECONNECTS = const(5)
+# DPS payloads at least this large are read from the socket in _CHUNK pieces (a trust bundle's certificates go
+# to flash one at a time and the whole answer is never in heap); smaller ones are read whole.
+_STREAM_OVER = const(2048)
+_CHUNK = const(512)
 
 
 def _random():
@@ -53,7 +57,30 @@ class Session:
         self._ctx = None
 
     def _on_message(self, topic, body):
-        self._inbox.append((topic, body))
+        streamed = None
+        if isinstance(body, transport.PayloadStream):
+            body, streamed = self._take(topic, body)
+        self._inbox.append((topic, body, streamed))
+
+    def _take(self, topic, stream):
+        """Consumes a payload still in the socket: a 200 answer through the bundle Extractor (certificates to the
+        sink as they arrive), anything else read whole. Returns (body, streamed sha256 list or None)."""
+        parsed = dps.parse_topic(topic)
+        if self.bundle_sink is None or parsed is None or parsed[0] != 200:
+            return stream.read_all(), None
+        from azprov.bundle import Extractor
+
+        self.bundle_sink.start()
+        extractor = Extractor(self.bundle_sink)
+        try:
+            buf = bytearray(_CHUNK)
+            view = memoryview(buf)
+            while stream.remaining:
+                extractor.feed(view[: stream.readinto(view)])
+            buf = view = None
+            return extractor.finish(), extractor.found
+        except MemoryError:
+            raise transport.too_large(stream.size)
 
     def _connect(self, deadline):
         cfg = self.config
@@ -83,6 +110,7 @@ class Session:
             max_packet=None,  # a trust bundle may be large: the limit is what the free heap can take
             context="DPS",
         )
+        client.sock.stream_over = _STREAM_OVER
         try:
             client.subscribe(dps.RESPONSE_FILTER, qos=1)
         except Exception as exc:
@@ -144,9 +172,9 @@ class Session:
     def _await_decision(self, client, reg, deadline):
         while True:
             while self._inbox:
-                topic, body = self._inbox.pop(0)
+                topic, body, streamed = self._inbox.pop(0)
                 try:
-                    request = reg.on_message(topic, body)
+                    request = reg.on_message(topic, body, streamed)
                 except ProvisioningError as exc:
                     exc.answered = True
                     raise

@@ -124,6 +124,9 @@ class DeadlineSocket:
     is spent on it."""
 
     def __init__(self, tls, timeout_ms, max_packet):
+        # A payload of at least this many bytes is handed over as a PayloadStream instead of being read whole
+        # (set by the DPS session: a trust bundle then goes from the socket to flash a piece at a time).
+        self.stream_over = None
         self._tls = tls
         self._timeout_ms = timeout_ms
         self._max_packet = max_packet
@@ -155,6 +158,8 @@ class DeadlineSocket:
             raise ProvisioningError(
                 errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit" % (n, self._max_packet)
             )
+        if self.stream_over is not None and n >= self.stream_over and self._blocking:
+            return PayloadStream(self, n)
         if n >= _COLLECT_BEFORE_BYTES:
             # A DPS result with a trust bundle needs one contiguous block: make room first, and refuse what cannot
             # fit with a classified error rather than a MemoryError half-way.
@@ -181,6 +186,20 @@ class DeadlineSocket:
             else:
                 got += count
         return buf
+
+    def fill(self, view):
+        """Reads exactly len(view) bytes into `view` (blocking, within the deadline)."""
+        got = 0
+        n = len(view)
+        deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
+        while got < n:
+            count = self._tls.readinto(view[got:])
+            if count is None:
+                self._wait(deadline, select.POLLIN)
+            elif count == 0:
+                raise OSError(104)  # ECONNRESET: the peer closed in the middle of a packet
+            else:
+                got += count
 
     def write(self, data, length=None):
         # umqtt writes each packet in several small pieces. Sent one by one, they would each become a TLS record
@@ -221,6 +240,35 @@ class DeadlineSocket:
         except (OSError, ValueError):
             pass
         self._tls.close()
+
+
+class PayloadStream:
+    """An MQTT payload still in the socket (DeadlineSocket.stream_over): whoever receives it must consume all
+    `size` bytes before returning (readinto() pieces, or read_all()), since the next packet follows it."""
+
+    def __init__(self, sock, size):
+        self._sock = sock
+        self.size = size
+        self.remaining = size
+
+    def readinto(self, view):
+        n = min(len(view), self.remaining)
+        self._sock.fill(view[:n])
+        self.remaining -= n
+        return n
+
+    def read_all(self):
+        """The rest of the payload as one bytearray (refused, naming the size, when the free heap cannot take it)."""
+        error = packet_fits(self.remaining)
+        if error is not None:
+            raise error
+        try:
+            buf = bytearray(self.remaining)
+        except MemoryError:
+            raise too_large(self.size)
+        self._sock.fill(memoryview(buf))
+        self.remaining = 0
+        return buf
 
 
 class _TimedContext:

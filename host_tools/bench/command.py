@@ -2,10 +2,14 @@
 
 1. build    one .mpy build of a snapshot of firmware/ (every later figure describes this build); per-module sizes
 2. heap     the smallest -X heapsize the whole flow succeeds in (binary search, a fresh device folder per probe),
-            the peak heap at the default size, live heap per step and per module
+            the peak heap at the default size, live heap per step and per module (the wheel)
 3. cached   a second boot of the same device: DPS connections and flash writes
-4. cpu      firmware registration vs the official azure-iot-device SDK, interleaved pairs, CPU from wait4
-5. fleet    N devices against the emulator's rate limit (host_tools/bench/fleet_driver.py)
+4. floors   the heap floor of each entry of host_tools/bench/floors.py FLOORS: the 32-bit frozen build (the ESP32
+            proxy), the 32-bit .mpy build and the wheel, lab and Azure-shaped PKI, 10-root bundle; import cost of
+            each module on each runtime
+5. cpu      firmware registration on the native 32-bit frozen binary (no CPython launcher) vs the official
+            azure-iot-device SDK, interleaved pairs, CPU from wait4
+6. fleet    N devices against the emulator's rate limit (host_tools/bench/fleet_driver.py)
 
 Prints one table (figure, target, met/missed), writes OUT/results.json and OUT/chart.png. Exit status 1 only when
 a measurement could not be taken; a missed target is a result, not an error. No key or token is printed.
@@ -35,10 +39,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from host_tools.bench import cpu, fleet
+from host_tools.bench import cpu, fleet, floors
 from host_tools.bench import device as dev
 from host_tools.bench.chart import draw_chart
-from host_tools.bench.report import module_table, results_table, targets
+from host_tools.bench.report import import_cost_table, module_table, results_table, targets
 from host_tools.board.harness import EmulatorProcess
 from host_tools.board.unix_port import REPO, UMQTT_SOURCE, micropython_binary
 
@@ -59,6 +63,9 @@ DEFAULTS = {
     "quick": {"fleet_devices": 20, "rate": 10.0, "pairs": 1, "heap_step": 8192, "check_devices": 3, "check_rate": 1.0},
 }
 HEAP_SEARCH_START = 24 * 1024  # the first probe: the target itself
+# CPU per registration is measured on a native binary built from source: the wheel's `micropython` is a CPython
+# launcher hosting the interpreter, whose start-up is no device cost. The 32-bit frozen build is the ESP32 proxy.
+CPU_RUNTIME = "unix32-frozen"
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -264,8 +271,64 @@ class BenchRun:
         if use.auto_collections:
             raise dev.MeasurementError("the heap filled up during the peak run, so its peak is not the flow's")
 
+    def floors(self, stack: ExitStack, task) -> None:
+        """Every entry of floors.FLOORS, then the import cost of each module on each runtime."""
+        if not self.build_rows:
+            raise dev.MeasurementError("skipped: no build")
+        key = dev.new_key()
+        self.secrets.append(key)
+        emulators = floors.FlowEmulators(stack, self.workdir, key)
+        measured: dict[str, dict] = {}
+        failed: list[str] = []
+        for index, floor in enumerate(floors.FLOORS):
+            label = f"floors {index + 1}/{len(floors.FLOORS)}: {floor.runtime}, {floor.flow.name}"
+            self.progress.update(task, description=label)
+
+            def shown(probe: dev.HeapProbe, label=label) -> None:
+                self.progress.update(
+                    task, description=f"{label}: {probe.heap_bytes:,} B {'ok' if probe.ok else 'fails'}"
+                )
+
+            try:
+                info = emulators.info(floor.flow)
+                image = floors.image_for(self.workdir / "mpy", info, key, self.workdir, floor.runtime, floor.flow)
+                entry = floors.measure_floor(image, floor, self.settings["heap_step"], shown)
+            except Exception as exc:  # one entry that cannot be measured does not stop the others
+                failed.append(f"{floor.key}: {dev.redact(f'{type(exc).__name__}: {exc}', self.secrets)}")
+                continue
+            if entry["failure_below"]:
+                entry["failure_below"] = dev.redact(entry["failure_below"], self.secrets)
+            measured[floor.key] = entry
+            self.results[floor.key] = entry["floor_bytes"]
+        self.results["heap_floors"] = measured
+        costs: dict[str, dict[str, int]] = {}
+        lab = emulators.info(floors.WHOLE_FLOW)
+        for runtime in floors.IMPORT_RUNTIMES:
+            self.progress.update(task, description=f"floors: import cost of each module on {runtime}")
+            image = floors.image_for(self.workdir / "mpy", lab, key, self.workdir, runtime, floors.WHOLE_FLOW)
+            costs[runtime] = floors.import_costs(image, import_order(self.snapshot))
+        self.results["import_cost_bytes"] = costs
+        self.results["import_cost_total_bytes"] = {name: sum(c.values()) for name, c in costs.items()}
+        # What TLS itself holds in each runtime's GC heap: the lab DPS connection (one P-256 root) and the gateway
+        # connection trusting the 10-root RSA-4096 bundle (the trust root signs the gateway).
+        big = emulators.info(floors.BIG_BUNDLE)
+        bundle_file = str(Path(big["pki"]["trust_root"]).parent.parent / "decoy-roots.pem")
+        tls: dict[str, dict] = {}
+        for runtime in floors.IMPORT_RUNTIMES:
+            self.progress.update(task, description=f"floors: TLS heap on {runtime}")
+            image = floors.image_for(self.workdir / "mpy", lab, key, self.workdir, runtime, floors.WHOLE_FLOW)
+            tls[runtime] = {"lab_dps": floors.tls_costs(image, lab, "dps", lab["pki"]["dps_root"])}
+            both = image.work_dir / f"bundle10-{runtime}.pem"
+            both.write_text(Path(bundle_file).read_text() + Path(big["pki"]["trust_root"]).read_text())
+            image = floors.image_for(self.workdir / "mpy", big, key, self.workdir, runtime, floors.BIG_BUNDLE)
+            tls[runtime]["bundle10_gateway"] = floors.tls_costs(image, big, "gateway", str(both))
+        self.results["tls_heap_bytes"] = tls
+        if failed:
+            raise dev.MeasurementError("; ".join(failed))
+
     def cpu(self, image: dev.DeviceImage, task) -> None:
         pairs = self.settings["pairs"]
+        image = dev.DeviceImage(image.build_dir, image.emulator_info, image.key, self.workdir, runtime=CPU_RUNTIME)
         self.progress.update(task, total=pairs, completed=0, description="cpu: firmware vs azure-iot-device SDK")
 
         def shown(index: int, pair: cpu.CpuPair) -> None:
@@ -276,6 +339,7 @@ class BenchRun:
 
         comparison = cpu.compare_cpu_with_sdk(image, pairs, self.secrets, on_pair=shown)
         self.results.update(comparison.summary())
+        self.results["provision_cpu_runtime"] = CPU_RUNTIME
 
     # -- 5. fleet
     def fleet(self, task) -> None:
@@ -475,7 +539,9 @@ def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out
             run.step("heap floor", lambda task: run.heap_floor(image, task))
             run.step("heap use + cached boot", lambda task: run.heap_use(image, task))
             run.step("cpu vs sdk", lambda task: run.cpu(image, task))
-        stack.close()  # the single-device emulator is done before the fleet starts
+        stack.close()  # the single-device emulator is done before the others start
+        with ExitStack() as floor_stack:
+            run.step("heap floors by runtime", lambda task: run.floors(floor_stack, task))
         run.step("fleet", run.fleet)
         run.step("fleet check", run.fleet_check)
 
@@ -510,6 +576,8 @@ def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out
         for item in results["heap_steps"]:
             steps.add_row(escape(item["event"]), f"{item['live_bytes']:,}")
         console.print(steps)
+    if results.get("import_cost_bytes"):
+        console.print(import_cost_table(results))
     console.print(results_table(results))
     if results.get("heap_floor_failure_below"):
         console.print(

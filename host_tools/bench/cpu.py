@@ -130,8 +130,8 @@ def compare_cpu_with_sdk(
 
     info = image.emulator_info
     root = image.fresh_device("register-only", with_bench_scripts=True)  # no flash writes: one folder serves all
-    firmware_command = device_command(("provisioning.json",), script="bench_register.py")
-    launcher_command = [micropython_binary(), "-c", "pass"]
+    firmware_command = device_command(("provisioning.json",), script="bench_register.py", runtime=image.runtime)
+    launcher_command = [micropython_binary(image.runtime), "-c", "pass"]
     sdk_params = {
         "provisioning_host": info["dps"]["hostname"],
         "registration_id": DEVICE_ID,

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.board import runtimes
 from host_tools.board.harness import parse_device_line
-from host_tools.board.unix_port import device_command, device_env
+from host_tools.board.unix_port import device_command, device_env, micropython_binary
 
 ASSETS_DIR = Path(__file__).resolve().with_name("assets")
 SDK_CHILD = Path(__file__).resolve().with_name("sdk_child.py")
@@ -123,6 +124,8 @@ class DeviceImage:
     key: str
     work_dir: Path
     _count: int = 0
+    runtime: str | None = None  # host_tools/board/runtimes.py name; None: the wheel
+    extra_provisioning: dict = field(default_factory=dict)
 
     def provisioning(self, **changes) -> dict:
         info = self.emulator_info
@@ -136,6 +139,7 @@ class DeviceImage:
             "gateway_host": info["gateway"]["hostname"],
             "gateway_port": info["gateway"]["port"],
         }
+        doc.update(self.extra_provisioning)
         doc.update(changes)
         return doc
 
@@ -144,7 +148,11 @@ class DeviceImage:
         self._count += 1
         root = self.work_dir / "devices" / f"{self._count:03d}-{label}"
         shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(self.build_dir, root)
+        if runtimes.get(self.runtime).frozen:  # the firmware and umqtt are in the binary: main.py only
+            root.mkdir(parents=True)
+            shutil.copy2(self.build_dir / "main.py", root / "main.py")
+        else:
+            shutil.copytree(self.build_dir, root)
         (root / "certs").mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.emulator_info["pki"]["dps_root"], root / DPS_CA_NAME)
         write_private_json(root / "provisioning.json", self.provisioning(**provisioning))
@@ -154,13 +162,29 @@ class DeviceImage:
         return root
 
 
+def default_heap_bytes(runtime: str | None = None) -> int:
+    """The GC heap a runtime has without -X heapsize."""
+    proc = subprocess.run(
+        [micropython_binary(runtime), "-c", "import gc; gc.collect(); print(gc.mem_alloc() + gc.mem_free())"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return int(proc.stdout.strip())
+
+
 def run_in_device(
-    root: Path, script: str = "main.py", args=(), heapsize: int | None = None, timeout_s: float = DEVICE_TIMEOUT_S
+    root: Path,
+    script: str = "main.py",
+    args=(),
+    heapsize: int | None = None,
+    timeout_s: float = DEVICE_TIMEOUT_S,
+    runtime: str | None = None,
 ) -> tuple[int, str]:
-    """Runs a script in a device folder on the Unix port; (exit status, stdout + stderr)."""
+    """Runs a script in a device folder on the Unix port (`runtime`: default the wheel); (status, stdout+stderr)."""
     try:
         proc = subprocess.run(
-            device_command(args, heapsize, script),
+            device_command(args, heapsize, script, runtime),
             cwd=root,
             env=device_env(),
             capture_output=True,
@@ -199,7 +223,12 @@ class HeapFloor:
 
 
 def find_heap_floor(
-    image: DeviceImage, start_bytes: int, ceiling_bytes: int, step_bytes: int, on_probe=lambda probe: None
+    image: DeviceImage,
+    start_bytes: int,
+    ceiling_bytes: int,
+    step_bytes: int,
+    on_probe=lambda probe: None,
+    script: str = "main.py",
 ) -> HeapFloor:
     """The smallest -X heapsize (a multiple of step_bytes) at which the whole flow succeeds, by binary search.
 
@@ -210,9 +239,9 @@ def find_heap_floor(
     probes: list[HeapProbe] = []
 
     def probe(heap: int) -> bool:
-        root = image.fresh_device(f"heap-{heap}")
+        root = image.fresh_device(f"heap-{heap}", with_bench_scripts=script != "main.py")
         started = time.monotonic()
-        status, output = run_in_device(root, heapsize=heap)
+        status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
         events = device_events(output)
         ok = flow_succeeded(status, events)
         result = HeapProbe(heap, ok, "ok" if ok else failure_reason(output, events), time.monotonic() - started)
@@ -251,15 +280,15 @@ def find_heap_floor(
     last_failure = max(failures, key=lambda p: p.heap_bytes) if failures else None
     failure_step = None
     if last_failure is not None:
-        failure_step = last_step_before_failure(image, last_failure.heap_bytes)
+        failure_step = last_step_before_failure(image, last_failure.heap_bytes, script)
     return HeapFloor(working, step_bytes, probes, confirmed, last_failure, failure_step)
 
 
-def last_step_before_failure(image: DeviceImage, heap: int) -> str | None:
+def last_step_before_failure(image: DeviceImage, heap: int, script: str = "main.py") -> str | None:
     """Where the flow ran out of heap: the last event a debug-logging rerun printed before failing (debug lines
     allocate too, so this rerun may stop a little earlier than the probe did)."""
-    root = image.fresh_device(f"heap-{heap}-debug", log_level="debug")
-    status, output = run_in_device(root, heapsize=heap)
+    root = image.fresh_device(f"heap-{heap}-debug", with_bench_scripts=script != "main.py", log_level="debug")
+    status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
     events = device_events(output)
     shutil.rmtree(root, ignore_errors=True)
     before = [event for _, event, _ in events if event != "failed"]

@@ -40,6 +40,9 @@ def targets(results: dict) -> list[Target]:
         Target("cached_boot_flash_writes", "==", 0, "0"),
         Target("fleet_failures", "==", 0, "0"),
     ]
+    from host_tools.bench.floors import FLOORS
+
+    found += [Target(f.key, "<=", f.target_bytes, f"<= {f.target_bytes:,} B") for f in FLOORS if f.target_bytes]
     ideal = results.get("fleet_ideal_seconds")
     if isinstance(ideal, (int, float)):
         found.append(
@@ -114,8 +117,12 @@ def figure_rows(results: dict) -> list[tuple[str, str, str, bool | None]]:
             f" vs {r['fleet_check_driver_max_attempts']})"
         )
         check_seconds = f"{r['fleet_check_real_seconds']:.1f} vs {r['fleet_check_driver_seconds']:.1f}"
+    from host_tools.bench.floors import FLOORS
+
+    floor_rows = [row(f"heap floor, {f.runtime}: {f.flow.name}", f.key) for f in FLOORS]
     return [
-        row("heap floor: smallest -X heapsize for the whole flow", "heap_floor_bytes"),
+        *floor_rows,
+        row("heap floor: smallest -X heapsize for the whole flow (wheel, .mpy)", "heap_floor_bytes"),
         row("heap peak in use at the default heap size", "heap_peak_bytes"),
         row("live heap peak at the debug steps", "heap_live_peak_bytes"),
         row("firmware .mpy total (no umqtt, no main.py)", "mpy_total_bytes"),
@@ -189,4 +196,20 @@ def module_table(results: dict, rows) -> Table:
         f"{results.get('heap_modules_total_bytes', 0):,}",
         style="bold",
     )
+    return table
+
+
+def import_cost_table(results: dict) -> Table:
+    """Heap each module keeps once imported, per runtime (frozen: the code stays in the binary)."""
+    costs = results.get("import_cost_bytes") or {}
+    runtimes = list(costs)
+    table = Table(title="import cost: heap kept once imported, by runtime (bytes)")
+    table.add_column("module")
+    for runtime in runtimes:
+        table.add_column(runtime, justify="right")
+    modules = list(dict.fromkeys(m for per in costs.values() for m in per))
+    for module in modules:
+        table.add_row(escape(module), *(_fmt(costs[r].get(module)) for r in runtimes))
+    table.add_section()
+    table.add_row("total", *(_fmt(sum(costs[r].values())) for r in runtimes), style="bold")
     return table

@@ -39,15 +39,20 @@ class MemoryJanitor:
         self.ended = 0
         self.collections = 0
         self._pending: asyncio.TimerHandle | None = None
+        self._pending_loop: asyncio.AbstractEventLoop | None = None
         libc = ctypes.util.find_library("c")
         self._trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
 
     def connection_ended(self) -> None:
         self.ended += 1
+        loop = asyncio.get_running_loop()
+        if self._pending is not None and self._pending_loop is not loop:  # left over from a loop that has ended
+            self._pending = None
         if self.ended >= COLLECT_AFTER_ENDED:
             self.collect()
         elif self._pending is None:
-            self._pending = asyncio.get_running_loop().call_later(COLLECT_IDLE_S, self.collect)
+            self._pending = loop.call_later(COLLECT_IDLE_S, self.collect)
+            self._pending_loop = loop
 
     def collect(self) -> None:
         if self._pending is not None:

@@ -44,9 +44,8 @@ class _MicroPythonJson:
     def loads(self, text):
         return json.loads(text, strict=False, parse_constant=self._refuse_constant)
 
-    @staticmethod
-    def dumps(value):
-        return json.dumps(value)
+    def __getattr__(self, name):  # anything else the module may use: CPython's own
+        return getattr(json, name)
 
 
 _modules: types.SimpleNamespace | None = None

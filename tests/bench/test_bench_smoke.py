@@ -33,9 +33,17 @@ REQUIRED_NUMBERS = (
     "fleet_rate_limit",
     "fleet_peak_attempts_per_s",
     "fleet_retry_peak_to_rate",
+    # Issue 11: floors on the runtimes built from source (results.json contract names).
+    "heap_floor_32bit_frozen_bytes",
+    "heap_floor_32bit_mpy_bytes",
+    "heap_floor_wheel_mpy_bytes",
+    "heap_floor_telemetry_only_32bit_frozen_bytes",
+    "heap_floor_telemetry_only_32bit_mpy_bytes",
+    "heap_floor_telemetry_only_wheel_mpy_bytes",
+    "heap_floor_big_bundle_32bit_frozen_bytes",
 )
 
-pytestmark = pytest.mark.timeout(180)  # a hang guard only; the quick run takes seconds
+pytestmark = pytest.mark.timeout(400)  # a hang guard only
 
 
 def _is_number(value) -> bool:
@@ -72,7 +80,7 @@ def test_quick_bench_writes_every_figure(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=390,
     )
 
     output = proc.stdout + proc.stderr
@@ -95,6 +103,21 @@ def test_quick_bench_writes_every_figure(tmp_path):
         "fleet_failures",
         "fleet_seconds",
     }
+    # Every entry of the floors table measured, on the runtime it names; import cost and TLS heap per runtime.
+    from host_tools.bench.floors import FLOORS, IMPORT_RUNTIMES
+
+    assert set(results["heap_floors"]) == {f.key for f in FLOORS}
+    for floor in FLOORS:
+        assert results["heap_floors"][floor.key]["runtime"] == floor.runtime
+        assert _is_number(results[floor.key])
+    assert set(results["targets"]) >= {f.key for f in FLOORS if f.target_bytes}
+    assert results["heap_floors"]["heap_floor_big_bundle_32bit_frozen_bytes"]["flow"].startswith("whole flow")
+    for runtime in IMPORT_RUNTIMES:
+        assert results["import_cost_bytes"][runtime]["azprov.dps"] > 0
+        assert results["tls_heap_bytes"][runtime]["bundle10_gateway"]["certificates"] == 10
+    # Frozen code stays in the binary: importing the firmware costs less heap there than from .mpy files.
+    assert results["import_cost_total_bytes"]["unix32-frozen"] < results["import_cost_total_bytes"]["unix32"]
+    assert results["provision_cpu_runtime"] == "unix32-frozen"
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "met" in proc.stdout or "missed" in proc.stdout  # the table was printed
 

@@ -112,6 +112,6 @@ def test_command_errors_are_messages(tmp_path, small_build):
     proc = run_cli(
         "deploy", "--port", "/dev/null", "--build", str(small_build), "--provisioning", str(tmp_path / "none.json")
     )
-    assert proc.returncode == 1 and "none.json: provisioning file not found" in proc.stderr
+    assert proc.returncode == 1 and "none.json: provisioning file does not exist" in proc.stderr
     proc = run_cli("deploy", "--port", "/dev/null", "--build", str(small_build))  # not a MicroPython board
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

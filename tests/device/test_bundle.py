@@ -124,3 +124,56 @@ def test_text_outside_certificate_blocks_ignored():
         assert "no certificate" in str(exc)
     else:
         raise AssertionError("a file without a certificate was accepted")
+
+
+# --- streaming: certificates taken out of the DPS answer as it arrives (bundle.Extractor) -------------------------
+
+
+class _Sink:
+    def __init__(self):
+        self.blocks = []
+
+    def start(self):
+        self.blocks = []
+
+    def add(self, block):
+        self.blocks.append(block)
+
+
+def _answer(trust_bundle, payload=None):
+    state = {"assignedHub": "h", "deviceId": "d", "payload": payload, "trustBundle": trust_bundle}
+    return json.dumps({"operationId": "o", "status": "assigned", "registrationState": state}).encode()
+
+
+def test_extractor_streams_certificates_in_any_piece_size():
+    tb = _bundle(_entry(CERT_A, CERT_A_SHA256), _entry(CERT_B, CERT_B_SHA256, crlf=False))
+    # A decoy: the same key names elsewhere (payload) are not the bundle's and stay where they are.
+    payload = {"certificates": [{"certificate": 'not a cert \\" with quote'}], "x": 'a"b\\\\'}
+    body = _answer(tb, payload)
+    whole_sink = _Sink()
+    whole_rest, whole_found = bundle.extract(bytearray(body), whole_sink)
+    assert whole_found == [CERT_A_SHA256, CERT_B_SHA256]
+    assert whole_sink.blocks == [block for block, _ in split(CERT_A + CERT_B)]
+    assert len(whole_rest) < len(body) - 1000  # the certificates are not in the rest
+    rest = json.loads(whole_rest)
+    assert rest["registrationState"]["payload"] == payload
+    assert [c["certificate"] for c in rest["registrationState"]["trustBundle"]["certificates"]] == [0, 0]
+    for size in (1, 2, 3, 7, 64, 511, 4096):
+        sink = _Sink()
+        extractor = bundle.Extractor(sink)
+        for start in range(0, len(body), size):
+            extractor.feed(memoryview(body)[start : start + size])
+        assert extractor.finish() == whole_rest, size
+        assert extractor.found == whole_found and sink.blocks == whole_sink.blocks, size
+    parsed = bundle.parse(rest["registrationState"]["trustBundle"], whole_found, "f" * 64)
+    assert parsed["pem"] is None and parsed["pem_sha256"] == "f" * 64
+    assert [c["sha256"] for c in parsed["certificates"]] == [CERT_A_SHA256, CERT_B_SHA256]
+
+
+def test_extractor_refuses_a_bad_certificate_and_a_wrong_thumbprint():
+    sink = _Sink()
+    bad = _answer(_bundle(_entry(CERT_A), _entry(CERT_A.replace("MII", "MIX"))))
+    assert "certificates[1]" in _raises(bundle.extract, bytearray(bad), sink).message
+    rest, found = bundle.extract(bytearray(_answer(_bundle(_entry(CERT_A, CERT_B_SHA256)))), _Sink())
+    tb = json.loads(rest)["registrationState"]["trustBundle"]
+    assert "sha256Thumbprint" in _raises(bundle.parse, tb, found, "0" * 64).message

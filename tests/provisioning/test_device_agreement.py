@@ -26,12 +26,12 @@ pytestmark = pytest.mark.timeout(600)
 DRIVER = Path(__file__).resolve().parent / "agreement_driver.py"
 
 
-def _device_verdicts(root: Path, paths: list[str]) -> dict[str, tuple[str, str]]:
+def _device_verdicts(root: Path, paths: list[str], runtime: str) -> dict[str, tuple[str, str]]:
     case_list = root / "cases.txt"
     case_list.write_text("\n".join(paths) + "\n")
     shutil.copy2(DRIVER, root / DRIVER.name)  # run from the flash root, where `azprov` is
     proc = subprocess.run(
-        [micropython_binary(), DRIVER.name, "cases.txt"],
+        [micropython_binary(runtime), DRIVER.name, "cases.txt"],
         cwd=root,
         env=device_env(),
         capture_output=True,
@@ -59,15 +59,16 @@ def _validate_verdicts(root: Path, paths: list[str]) -> dict[str, tuple[str, str
     return verdicts
 
 
-def test_validate_and_the_device_agree_on_every_generated_file(tmp_path):
-    root = stage_device_root(tmp_path / "flash", use_mpy=True)
+def test_validate_and_the_device_agree_on_every_generated_file(tmp_path, runtime):
+    """Once per MicroPython runtime (the PyPI wheel, and the 32-bit build with the firmware frozen in)."""
+    root = stage_device_root(tmp_path / "flash", use_mpy=True, runtime=runtime)
     files = generated_files()
     paths = []
     for index, generated in enumerate(files):
         folder = root / "cases" / f"{index:04d}"
         generated.write(folder)
         paths.append(f"cases/{index:04d}/provisioning.json")
-    device = _device_verdicts(root, paths)
+    device = _device_verdicts(root, paths, runtime)
     host = _validate_verdicts(root, paths)
     assert len(device) == len(files), "the device driver stopped early"
     disagreements = []

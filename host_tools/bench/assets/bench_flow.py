@@ -5,6 +5,9 @@
 #   micropython bench_flow.py provisioning.json steps     live heap (right after a collection) at each debug step
 #   micropython bench_flow.py provisioning.json imports azprov.errors azprov.log ...
 #                                                         heap each module keeps once imported (nothing else runs)
+#   micropython bench_flow.py provisioning.json tls HOST PORT HOSTNAME CA_FILE
+#                                                         heap a TLS context trusting CA_FILE keeps, and what one
+#                                                         verified connection (handshake done) adds to it
 #
 # Why the peak is exact without sampling: the collector frees memory only when it runs, so between collections
 # gc.mem_alloc() can only grow; its maximum is reached just before a collection or at the end. A stand-in `gc`
@@ -110,11 +113,41 @@ def _imports(names):
     return 0
 
 
+def _tls(host, port, hostname, ca_file):
+    # What TLS itself costs in the GC heap of this runtime (on the Unix port mbedTLS allocates there; on an ESP32
+    # it allocates from the system heap instead).
+    import socket
+    import ssl
+
+    from azprov.pem import PemFile, der_certificates
+
+    _gc.collect()
+    before = _gc.mem_alloc()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    count = 0
+    for der in der_certificates(PemFile(ca_file)):
+        ctx.load_verify_locations(cadata=der)
+        count += 1
+    _gc.collect()
+    context = _gc.mem_alloc() - before
+    sock = socket.socket()
+    sock.connect(socket.getaddrinfo(host, int(port))[0][-1])
+    tls = ctx.wrap_socket(sock, server_hostname=hostname)
+    _gc.collect()
+    connection = _gc.mem_alloc() - before - context
+    tls.close()
+    _report("tls", (("certificates", count), ("context", context), ("connection", connection)))
+    return 0
+
+
 def _run():
     argv = sys.argv
     mode = argv[2] if len(argv) > 2 else "peak"
     if mode == "imports":
         return _imports(argv[3:])
+    if mode == "tls":
+        return _tls(*argv[3:7])
     return _flow(argv[1] if len(argv) > 1 else "provisioning.json", mode)
 
 

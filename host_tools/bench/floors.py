@@ -1,0 +1,137 @@
+"""Heap floors by runtime and flow: the smallest -X heapsize in which a flow succeeds, on each MicroPython runtime
+(host_tools/board/runtimes.py), and the heap each firmware module keeps once imported there.
+
+A floor is one entry of FLOORS: its results.json key, the runtime, the flow (PKI profile, trust bundle, extra
+provisioning fields) and its target, if the issue set one. A new flow (the X.509 flow, the default application with
+hub features) is a new Flow and one Floor line per runtime; report.py turns every target here into a verdict.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools.bench import device as dev
+from host_tools.board.harness import EmulatorProcess
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What the device does while its floor is measured (always the whole flow: DPS, bundle, gateway, telemetry)."""
+
+    name: str
+    pki_profile: str = "lab"  # host_tools/provisioning/pki.py PROFILES
+    bundle_roots: int = dev.BUNDLE_CERTIFICATES  # trust bundle: decoy roots of the profile's kind, trust root last
+    provisioning: dict = field(default_factory=dict, hash=False, compare=False)  # extra provisioning.json fields
+    # main.py: the default application (telemetry + device twin, direct methods, C2D); bench_telemetry_only.py: the
+    # same flow with none of the hub modules loaded (azprov.app.main(hub_features=False))
+    script: str = "main.py"
+
+
+WHOLE_FLOW = Flow("whole flow, default application (twin, methods, C2D on), lab PKI (P-256), 3-root bundle")
+TELEMETRY_ONLY = Flow(
+    "telemetry-only flow (no twin, methods or C2D), lab PKI, 3-root bundle", script="bench_telemetry_only.py"
+)
+AZURE_FLOW = Flow("whole flow, Azure-shaped PKI (RSA), 3 RSA-4096 roots", pki_profile="azure")
+BIG_BUNDLE = Flow("whole flow, Azure-shaped PKI, 10 RSA-4096 roots", pki_profile="azure", bundle_roots=10)
+
+
+@dataclass(frozen=True)
+class Floor:
+    key: str  # results.json key (issue contract for the first four)
+    runtime: str
+    flow: Flow
+    target_bytes: int | None = None
+
+
+FLOORS = (
+    Floor("heap_floor_32bit_frozen_bytes", "unix32-frozen", WHOLE_FLOW, 24 * 1024),
+    Floor("heap_floor_32bit_mpy_bytes", "unix32", WHOLE_FLOW, 48 * 1024),
+    Floor("heap_floor_wheel_mpy_bytes", "wheel", WHOLE_FLOW),
+    # beside the three above (the default application, every hub feature on): the telemetry-only flow
+    Floor("heap_floor_telemetry_only_32bit_frozen_bytes", "unix32-frozen", TELEMETRY_ONLY),
+    Floor("heap_floor_telemetry_only_32bit_mpy_bytes", "unix32", TELEMETRY_ONLY),
+    Floor("heap_floor_telemetry_only_wheel_mpy_bytes", "wheel", TELEMETRY_ONLY),
+    Floor("heap_floor_big_bundle_32bit_frozen_bytes", "unix32-frozen", BIG_BUNDLE, 32 * 1024),
+    Floor("heap_floor_big_bundle_32bit_mpy_bytes", "unix32", BIG_BUNDLE),
+    Floor("heap_floor_azure_32bit_frozen_bytes", "unix32-frozen", AZURE_FLOW),
+    Floor("heap_floor_azure_32bit_mpy_bytes", "unix32", AZURE_FLOW),
+    Floor("heap_floor_azure_wheel_mpy_bytes", "wheel", AZURE_FLOW),
+)
+# Runtimes whose per-module import cost is measured (results["import_cost_bytes"][runtime][module]).
+IMPORT_RUNTIMES = ("unix32-frozen", "unix32", "wheel")
+
+
+class FlowEmulators:
+    """One emulator per (PKI profile, bundle size), started on first use, all stopped with the stack."""
+
+    def __init__(self, stack: ExitStack, workdir: Path, key: str):
+        self._stack = stack
+        self._workdir = workdir
+        self._key = key
+        self._started: dict[tuple[str, int], dict] = {}
+
+    def info(self, flow: Flow) -> dict:
+        from host_tools.provisioning import pki
+
+        group = (flow.pki_profile, flow.bundle_roots)
+        if group not in self._started:
+            state = self._workdir / f"floor-emulator-{flow.pki_profile}-{flow.bundle_roots}"
+            shutil.rmtree(state, ignore_errors=True)
+            state.mkdir(parents=True)
+            profile = pki.PROFILES[flow.pki_profile]
+            pki.ensure_emulator_pki(state / "pki", profile=flow.pki_profile)
+            decoys = pki.write_bundle(
+                state / "decoy-roots.pem",
+                pki.make_decoy_roots(flow.bundle_roots - 1, label="public root", kind=profile.root),
+            )
+            enrollments = dev.write_private_json(state / "enrollments.json", dev.bench_enrollments(decoys, self._key))
+            emulator = self._stack.enter_context(EmulatorProcess(state, enrollments, ["--fault", "retry_after=0"]))
+            self._started[group] = emulator.info
+        return self._started[group]
+
+
+def image_for(build_dir: Path, info: dict, key: str, workdir: Path, runtime: str, flow: Flow) -> dev.DeviceImage:
+    return dev.DeviceImage(build_dir, info, key, workdir, runtime=runtime, extra_provisioning=dict(flow.provisioning))
+
+
+def measure_floor(image: dev.DeviceImage, floor: Floor, step_bytes: int, on_probe) -> dict:
+    """The floor of one entry, with what stopped the flow just below it."""
+    ceiling = dev.default_heap_bytes(floor.runtime)
+    found = dev.find_heap_floor(image, 16 * 1024, ceiling, step_bytes, on_probe=on_probe, script=floor.flow.script)
+    return {
+        "runtime": floor.runtime,
+        "flow": floor.flow.name,
+        "floor_bytes": found.floor_bytes,
+        "step_bytes": found.step_bytes,
+        "probes": len(found.probes),
+        "confirmed": found.confirmed,
+        "target_bytes": floor.target_bytes,
+        "failure_below": found.last_failure.reason if found.last_failure else None,
+        "failure_after_step": found.failure_step,
+    }
+
+
+def import_costs(image: dev.DeviceImage, module_names: list[str]) -> dict[str, int]:
+    """Heap each module keeps once imported on the image's runtime (frozen: its code stays in the binary)."""
+    root = image.fresh_device(f"imports-{image.runtime}", with_bench_scripts=True)
+    status, output = dev.run_in_device(
+        root, "bench_flow.py", ("provisioning.json", "imports", *module_names), runtime=image.runtime
+    )
+    if status != 0:
+        raise dev.MeasurementError(f"imports on {image.runtime} failed: {output.strip()[-200:]}")
+    return {line["module"]: int(line["bytes"]) for line in dev.bench_lines(output).get("import", [])}
+
+
+def tls_costs(image: dev.DeviceImage, info: dict, endpoint: str, ca_file: str) -> dict[str, int]:
+    """Heap a TLS context trusting `ca_file` keeps and what one verified connection to `endpoint` adds."""
+    root = image.fresh_device(f"tls-{image.runtime}-{endpoint}", with_bench_scripts=True)
+    target = info[endpoint]
+    args = ("provisioning.json", "tls", target["host"], target["port"], target["hostname"], ca_file)
+    status, output = dev.run_in_device(root, "bench_flow.py", args, runtime=image.runtime)
+    line = (dev.bench_lines(output).get("tls") or [None])[-1]
+    if status != 0 or line is None:
+        raise dev.MeasurementError(f"TLS cost on {image.runtime} failed: {output.strip()[-200:]}")
+    return {name: int(value) for name, value in line.items()}
