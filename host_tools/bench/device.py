@@ -248,7 +248,12 @@ class HeapFloor:
 
 
 def find_heap_floor(
-    image: DeviceImage, start_bytes: int, ceiling_bytes: int, step_bytes: int, on_probe=lambda probe: None
+    image: DeviceImage,
+    start_bytes: int,
+    ceiling_bytes: int,
+    step_bytes: int,
+    on_probe=lambda probe: None,
+    script: str = "main.py",
 ) -> HeapFloor:
     """The smallest -X heapsize (a multiple of step_bytes) at which the whole flow succeeds, by binary search.
 
@@ -259,9 +264,9 @@ def find_heap_floor(
     probes: list[HeapProbe] = []
 
     def probe(heap: int) -> bool:
-        root = image.fresh_device(f"heap-{heap}")
+        root = image.fresh_device(f"heap-{heap}", with_bench_scripts=script != "main.py")
         started = time.monotonic()
-        status, output = run_in_device(root, heapsize=heap, runtime=image.runtime)
+        status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
         events = device_events(output)
         ok = flow_succeeded(status, events)
         result = HeapProbe(heap, ok, "ok" if ok else failure_reason(output, events), time.monotonic() - started)
@@ -300,15 +305,15 @@ def find_heap_floor(
     last_failure = max(failures, key=lambda p: p.heap_bytes) if failures else None
     failure_step = None
     if last_failure is not None:
-        failure_step = last_step_before_failure(image, last_failure.heap_bytes)
+        failure_step = last_step_before_failure(image, last_failure.heap_bytes, script)
     return HeapFloor(working, step_bytes, probes, confirmed, last_failure, failure_step)
 
 
-def last_step_before_failure(image: DeviceImage, heap: int) -> str | None:
+def last_step_before_failure(image: DeviceImage, heap: int, script: str = "main.py") -> str | None:
     """Where the flow ran out of heap: the last event a debug-logging rerun printed before failing (debug lines
     allocate too, so this rerun may stop a little earlier than the probe did)."""
-    root = image.fresh_device(f"heap-{heap}-debug", log_level="debug")
-    status, output = run_in_device(root, heapsize=heap, runtime=image.runtime)
+    root = image.fresh_device(f"heap-{heap}-debug", with_bench_scripts=script != "main.py", log_level="debug")
+    status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
     events = device_events(output)
     shutil.rmtree(root, ignore_errors=True)
     before = [event for _, event, _ in events if event != "failed"]

@@ -37,6 +37,9 @@ REQUIRED_NUMBERS = (
     "heap_floor_32bit_frozen_bytes",
     "heap_floor_32bit_mpy_bytes",
     "heap_floor_wheel_mpy_bytes",
+    "heap_floor_telemetry_only_32bit_frozen_bytes",
+    "heap_floor_telemetry_only_32bit_mpy_bytes",
+    "heap_floor_telemetry_only_wheel_mpy_bytes",
     "heap_floor_big_bundle_32bit_frozen_bytes",
     # Issue 9: the X.509 flow beside the symmetric-key one.
     "heap_floor_x509_32bit_frozen_bytes",
