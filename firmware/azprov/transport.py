@@ -40,10 +40,15 @@ def packet_fits(n):
     return too_large(n, free)
 
 
-def too_large(n, free=None):
+def too_large(n, free=None, streamed=False):
+    """The OUT_OF_MEMORY error for an n-byte message, naming its size and the free heap."""
     if free is None:
         gc.collect()
         free = gc.mem_free()
+    if streamed:
+        return ProvisioningError(
+            errors.OUT_OF_MEMORY, "a %d-byte message does not fit: %d bytes of heap free while it streamed" % (n, free)
+        )
     return ProvisioningError(
         errors.OUT_OF_MEMORY,
         "a %d-byte message does not fit: %d bytes of heap free, %d needed in one block and after it"
