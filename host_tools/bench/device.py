@@ -28,6 +28,7 @@ SDK_CHILD = Path(__file__).resolve().with_name("sdk_child.py")
 ID_SCOPE = "0ne0BENCH01"  # 0ne + 8 letters or digits, as the device checks
 HUB = "bench-hub.azure-devices.net"
 DEVICE_ID = "bench-device"
+X509_DEVICE_ID = "bench-x509-device"  # the X.509 flow's device (EC P-256 certificate + intermediate)
 DPS_CA_NAME = "certs/dps-root.pem"
 # The flow under test stores a trust bundle of this many certificates: decoy roots first, the gateway's root last.
 BUNDLE_CERTIFICATES = 3
@@ -88,8 +89,19 @@ def failure_reason(output: str, events) -> str:
 # ------------------------------------------------------------------------------------------------ set-up
 
 
-def bench_enrollments(decoy_bundle: Path, key: str) -> dict:
-    """One individual enrollment whose trust bundle holds BUNDLE_CERTIFICATES certificates."""
+def bench_enrollments(decoy_bundle: Path, key: str, x509_ca: Path | None = None) -> dict:
+    """One individual enrollment whose trust bundle holds BUNDLE_CERTIFICATES certificates; with `x509_ca`, also an
+    X.509 enrollment group on that CA (for X509_DEVICE_ID, with the same bundle)."""
+    groups = []
+    if x509_ca is not None:
+        groups.append(
+            {
+                "group_id": "bench-x509",
+                "ca_certificate": str(x509_ca),
+                "assigned_hub": HUB,
+                "trust_bundle": "bench-bundle",
+            }
+        )
     return {
         "id_scope": ID_SCOPE,
         "trust_bundles": {"bench-bundle": {"certificates": [str(decoy_bundle), "pki:trust-root"]}},
@@ -102,7 +114,7 @@ def bench_enrollments(decoy_bundle: Path, key: str) -> dict:
                 "trust_bundle": "bench-bundle",
             }
         ],
-        "groups": [],
+        "groups": groups,
     }
 
 
@@ -126,6 +138,8 @@ class DeviceImage:
     _count: int = 0
     runtime: str | None = None  # host_tools/board/runtimes.py name; None: the wheel
     extra_provisioning: dict = field(default_factory=dict)
+    # The X.509 flow: (certificate chain file, key file) of X509_DEVICE_ID; None: the symmetric-key device.
+    x509_files: tuple[Path, Path] | None = None
 
     def provisioning(self, **changes) -> dict:
         info = self.emulator_info
@@ -139,6 +153,14 @@ class DeviceImage:
             "gateway_host": info["gateway"]["hostname"],
             "gateway_port": info["gateway"]["port"],
         }
+        if self.x509_files is not None:
+            del doc["symmetric_key"]
+            doc.update(
+                registration_id=X509_DEVICE_ID,
+                attestation="x509",
+                certificate_file="certs/device.pem",
+                private_key_file="certs/device-key.pem",
+            )
         doc.update(self.extra_provisioning)
         doc.update(changes)
         return doc
@@ -155,6 +177,9 @@ class DeviceImage:
             shutil.copytree(self.build_dir, root)
         (root / "certs").mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.emulator_info["pki"]["dps_root"], root / DPS_CA_NAME)
+        if self.x509_files is not None:
+            shutil.copy2(self.x509_files[0], root / "certs" / "device.pem")
+            shutil.copy2(self.x509_files[1], root / "certs" / "device-key.pem")
         write_private_json(root / "provisioning.json", self.provisioning(**provisioning))
         if with_bench_scripts:
             for script in sorted(ASSETS_DIR.glob("*.py")):
@@ -223,7 +248,12 @@ class HeapFloor:
 
 
 def find_heap_floor(
-    image: DeviceImage, start_bytes: int, ceiling_bytes: int, step_bytes: int, on_probe=lambda probe: None
+    image: DeviceImage,
+    start_bytes: int,
+    ceiling_bytes: int,
+    step_bytes: int,
+    on_probe=lambda probe: None,
+    script: str = "main.py",
 ) -> HeapFloor:
     """The smallest -X heapsize (a multiple of step_bytes) at which the whole flow succeeds, by binary search.
 
@@ -234,9 +264,9 @@ def find_heap_floor(
     probes: list[HeapProbe] = []
 
     def probe(heap: int) -> bool:
-        root = image.fresh_device(f"heap-{heap}")
+        root = image.fresh_device(f"heap-{heap}", with_bench_scripts=script != "main.py")
         started = time.monotonic()
-        status, output = run_in_device(root, heapsize=heap, runtime=image.runtime)
+        status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
         events = device_events(output)
         ok = flow_succeeded(status, events)
         result = HeapProbe(heap, ok, "ok" if ok else failure_reason(output, events), time.monotonic() - started)
@@ -275,15 +305,15 @@ def find_heap_floor(
     last_failure = max(failures, key=lambda p: p.heap_bytes) if failures else None
     failure_step = None
     if last_failure is not None:
-        failure_step = last_step_before_failure(image, last_failure.heap_bytes)
+        failure_step = last_step_before_failure(image, last_failure.heap_bytes, script)
     return HeapFloor(working, step_bytes, probes, confirmed, last_failure, failure_step)
 
 
-def last_step_before_failure(image: DeviceImage, heap: int) -> str | None:
+def last_step_before_failure(image: DeviceImage, heap: int, script: str = "main.py") -> str | None:
     """Where the flow ran out of heap: the last event a debug-logging rerun printed before failing (debug lines
     allocate too, so this rerun may stop a little earlier than the probe did)."""
-    root = image.fresh_device(f"heap-{heap}-debug", log_level="debug")
-    status, output = run_in_device(root, heapsize=heap, runtime=image.runtime)
+    root = image.fresh_device(f"heap-{heap}-debug", with_bench_scripts=script != "main.py", log_level="debug")
+    status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
     events = device_events(output)
     shutil.rmtree(root, ignore_errors=True)
     before = [event for _, event, _ in events if event != "failed"]

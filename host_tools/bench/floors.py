@@ -25,10 +25,18 @@ class Flow:
     pki_profile: str = "lab"  # host_tools/provisioning/pki.py PROFILES
     bundle_roots: int = dev.BUNDLE_CERTIFICATES  # trust bundle: decoy roots of the profile's kind, trust root last
     provisioning: dict = field(default_factory=dict, hash=False, compare=False)  # extra provisioning.json fields
+    x509: bool = False  # an X.509 device (EC P-256 certificate + intermediate, group enrollment) instead of a key
+    # main.py: the default application (telemetry + device twin, direct methods, C2D); bench_telemetry_only.py: the
+    # same flow with none of the hub modules loaded (azprov.app.main(hub_features=False))
+    script: str = "main.py"
 
 
-WHOLE_FLOW = Flow("whole flow, lab PKI (P-256), 3-root bundle")
+WHOLE_FLOW = Flow("whole flow, default application (twin, methods, C2D on), lab PKI (P-256), 3-root bundle")
+TELEMETRY_ONLY = Flow(
+    "telemetry-only flow (no twin, methods or C2D), lab PKI, 3-root bundle", script="bench_telemetry_only.py"
+)
 AZURE_FLOW = Flow("whole flow, Azure-shaped PKI (RSA), 3 RSA-4096 roots", pki_profile="azure")
+X509_FLOW = Flow("whole flow, X.509 device certificate (EC P-256 + intermediate), lab PKI, 3-root bundle", x509=True)
 BIG_BUNDLE = Flow("whole flow, Azure-shaped PKI, 10 RSA-4096 roots", pki_profile="azure", bundle_roots=10)
 
 
@@ -44,6 +52,12 @@ FLOORS = (
     Floor("heap_floor_32bit_frozen_bytes", "unix32-frozen", WHOLE_FLOW, 24 * 1024),
     Floor("heap_floor_32bit_mpy_bytes", "unix32", WHOLE_FLOW, 48 * 1024),
     Floor("heap_floor_wheel_mpy_bytes", "wheel", WHOLE_FLOW),
+    Floor("heap_floor_x509_32bit_frozen_bytes", "unix32-frozen", X509_FLOW),
+    Floor("heap_floor_x509_wheel_mpy_bytes", "wheel", X509_FLOW),
+    # beside the three above (the default application, every hub feature on): the telemetry-only flow
+    Floor("heap_floor_telemetry_only_32bit_frozen_bytes", "unix32-frozen", TELEMETRY_ONLY),
+    Floor("heap_floor_telemetry_only_32bit_mpy_bytes", "unix32", TELEMETRY_ONLY),
+    Floor("heap_floor_telemetry_only_wheel_mpy_bytes", "wheel", TELEMETRY_ONLY),
     Floor("heap_floor_big_bundle_32bit_frozen_bytes", "unix32-frozen", BIG_BUNDLE, 32 * 1024),
     Floor("heap_floor_big_bundle_32bit_mpy_bytes", "unix32", BIG_BUNDLE),
     Floor("heap_floor_azure_32bit_frozen_bytes", "unix32-frozen", AZURE_FLOW),
@@ -77,20 +91,34 @@ class FlowEmulators:
                 state / "decoy-roots.pem",
                 pki.make_decoy_roots(flow.bundle_roots - 1, label="public root", kind=profile.root),
             )
-            enrollments = dev.write_private_json(state / "enrollments.json", dev.bench_enrollments(decoys, self._key))
+            # Every emulator also enrolls an X.509 group CA, with one device certificate for the X.509 flow.
+            group_ca = pki.ensure_x509_group_ca(state / "x509-ca")
+            x509_files = pki.issue_device(group_ca, dev.X509_DEVICE_ID, state / "x509-ca")
+            enrollments = dev.write_private_json(
+                state / "enrollments.json", dev.bench_enrollments(decoys, self._key, x509_ca=group_ca.root)
+            )
             emulator = self._stack.enter_context(EmulatorProcess(state, enrollments, ["--fault", "retry_after=0"]))
-            self._started[group] = emulator.info
+            self._started[group] = dict(emulator.info, x509_device=[str(p) for p in x509_files])
         return self._started[group]
 
 
 def image_for(build_dir: Path, info: dict, key: str, workdir: Path, runtime: str, flow: Flow) -> dev.DeviceImage:
-    return dev.DeviceImage(build_dir, info, key, workdir, runtime=runtime, extra_provisioning=dict(flow.provisioning))
+    x509_files = tuple(Path(p) for p in info["x509_device"]) if flow.x509 else None
+    return dev.DeviceImage(
+        build_dir,
+        info,
+        key,
+        workdir,
+        runtime=runtime,
+        extra_provisioning=dict(flow.provisioning),
+        x509_files=x509_files,
+    )
 
 
 def measure_floor(image: dev.DeviceImage, floor: Floor, step_bytes: int, on_probe) -> dict:
     """The floor of one entry, with what stopped the flow just below it."""
     ceiling = dev.default_heap_bytes(floor.runtime)
-    found = dev.find_heap_floor(image, 16 * 1024, ceiling, step_bytes, on_probe=on_probe)
+    found = dev.find_heap_floor(image, 16 * 1024, ceiling, step_bytes, on_probe=on_probe, script=floor.flow.script)
     return {
         "runtime": floor.runtime,
         "flow": floor.flow.name,

@@ -237,7 +237,14 @@ def print_table(outcomes: list[Outcome]) -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the mutants and check their anchors; run nothing.")
 @click.option("--baseline/--no-baseline", default=True, help="First run the mapped tests on the unchanged code.")
 @click.option("--timeout", type=float, default=DEFAULT_TIMEOUT_S, show_default=True, help="Seconds per mutant.")
-def mutants_command(only: tuple[str, ...], fast: bool, list_only: bool, baseline: bool, timeout: float):
+@click.option(
+    "--score/--no-score",
+    default=None,
+    help="Also measure the I/O-free core's mutation score with mutmut (default: on for a full run).",
+)
+def mutants_command(
+    only: tuple[str, ...], fast: bool, list_only: bool, baseline: bool, timeout: float, score: bool | None
+):
     """Apply each promise mutant of host_tools/mutation/mutants.toml and check its tests catch it."""
     chosen = select(load(), only, fast)
     if list_only:
@@ -287,5 +294,11 @@ def mutants_command(only: tuple[str, ...], fast: bool, list_only: bool, baseline
         )
         + "\n"
     )
+    if score is None:
+        score = not (only or fast)
+    if score:
+        from host_tools.mutation.score import run_and_report
+
+        run_and_report()
     if not all(o.killed for o in outcomes):
         raise SystemExit(1)
