@@ -135,3 +135,18 @@ def test_paho_client_registers_with_qos0(emu, enrollment_doc):
     assert [topic.split("/")[3] for topic, _ in answers] == ["202", "200"]
     state = answers[-1][1]["registrationState"]
     assert state["deviceId"] == "dev-2" and state["trustBundle"]["id"] == "edge"
+
+
+def test_sdk_registers_under_the_preview_api_version(emu, enrollment_doc, proxy_factory, monkeypatch):
+    # The SDK reads its DPS api-version from azure.iot.device.constant at each CONNECT: under the preview version
+    # the firmware uses, the emulator answers the official client too, trust bundle included.
+    from azure.iot.device import constant
+
+    monkeypatch.setattr(constant, "PROVISIONING_API_VERSION", "2021-11-01-preview")
+    key = individual_key(enrollment_doc, "dev-1")
+    result, _ = sdk_register(emu, proxy_factory, "dev-1", key)
+    assert result.status == "assigned"
+    assert result.registration_state.assigned_hub == HUB and result.registration_state.device_id == "dev-1"
+    record = emu.registrations("dev-1")[-1]
+    assert record["api_version"] == "2021-11-01-preview"
+    assert record["trust_bundle"] and record["trust_bundle"]["certificates"]
