@@ -35,8 +35,11 @@ FROZEN_INPUTS := boards/unix/manifest.py $(shell find firmware/azprov -name '*.p
 # Byte-identical binaries from build to build: every embedded date is the pinned commit's (2026-08-19).
 export SOURCE_DATE_EPOCH := 1787097600
 MPY_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# The version string comes from git: without this, git would find this project's repository around the unpacked
+# tarball and stamp the binary with our commit (a different binary for every commit of ours).
+MPY_GIT_ENV := GIT_CEILING_DIRECTORIES=$(abspath build)
 # Unix-only ffi off in every variant: no libffi to install (none for i386), and an ESP32 has no ffi either.
-UNIX_MAKE = $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 BUILD=$(abspath $(RUNTIMES_DIR)/$(1)) \
+UNIX_MAKE = $(MPY_GIT_ENV) $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 BUILD=$(abspath $(RUNTIMES_DIR)/$(1)) \
 	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
 	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
 
@@ -85,7 +88,7 @@ $(MPY_SRC_OK): | $(APT_STAMP)
 
 $(MPY_CROSS_BIN): $(MPY_SRC_OK) | $(APT_STAMP)
 	@echo "building mpy-cross"
-	$(MAKE) -s -C $(MPY_SRC)/mpy-cross -j$(MPY_JOBS) >/dev/null
+	$(MPY_GIT_ENV) $(MAKE) -s -C $(MPY_SRC)/mpy-cross -j$(MPY_JOBS) >/dev/null
 	@mkdir -p $(RUNTIMES_DIR)
 	cp $(MPY_SRC)/mpy-cross/build/mpy-cross $@
 

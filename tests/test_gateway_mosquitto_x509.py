@@ -26,6 +26,9 @@ class MutualTlsMosquitto(Mosquitto):
         super().__init__(folder, server)
         with open(folder / "mosquitto.conf", "a") as conf:
             conf.write(f"cafile {client_ca}\nrequire_certificate true\nuse_identity_as_username true\n")
+        # The user name is the certificate's CN: the observer reads all telemetry, and a device may publish only under
+        # the id its certificate names (as IoT Hub ties an X.509 device's topics to its identity).
+        (folder / "acl").write_text("user observer\ntopic read devices/#\npattern write devices/%u/messages/events/#\n")
 
 
 def _observer(port: int, trust_root: Path, cert: Path, key: Path, received: list, ready: threading.Event):

@@ -203,3 +203,13 @@ def test_an_error_no_retry_can_fix_waits_at_the_cap(emulator, device):
         emu.update_enrollments(enrollment_doc([individual("off-dev", key)]))
         assert board.wait_done(timeout=60) == 0
     assert _registrations(emu) == 1 and _sequences(emu, "off-dev") == [0]
+
+
+def test_a_board_given_no_telemetry_count_keeps_sending(board_device):
+    # The field default: a board never stops on its own (a one-shot Unix run with the same file sends one message).
+    board = board_device("no-count")
+    emu = board_device.state["emu"]
+    with board:
+        board.wait_for("telemetry_acknowledged", 3, timeout=60)
+        assert board.status is None  # still running after the third message
+    assert _sequences(emu, "no-count")[:4] == [0, 0, 1, 2]  # the one-shot run's message, then the loop's

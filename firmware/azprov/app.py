@@ -201,6 +201,14 @@ def done(client_or_gateway, messages, store):
     )
 
 
+def telemetry_count(cfg, looping=False):
+    """Messages to send (0: until power-off); unset, a field device under the run loop never stops."""
+    count = cfg["telemetry_count"]
+    if count is None:
+        return 0 if looping else 1
+    return count
+
+
 def _telemetry_payload(cfg, sequence):
     return json.dumps(
         {
@@ -227,7 +235,7 @@ def run(cfg, store, make_payload=_telemetry_payload):
     gateway = _gateway(cfg, store, state)
     from azprov.gateway import backoff_s
 
-    count = cfg["telemetry_count"]  # 0: run until power-off
+    count = telemetry_count(cfg)  # 0: run until power-off
     sequence = 0
     failures = 0
     try:

@@ -36,7 +36,9 @@ _FIELDS = {
     "sas_ttl_s": (int, 3600),
     "force_reprovision": (bool, False),
     "wifi": (dict, None),
-    "telemetry_count": (int, 1),  # 0: keep sending until power-off
+    # Messages to send, 0: until power-off. Unset: 1 in a one-shot run (the Unix-port tests), 0 under the run loop,
+    # so a board that is given no count never stops sending (app.telemetry_count).
+    "telemetry_count": (int, None),
     "telemetry_interval_s": (int, 10),
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),
@@ -179,7 +181,7 @@ def parse(text, path="provisioning file"):
         "reset_after_failures",
         "ntp_resync_s",
     ):
-        if config[name] < 0:
+        if config[name] is not None and config[name] < 0:
             raise _error(path, name, "must not be negative")
     if config["registration_timeout_s"] < 5:  # less cannot fit one TLS handshake and an answer
         raise _error(path, "registration_timeout_s", "must be at least 5 seconds")

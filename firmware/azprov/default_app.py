@@ -70,11 +70,11 @@ class DefaultApp:
 
 def serve(client):
     """Runs the default application until `telemetry_count` messages were sent (0: forever); returns 0."""
-    from azprov.app import _telemetry_payload, done
+    from azprov.app import _telemetry_payload, done, telemetry_count
 
     app = DefaultApp(client)
     cfg = client.config
-    count = cfg["telemetry_count"]
+    count = telemetry_count(cfg)
     sequence = 0
     last_sent = None
     client.connect()

@@ -79,8 +79,8 @@ class Session:
                 extractor.feed(view[: stream.readinto(view)])
             buf = view = None
             return extractor.finish(), extractor.found
-        except MemoryError:
-            raise transport.too_large(stream.size)
+        except MemoryError:  # the rest of the answer or one of its certificates: not the whole answer at once
+            raise transport.too_large(stream.size, streamed=True)
 
     def _connect(self, deadline):
         cfg = self.config

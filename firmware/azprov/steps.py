@@ -117,11 +117,11 @@ class Flow:
         return False
 
     def _telemetry(self):
-        from azprov.app import _telemetry_payload
+        from azprov.app import _telemetry_payload, telemetry_count
 
         cfg = self.config
         client, application = self.client, self.app
-        count = cfg["telemetry_count"]  # 0: until power-off
+        count = telemetry_count(cfg, looping=True)  # 0: until power-off
         payload = self._make_payload or _telemetry_payload
         while not count or self.sequence < count:
             self._watch()

@@ -23,8 +23,10 @@ _COLLECT_BEFORE_BYTES = const(1024)
 _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
 DEFAULT_MAX_PACKET = const(16384)
-_MBEDTLS_FATAL_ALERT = const(-30592)  # MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: the peer sent a fatal alert
-_EPIPE = const(32)  # the peer closed while we were still writing (Linux and lwIP agree)
+# How a server that refuses the client certificate ends the handshake, as the client sees it: its fatal alert
+# (MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE), the end of the stream (MBEDTLS_ERR_SSL_CONN_EOF), a reset (ECONNRESET) or a
+# broken pipe while still writing (EPIPE); Linux and lwIP share these errno values.
+_HANDSHAKE_ENDED = (-30592, -29312, 104, 32)
 # Heap a received packet must leave free for what handles it (a DPS answer: one certificate of its trust bundle at a
 # time, its DER form and the TLS stack's check of it, plus the small parsed JSON).
 PACKET_HEADROOM = const(8192)
@@ -40,10 +42,15 @@ def packet_fits(n):
     return too_large(n, free)
 
 
-def too_large(n, free=None):
+def too_large(n, free=None, streamed=False):
+    """The OUT_OF_MEMORY error for an n-byte message, naming its size and the free heap."""
     if free is None:
         gc.collect()
         free = gc.mem_free()
+    if streamed:
+        return ProvisioningError(
+            errors.OUT_OF_MEMORY, "a %d-byte message does not fit: %d bytes of heap free while it streamed" % (n, free)
+        )
     return ProvisioningError(
         errors.OUT_OF_MEMORY,
         "a %d-byte message does not fit: %d bytes of heap free, %d needed in one block and after it"
@@ -286,10 +293,10 @@ class _TimedContext:
         try:
             tls = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
         except OSError as exc:
-            if self._client_certificate and exc.args and exc.args[0] in (_MBEDTLS_FATAL_ALERT, _EPIPE):
-                # The server ended the handshake (with an alert, or by closing: which one depends on timing) after
-                # our certificate went out: it does not accept it (unknown CA, missing intermediate, or a key that
-                # does not match the certificate).
+            if self._client_certificate and exc.args and exc.args[0] in _HANDSHAKE_ENDED:
+                # The server ended the handshake after our certificate went out: it does not accept it (unknown CA,
+                # missing intermediate, or a key that does not match the certificate). Whether that shows as its
+                # alert, an end of stream, a reset or a broken pipe depends on timing.
                 raise ProvisioningError(
                     errors.AUTHENTICATION,
                     "the server ended the TLS handshake after the device certificate (refused it: code %s)"

@@ -161,3 +161,16 @@ def test_run_loop_fields_have_defaults_and_bounds():
         (_with(ntp_resync_s=-5), "ntp_resync_s"),
     ]:
         assert field in _error(text), field
+
+
+def test_unset_telemetry_count_sends_until_power_off_under_the_run_loop():
+    # A field device given no count must never stop sending; a one-shot run (the Unix-port tests) sends one.
+    from azprov.app import telemetry_count
+
+    cfg = config.parse(_with(), "provisioning.json")
+    assert cfg["telemetry_count"] is None
+    assert telemetry_count(cfg) == 1
+    assert telemetry_count(cfg, looping=True) == 0
+    for given in (0, 5):
+        cfg = config.parse(_with(telemetry_count=given), "provisioning.json")
+        assert telemetry_count(cfg) == given and telemetry_count(cfg, looping=True) == given
