@@ -65,7 +65,10 @@ def test_each_refusal_reads_file_field_and_rule():
         (_x509(private_key_file=" "), "private_key_file must not be empty"),
         (_x509(certificate_expiry_warning_days=3651), "certificate_expiry_warning_days must be between 0 and 3650"),
         (_x509(certificate_expiry_warning_days=-1), "certificate_expiry_warning_days must be between 0 and 3650"),
-        (_x509(registration_id="x" * 65), "registration_id must be at most 64 characters with x509 (it is the certificate's CN)"),
+        (
+            _x509(registration_id="x" * 65),
+            "registration_id must be at most 64 characters with x509 (it is the certificate's CN)",
+        ),
         ({"attestation": "tpm"}, 'attestation must be "symmetric_key" or "x509"'),
         ({"dps_ca_file": "  "}, "dps_ca_file must not be empty"),
         ({"dps_host": "-dps.example"}, "dps_host " + host),

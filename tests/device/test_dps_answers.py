@@ -37,7 +37,9 @@ def test_username_is_exact_with_and_without_client_version():
     base = "0ne00000001/registrations/dev-1/api-version=2021-11-01-preview"
     assert dps.username("0ne00000001", "dev-1") == base
     assert dps.username("0ne00000001", "dev-1", "") == base
-    assert dps.username("0ne00000001", "dev-1", "azprov/1.0 (esp32)") == base + "&ClientVersion=azprov%2F1.0%20%28esp32%29"
+    assert (
+        dps.username("0ne00000001", "dev-1", "azprov/1.0 (esp32)") == base + "&ClientVersion=azprov%2F1.0%20%28esp32%29"
+    )
 
 
 def test_topic_parsing_edges():
@@ -109,7 +111,7 @@ def test_service_error_fields_are_taken_only_when_well_typed():
     exc = dps.service_error(404, b'{"errorCode":"404001","trackingId":7,"message":""}', 3)
     assert (exc.kind, exc.error_code, exc.tracking_id, exc.retry_after) == (errors.NOT_FOUND, None, None, 3)
     assert exc.message == "DPS answered status 404"
-    exc = dps.service_error(503, b'[1]')
+    exc = dps.service_error(503, b"[1]")
     assert (exc.kind, exc.message, exc.retry_after) == (errors.SERVICE_UNAVAILABLE, "DPS answered status 503", None)
     exc = dps.service_error(401, '{"errorCode":401002,"trackingId":"t","message":"bad sig"}')
     assert (exc.kind, exc.error_code, exc.tracking_id, exc.message) == (errors.AUTHENTICATION, 401002, "t", "bad sig")
@@ -126,10 +128,26 @@ def test_each_malformed_answer_has_its_message_and_status():
         (200, b'{"operationId":"4.a"}', "response has no status"),
         (200, b'{"status":"assigning","operationId":5}', "operationId is not a string"),
         (202, b'{"status":"assigning","operationId":""}', "202 without operationId"),
-        (202, b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":"d"}}', "202 without operationId"),
-        (200, b'{"status":"assigned","registrationState":{"deviceId":"d"}}', "registrationState.assignedHub is missing or not a string"),
-        (200, b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":""}}', "registrationState.deviceId is missing or not a string"),
-        (200, b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":"d","substatus":1}}', "registrationState.substatus is missing or not a string"),
+        (
+            202,
+            b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":"d"}}',
+            "202 without operationId",
+        ),
+        (
+            200,
+            b'{"status":"assigned","registrationState":{"deviceId":"d"}}',
+            "registrationState.assignedHub is missing or not a string",
+        ),
+        (
+            200,
+            b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":""}}',
+            "registrationState.deviceId is missing or not a string",
+        ),
+        (
+            200,
+            b'{"status":"assigned","registrationState":{"assignedHub":"h","deviceId":"d","substatus":1}}',
+            "registrationState.substatus is missing or not a string",
+        ),
         (200, b'{"status":"assigned"}', "registrationState.assignedHub is missing or not a string"),
         (200, b'{"status":"gone"}', "unknown registration status"),
         (201, b'{"status":"assigned"}', "unexpected status 201"),
@@ -153,7 +171,9 @@ def test_failed_and_disabled_outcomes_in_full():
     exc = _answer(b'{"status":"failed","trackingId":"tr-9","registrationState":{"errorCode":"x","errorMessage":""}}')
     assert (exc.kind, exc.status, exc.message) == (errors.ASSIGNMENT_FAILED, 200, "assignment failed")
     assert (exc.error_code, exc.tracking_id) == (None, "tr-9")
-    exc = _answer(b'{"status":"failed","trackingId":3,"registrationState":{"errorCode":400209,"errorMessage":"no hub"}}')
+    exc = _answer(
+        b'{"status":"failed","trackingId":3,"registrationState":{"errorCode":400209,"errorMessage":"no hub"}}'
+    )
     assert (exc.error_code, exc.tracking_id, exc.message) == (400209, None, "no hub")
     exc = _answer(b'{"status":"failed"}')
     assert (exc.kind, exc.error_code, exc.message) == (errors.ASSIGNMENT_FAILED, None, "assignment failed")

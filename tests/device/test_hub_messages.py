@@ -61,12 +61,20 @@ def test_twin_responses_at_their_edges():
     assert (m.rid, m.version, m.body, m.error) == ("r" * 64, None, None, None)
     m = _twin(200, "?$rid=2", b'{"desired": {"$version": 1}}')
     assert m.body == {"desired": {"$version": 1}}
-    for query, message in (("?$rid=" + "r" * 65, "twin response has no usable $rid"), ("?$rid=", "twin response has no usable $rid"), ("?$rid=1&$version=v2", "twin response $version is not a whole number")):
+    for query, message in (
+        ("?$rid=" + "r" * 65, "twin response has no usable $rid"),
+        ("?$rid=", "twin response has no usable $rid"),
+        ("?$rid=1&$version=v2", "twin response $version is not a whole number"),
+    ):
         exc = _error(_twin, 200, query)
         assert (exc.kind, exc.message) == (errors.MALFORMED_RESPONSE, message), query
     exc = _error(_twin, "ok", "?$rid=1")
     assert exc.message == "twin response status is not a whole number"
-    for body, message in ((b"{x", "twin response body is not valid JSON"), (b"[1]", "twin response body is not a JSON object"), (b"\xff", "twin response body is not valid JSON")):
+    for body, message in (
+        (b"{x", "twin response body is not valid JSON"),
+        (b"[1]", "twin response body is not a JSON object"),
+        (b"\xff", "twin response body is not valid JSON"),
+    ):
         m = _twin(200, "?$rid=3", body)
         assert m.body is None and (m.error.kind, m.error.message) == (errors.MALFORMED_RESPONSE, message), body
 
@@ -145,8 +153,14 @@ def test_twin_document_checks_both_sections():
         (b"", "twin GET answer is empty"),
         (b'{"desired": {"$version": 3}}', "twin GET answer has no reported object"),
         (b'{"desired": [], "reported": {"$version": 1}}', "twin GET answer has no desired object"),
-        (b'{"desired": {"$version": 3}, "reported": {"$version": false}}', "twin GET answer's reported has no whole-number $version"),
-        (b'{"desired": {"$version": "3"}, "reported": {"$version": 1}}', "twin GET answer's desired has no whole-number $version"),
+        (
+            b'{"desired": {"$version": 3}, "reported": {"$version": false}}',
+            "twin GET answer's reported has no whole-number $version",
+        ),
+        (
+            b'{"desired": {"$version": "3"}, "reported": {"$version": 1}}',
+            "twin GET answer's desired has no whole-number $version",
+        ),
     ):
         exc = _error(hub.twin_document, _twin(200, "?$rid=1", body))
         assert (exc.kind, exc.message) == (errors.MALFORMED_RESPONSE, message), body
