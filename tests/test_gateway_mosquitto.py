@@ -20,9 +20,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools.board.unix_port import run_device
 from host_tools.provisioning import pki
-from tests.helpers import enrollment_doc, free_port, individual, new_key, parse_result, wait_for_port
+from tests.helpers import enrollment_doc, free_port, individual, new_key, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is installed by `make test`")
@@ -79,14 +78,6 @@ def _subscriber(port: int, trust_root: Path, received: list, ready: threading.Ev
     return client
 
 
-TELEMETRY_ONLY = "import sys\nfrom azprov.app import main\nsys.exit(main('provisioning.json', hub_features=False))\n"
-
-
-def _run_telemetry_only(dev):
-    (dev.root / "telemetry_only.py").write_text(TELEMETRY_ONLY)
-    return parse_result(run_device(dev.root, script="telemetry_only.py", runtime=dev.runtime))
-
-
 def _setup(emulator, device, tmp_path, server_for):
     key = new_key()
     emu = emulator(enrollment_doc([individual("mqtt-dev", key)]))
@@ -104,7 +95,7 @@ def test_telemetry_acknowledged_by_mosquitto_behind_trust_bundle(emulator, devic
         observer = _subscriber(broker.port, Path(emu.info["pki"]["trust_root"]), received, ready)
         observer.loop_start()
         assert ready.wait(10)
-        result = _run_telemetry_only(dev)
+        result = dev.run_telemetry_only()
         observer.loop_stop()
         observer.disconnect()
     assert result.status == 0, result.output
@@ -120,7 +111,7 @@ def test_broker_certificate_for_another_host_is_refused(emulator, device, tmp_pa
         emulator, device, tmp_path, lambda ca: pki.make_server_cert(ca, ["not-the-gateway.example"])
     )
     with broker:
-        result = _run_telemetry_only(dev)
+        result = dev.run_telemetry_only()
     assert result.status == 1
     assert result.event("registered")
     assert result.error["kind"] == "tls_verification"
@@ -135,7 +126,7 @@ def test_broker_certificate_from_another_root_is_refused(emulator, device, tmp_p
         lambda ca: pki.make_server_cert(pki.make_intermediate(pki.make_root()), ["localhost"]),
     )
     with broker:
-        result = _run_telemetry_only(dev)
+        result = dev.run_telemetry_only()
     assert result.status == 1
     assert result.error["kind"] == "tls_verification"
 

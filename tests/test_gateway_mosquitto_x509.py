@@ -12,9 +12,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools.board.unix_port import run_device
 from host_tools.provisioning import pki
-from tests.helpers import HUB, enrollment_doc, parse_result
+from tests.helpers import HUB, enrollment_doc
 from tests.test_gateway_mosquitto import MOSQUITTO, Mosquitto
 from tests.test_x509 import x509_device, x509_group, x509_individual
 
@@ -40,15 +39,6 @@ def _observer(port: int, trust_root: Path, cert: Path, key: Path, received: list
     return client
 
 
-def _run_telemetry_only(dev):
-    # Mosquitto is a plain broker: no twin or methods, so the telemetry-only flow (the hub features' twin GET would
-    # wait for an answer that never comes).
-    (dev.root / "telemetry_only.py").write_text(
-        "import sys\nfrom azprov.app import main\nsys.exit(main('provisioning.json', hub_features=False))\n"
-    )
-    return parse_result(run_device(dev.root, timeout=120, script="telemetry_only.py", runtime=dev.runtime))
-
-
 def _broker(emu, tmp_path, group_ca) -> MutualTlsMosquitto:
     edge_ca = pki.load_issued(emu.info["pki"]["edge_ca"], emu.info["pki"]["edge_ca_key"])
     return MutualTlsMosquitto(tmp_path / "mosquitto", pki.make_server_cert(edge_ca, ["localhost"]), group_ca.root)
@@ -69,7 +59,7 @@ def test_telemetry_over_mutual_tls_to_mosquitto(emulator, device, tmp_path):
         )
         observer.loop_start()
         assert ready.wait(10)
-        result = _run_telemetry_only(dev)
+        result = dev.run_telemetry_only()
         observer.loop_stop()
         observer.disconnect()
     assert result.status == 0, result.output
@@ -89,7 +79,7 @@ def test_mosquitto_refuses_a_certificate_of_another_ca(emulator, device, tmp_pat
     broker = _broker(emu, tmp_path, group_ca)
     dev = x509_device(device, emu, "mtls-stranger", cert, key, gateway_host="localhost", gateway_port=broker.port)
     with broker:
-        result = _run_telemetry_only(dev)
+        result = dev.run_telemetry_only()
     assert result.status == 1, result.output
     assert result.event("registered")
     assert result.error["kind"] == "authentication", result.output

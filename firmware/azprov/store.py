@@ -214,12 +214,14 @@ class Store:
     def load(self):
         """The committed state (a dict) or None on a fresh device. Finishes an interrupted commit; raises a STORAGE
         error when the files are corrupt or disagree (the caller registers again)."""
+        renamed = False  # state.json to be renamed into place once every check passed (a rejected load changes nothing)
         try:
             text = read_bounded(self.state_path, _MAX_STATE_BYTES)
         except OSError:
-            state = self._finish_state_rename()
+            state = self._complete_tmp_state()
             if state is None:
                 return None
+            renamed = True
         else:
             if text is None:
                 raise _corrupt("state.json is too large")
@@ -236,20 +238,23 @@ class Store:
         if bundle is None:
             _remove(self.pem_path)
             _remove(staged)
-            return state
-        if file_sha256(self.pem_path) == bundle["pem_sha256"]:
-            _remove(staged)
-        elif file_sha256(staged) == bundle["pem_sha256"]:
-            os.rename(staged, self.pem_path)
         else:
-            raise _corrupt("trust_bundle.pem does not match state.json")
-        self._check_certificates(bundle["certificates"])
+            if file_sha256(self.pem_path) == bundle["pem_sha256"]:
+                _remove(staged)
+            elif file_sha256(staged) == bundle["pem_sha256"]:
+                os.rename(staged, self.pem_path)
+            else:
+                raise _corrupt("trust_bundle.pem does not match state.json")
+            self._check_certificates(bundle["certificates"])
+        if renamed:
+            os.rename(self.state_path + _TMP, self.state_path)
         return state
 
-    def _finish_state_rename(self):
+    def _complete_tmp_state(self):
         # On FAT, renaming onto an existing file is "remove it, then rename" (MicroPython's VfsFat): a power cut in
         # between leaves no state.json, only the temporary file, which was complete and closed before the old
         # state.json was removed. A temporary file that is not a complete state is a cut before the commit point.
+        # The caller renames it into place once the bundle it names checks out.
         tmp = self.state_path + _TMP
         try:
             text = read_bounded(tmp, _MAX_STATE_BYTES)
@@ -260,7 +265,6 @@ class Store:
             _check_state(state)
         except (OSError, ValueError, UnicodeError, ProvisioningError):
             return None
-        os.rename(tmp, self.state_path)
         return state
 
     def _check_certificates(self, listed):

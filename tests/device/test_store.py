@@ -206,3 +206,29 @@ def test_rename_cut_between_remove_and_rename_is_finished():
     os.remove(_DIR + "/state.json")
     assert store.Store(_DIR).load() is None
     _clean()
+
+
+def test_rename_left_unfinished_when_its_bundle_is_damaged():
+    # A complete state.json.tmp whose trust bundle no longer matches is refused, and refusing changes nothing:
+    # the temporary file stays where it was (a later registration replaces it).
+    import json
+
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    committed = _read(_DIR + "/state.json")
+    os.rename(_DIR + "/state.json", _DIR + "/state.json.tmp")
+    with open(_DIR + "/trust_bundle.pem", "w") as f:
+        f.write("damaged")
+    try:
+        store.Store(_DIR).load()
+        raise AssertionError("a damaged bundle was accepted")
+    except ProvisioningError as exc:
+        assert exc.kind == errors.STORAGE
+    assert _read(_DIR + "/state.json.tmp") == committed
+    try:
+        os.stat(_DIR + "/state.json")
+        raise AssertionError("state.json was renamed into place although the load was refused")
+    except OSError:
+        pass
+    assert json.loads(committed)["trust_bundle"] is not None
+    _clean()
