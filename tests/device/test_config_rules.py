@@ -73,6 +73,7 @@ def test_each_refusal_reads_file_field_and_rule():
         ({"dps_ca_file": "  "}, "dps_ca_file must not be empty"),
         ({"dps_host": "-dps.example"}, "dps_host " + host),
         ({"gateway_host": "gw.example."}, "gateway_host " + host),
+        ({"dps_host": "d" * 254}, "dps_host " + host),
         ({"ntp_host": "pool ntp.org"}, "ntp_host " + host),
         ({"id_scope": "0ne0000001"}, "id_scope must be 0ne followed by 8 letters or digits, e.g. 0ne00AAAAAA"),
         ({"storage_dir": "state\\..\\up"}, "storage_dir must not contain '..'"),
@@ -114,6 +115,15 @@ def test_whole_file_refusals_name_the_file():
     assert _message("{oops") == PATH + ": not valid JSON"
     assert _message("[1]") == PATH + ": must be a JSON object"
     assert _message('"text"', "prov.json") == "prov.json: must be a JSON object"
+    try:
+        config.parse("{oops")
+    except ProvisioningError as exc:
+        assert exc.message == "provisioning file: not valid JSON"
+    else:
+        raise AssertionError("accepted")
+    # MicroPython parses this nesting and refuses the field; CPython's parser refuses the file.
+    deep = _doc({}).replace('"dps_ca_file"', '"payload": ' + "[" * 1500 + "]" * 1500 + ', "dps_ca_file"')
+    assert _message(deep) in (PATH + ": JSON nested too deeply", PATH + ": payload is nested too deeply")
 
 
 def test_every_limit_itself_is_accepted():
@@ -122,6 +132,7 @@ def test_every_limit_itself_is_accepted():
         {"dps_host": "a"},
         {"dps_host": "d" * 253},
         {"gateway_host": "gw-1.example", "ntp_host": "pool.ntp.org"},
+        {"dps_host": "X.example.X"},
         {"dps_port": 1, "gateway_port": 65535},
         {"registration_id": "r" * 128},
         {"registration_id": "a.b-c_d:eX"},
@@ -167,6 +178,7 @@ def test_relative_files_resolve_beside_the_provisioning_file():
         ("/provisioning.json", "/certs/dps-root.pem", "/azprov_state"),
         ("/flash/provisioning.json", "/flash/certs/dps-root.pem", "/flash/azprov_state"),
         ("a/provisioning.json", "a/certs/dps-root.pem", "a/azprov_state"),
+        ("/sd/BOX/provisioning.json", "/sd/BOX/certs/dps-root.pem", "/sd/BOX/azprov_state"),
         ("provisioning.json", "certs/dps-root.pem", "azprov_state"),
     ]
     for path, ca, state in cases:
@@ -195,6 +207,14 @@ def test_load_refusals_name_the_file():
         assert exc.kind == errors.CONFIGURATION and exc.message == "missing.json: provisioning file cannot be read"
     else:
         raise AssertionError("loaded a missing file")
+    with open("broken.json", "w") as f:
+        f.write("{oops")
+    try:
+        config.load("broken.json")
+    except ProvisioningError as exc:
+        assert exc.message == "broken.json: not valid JSON"
+    else:
+        raise AssertionError("loaded broken JSON")
     with open("ok.json", "w") as f:
         f.write(_doc({}))
     assert config.load("ok.json")["dps_ca_file"] == "certs/dps-root.pem"
