@@ -98,6 +98,8 @@ def test_transient_statuses_and_their_limits():
         assert exc.message == "DPS answered status %d" % status
     exc = _answer(b"", status=499)
     assert (exc.kind, exc.status, exc.message) == (errors.BAD_REQUEST, 499, "DPS answered status 499")
+    exc = _error(_started().on_message, _topic(403, "1", "&retry-after=60"), b"")
+    assert (exc.kind, exc.status, exc.retry_after) == (errors.BAD_REQUEST, 403, 60)
     exc = _answer(b"", status=429, max_attempts=1)
     assert exc.kind == errors.THROTTLED
 
