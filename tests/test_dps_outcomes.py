@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.provisioning import pki
-from host_tools.provisioning.provision_file import derive_device_key
+from host_tools.provisioning.device_keys import derive_device_key
 from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
 
 FAST = ("--fault", "retry_after=0")
