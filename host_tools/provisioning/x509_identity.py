@@ -52,8 +52,10 @@ def plan_identity(
     """The files of an X.509 device: given ones (copied to certs/), or a new device certificate (CN = registration id,
     EC P-256 or RSA 2048) issued by the group CA. When that CA is an intermediate, it (and any chain after it in its
     file) follows the device certificate, as the device must send it."""
-    from host_tools.provisioning import pki
+    from host_tools.provisioning.certificates import PkiError
     from host_tools.provisioning.device_rules import RuleError, read_bounded
+    from host_tools.provisioning.pki_files import load_issued
+    from host_tools.provisioning.x509_group_ca import make_device_cert, private_key_bytes
 
     if certificate_file is not None or private_key_file is not None:
         if certificate_file is None or private_key_file is None or group_ca is not None:
@@ -72,16 +74,16 @@ def plan_identity(
             "(--group-ca, --group-ca-key)"
         )
     try:
-        ca = pki.load_issued(group_ca, group_ca_key)
-        issued = pki.make_device_cert(ca, registration_id, key_type)
-    except pki.PkiError as exc:
+        ca = load_issued(group_ca, group_ca_key)
+        issued = make_device_cert(ca, registration_id, key_type)
+    except PkiError as exc:
         raise ProvisioningFileError(str(exc)) from None
     cert_bytes = issued.cert_pem(with_chain=True)
     return IdentityPlan(
         f"certs/{registration_id}.pem",
         f"certs/{registration_id}-key.pem",
         cert_bytes,
-        pki.private_key_bytes(issued.key, "pkcs8", "pem"),
+        private_key_bytes(issued.key, "pkcs8", "pem"),
     )
 
 
