@@ -59,21 +59,19 @@ def _error(path, field, message):
     return ProvisioningError(errors.CONFIGURATION, "%s: %s %s" % (path, field, message))
 
 
-def _depth(value):
-    """How deeply `value` nests (a scalar is 0), counted without recursion."""
-    deepest = 0
+def _too_deep(value):
+    """True when `value` nests lists or objects _MAX_DEPTH levels deep or more, found without recursion."""
     todo = [(value, 1)]
     while todo:
         item, level = todo.pop()
         if isinstance(item, dict):
             item = list(item.values())
         if isinstance(item, list):
-            if level > deepest:
-                deepest = level
-            if level <= _MAX_DEPTH:
-                for inner in item:
-                    todo.append((inner, level + 1))
-    return deepest
+            if level >= _MAX_DEPTH:
+                return True
+            for inner in item:
+                todo.append((inner, level + 1))
+    return False
 
 
 def _is_host_name(text):
@@ -120,7 +118,7 @@ def parse(text, path="provisioning file"):
     if not isinstance(raw, dict):
         raise ProvisioningError(errors.CONFIGURATION, "%s: must be a JSON object" % path)
     for name in raw:
-        if _depth(raw[name]) > _MAX_DEPTH - 1:
+        if _too_deep(raw[name]):
             raise _error(path, name, "is nested too deeply")
     config = {}
     for name, (kind, default) in _FIELDS.items():
@@ -160,10 +158,10 @@ def parse(text, path="provisioning file"):
         )
     if config["attestation"] == "symmetric_key":
         try:
-            key = b64decode(config["symmetric_key"])
+            short = len(b64decode(config["symmetric_key"])) < 16
         except ValueError:
-            key = b""
-        if len(key) < 16:
+            short = True
+        if short:
             # The key itself is never echoed.
             raise _error(path, "symmetric_key", "must be a base64 key of at least 16 bytes")
     elif len(reg_id) > 64:

@@ -101,3 +101,18 @@ def test_check_utf8_refuses_what_only_a_lax_decoder_takes():
         bytearray(b"\xc0\xaf"),
     ):
         assert _refused(check_utf8, bad, UnicodeError), bad
+
+
+def test_b64_refusals_say_which_rule_broke():
+    # The text reaches the user: a private key file with bad base64 is reported with it (azprov.identity).
+    for bad, message in (
+        ("Zm9v!", "invalid base64 character"),
+        (b"Zm9v\n", "invalid base64 character"),
+        ("Zm9vY", "invalid base64 length"),
+    ):
+        try:
+            b64decode(bad)
+        except ValueError as exc:
+            assert str(exc) == message, (bad, str(exc))
+        else:
+            raise AssertionError("accepted %r" % (bad,))
