@@ -132,11 +132,8 @@ def _gateway(cfg, store, state):
     return Gateway(cfg, state["assignment"], (read_text(cfg["dps_ca_file"], "dps_ca_file"),), "dps_ca_file")
 
 
-def open_client(cfg, store):
-    """A Client (azprov.client) for this device: the cached assignment, or a new registration; not yet connected.
-    A cached assignment the gateway refuses is replaced by a fresh registration, keeping the handlers."""
-    from azprov.client import Client
-
+def assigned_state(cfg, store):
+    """(state, fresh): the cached assignment when it is usable, else a new registration (fresh True)."""
     state = _cached_state(cfg, store)
     fresh = state is None
     if fresh:
@@ -148,6 +145,15 @@ def open_client(cfg, store):
             ("device_id", state["assignment"]["device_id"]),
         )
     log.debug("step", ("name", "gateway"))
+    return state, fresh
+
+
+def open_client(cfg, store):
+    """A Client (azprov.client) for this device: the cached assignment, or a new registration; not yet connected.
+    A cached assignment the gateway refuses is replaced by a fresh registration, keeping the handlers."""
+    from azprov.client import Client
+
+    state, fresh = assigned_state(cfg, store)
 
     def reprovision():
         client.gateway.close()
@@ -221,17 +227,7 @@ def _telemetry_payload(cfg, sequence):
 
 
 def run(cfg, store, make_payload=_telemetry_payload):
-    state = _cached_state(cfg, store)
-    fresh = state is None
-    if fresh:
-        state = provision(cfg, store)
-    else:
-        log.info(
-            "using_cached_assignment",
-            ("hub", state["assignment"]["assigned_hub"]),
-            ("device_id", state["assignment"]["device_id"]),
-        )
-    log.debug("step", ("name", "gateway"))
+    state, fresh = assigned_state(cfg, store)
     gateway = _gateway(cfg, store, state)
     from azprov.gateway import backoff_s
 

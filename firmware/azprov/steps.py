@@ -78,20 +78,13 @@ class Flow:
 
         if self.state is not None and not self.reprovision:
             return False
-        state = None
         if self.reprovision:
             log.info("reprovision_requested")
+            state, fresh = app.provision(self.config, self.store), True
         else:
-            state = app._cached_state(self.config, self.store)
-        if state is None:
-            state = app.provision(self.config, self.store)
+            state, fresh = app.assigned_state(self.config, self.store)
+        if fresh:
             self.fresh = True
-        else:
-            log.info(
-                "using_cached_assignment",
-                ("hub", state["assignment"]["assigned_hub"]),
-                ("device_id", state["assignment"]["device_id"]),
-            )
         self.state = state
         self.reprovision = False
         self._close_gateway()
