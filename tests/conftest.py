@@ -81,7 +81,7 @@ def device(tmp_path, runtime):
 @pytest.fixture
 def provisioning(tmp_path) -> Path:
     """A valid provisioning file with its CA file (certs/dps-root.pem beside it)."""
-    from host_tools.provisioning.provision_file import DeviceSettings, create_provisioning_file
+    from host_tools.provisioning.writing import DeviceSettings, create_provisioning_file
     from tests.host_helpers import DEVICE_KEY
 
     path = tmp_path / "prov" / "provisioning.json"

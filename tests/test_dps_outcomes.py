@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from host_tools.provisioning import pki
-from host_tools.provisioning.provision_file import derive_device_key
+from host_tools.provisioning.device_keys import derive_device_key
 from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
 
 FAST = ("--fault", "retry_after=0")
@@ -244,7 +245,7 @@ def test_trust_bundle_rotation_null_and_unchanged(emulator, device, tmp_path):
     assert rotated.event("trust_bundle_stored")["certificates"] == "2"
     stored = (dev.storage / "trust_bundle.pem").read_text()
     assert stored.count("BEGIN CERTIFICATE") == 2
-    gone = first[1].cert.public_bytes(pki.serialization.Encoding.PEM).decode().strip()
+    gone = first[1].cert.public_bytes(serialization.Encoding.PEM).decode().strip()
     assert gone not in stored
 
     # A null bundle removes what DPS installed earlier.

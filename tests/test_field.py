@@ -11,7 +11,7 @@ import time
 import pytest
 
 from host_tools.board.unix_port import device_command, device_env
-from host_tools.provisioning.provision_file import derive_device_key
+from host_tools.provisioning.device_keys import derive_device_key
 from tests.helpers import ID_SCOPE, assert_no_secret, enrollment_doc, individual, new_key, parse_result
 from tests.secrets_scan import Signer, private_key_lines, scan
 

@@ -22,7 +22,7 @@ class Flow:
     """What the device does while its floor is measured (always the whole flow: DPS, bundle, gateway, telemetry)."""
 
     name: str
-    pki_profile: str = "lab"  # host_tools/provisioning/pki.py PROFILES
+    pki_profile: str = "lab"  # host_tools/provisioning/emulator_pki.py PROFILES
     bundle_roots: int = dev.BUNDLE_CERTIFICATES  # trust bundle: decoy roots of the profile's kind, trust root last
     provisioning: dict = field(default_factory=dict, hash=False, compare=False)  # extra provisioning.json fields
     x509: bool = False  # an X.509 device (EC P-256 certificate + intermediate, group enrollment) instead of a key

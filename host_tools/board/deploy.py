@@ -75,7 +75,7 @@ def provisioning_files(provisioning: Path) -> list[DeployFile]:
 
     A dps_ca_file that is relative and inside the provisioning file's folder keeps its path and the file is copied
     byte for byte; any other is put in certs/ and the board's copy of the provisioning file names it there."""
-    from host_tools.provisioning.provision_file import (
+    from host_tools.provisioning.validation import (
         ProvisioningFileError,
         validate_provisioning_file,
     )

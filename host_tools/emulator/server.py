@@ -27,7 +27,7 @@ from host_tools.emulator.enrollments import EnrollmentStore, write_enrollments
 from host_tools.emulator.gateway import GatewayEndpoint
 from host_tools.emulator.hub import HubService
 from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic
-from host_tools.provisioning.pki import EmulatorPki, ensure_emulator_pki
+from host_tools.provisioning.emulator_pki import EmulatorPki, ensure_emulator_pki
 
 log = logging.getLogger("host_tools.emulator")
 # Test mode only (--record-credentials): every CONNECT user name and password received, one JSON line each.

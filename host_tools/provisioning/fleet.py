@@ -8,27 +8,18 @@ from pathlib import Path
 
 import click
 
-from host_tools.provisioning.provision_file import (
-    ProvisioningFileError,
-    _check_writable,
-    _refuse_existing,
-    _write_atomic,
-    _write_private,
-    _writing,
-    check_config,
-    decode_key,
-    derive_device_key,
-    file_text,
-    judge_planned_identity,
+from host_tools.provisioning.device_keys import decode_key, derive_device_key
+from host_tools.provisioning.provision_file import read_group_key, settings_from_options, settings_options, x509_options
+from host_tools.provisioning.validation import ProvisioningFileError, check_config, file_text
+from host_tools.provisioning.writing import (
+    as_file_error,
+    check_writable,
     plan_ca_file,
-    plan_identity,
-    read_group_key,
-    settings_from_options,
-    settings_options,
-    write_identity,
-    x509_config,
-    x509_options,
+    refuse_existing,
+    write_atomic,
+    write_private,
 )
+from host_tools.provisioning.x509_identity import judge_planned_identity, plan_identity, write_identity, x509_config
 
 MAX_COUNT = 100_000  # a fleet file each; more is a job for a database, not a folder
 
@@ -107,21 +98,21 @@ def fleet(
         # Everything is checked before the first file is written: what exists, the CA file, every device's file.
         if out_dir.exists() and not out_dir.is_dir():
             raise ProvisioningFileError(f"{out_dir}: is not a folder")
-        _refuse_existing(index_path, force)
+        refuse_existing(index_path, force)
         plan = plan_ca_file(out_dir, ca_file, force)
         files = []
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("checking", total=len(ids))
             for registration_id in ids:
                 path = out_dir / f"{registration_id}.json"
-                _refuse_existing(path, force)
+                refuse_existing(path, force)
                 identity = None
                 if x509:
                     identity = plan_identity(
                         registration_id, group_ca=group_ca, group_ca_key=group_ca_key, key_type=key_type
                     )
                     for name in (identity.cert_name, identity.key_name):
-                        _refuse_existing(out_dir / name, force)
+                        refuse_existing(out_dir / name, force)
                     config = x509_config(
                         device_settings, registration_id, plan.name, identity.cert_name, identity.key_name
                     )
@@ -136,7 +127,7 @@ def fleet(
                     judge_planned_identity(config, identity, str(path))
                 files.append((registration_id, path, file_text(config), identity))
                 progress.advance(task)
-        _check_writable(out_dir)
+        check_writable(out_dir)
         index = {
             "id_scope": device_settings.id_scope,
             "dps_host": device_settings.dps_host,
@@ -144,18 +135,18 @@ def fleet(
             "devices": [{"registration_id": r, "file": p.name} for r, p, _, _ in files],
         }
         if plan.content is not None:
-            _writing(plan.target, lambda: _write_atomic(plan.target, plan.content, 0o644))
+            as_file_error(plan.target, lambda: write_atomic(plan.target, plan.content, 0o644))
         written = []
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("provisioning files", total=len(files))
             for registration_id, path, text, identity in files:
                 if identity is not None:
                     write_identity(out_dir, identity)
-                _writing(path, lambda: _write_private(path, text))  # noqa: B023 (called at once)
+                as_file_error(path, lambda: write_private(path, text))  # noqa: B023 (called at once)
                 written.append((registration_id, path))
                 progress.advance(task)
         data = (json.dumps(index, indent=2) + "\n").encode()
-        _writing(index_path, lambda: _write_atomic(index_path, data, 0o644))
+        as_file_error(index_path, lambda: write_atomic(index_path, data, 0o644))
     except ProvisioningFileError as exc:
         raise click.ClickException(str(exc)) from None
 

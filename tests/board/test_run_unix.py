@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from host_tools.board import unix_port
-from host_tools.provisioning.provision_file import DeviceSettings, create_provisioning_file
+from host_tools.provisioning.writing import DeviceSettings, create_provisioning_file
 from tests.host_helpers import DEVICE_KEY
 
 pytestmark = pytest.mark.timeout(120)

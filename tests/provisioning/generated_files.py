@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools.provisioning.provision_file import load_schema, public_dps_roots_pem
+from host_tools.provisioning.dps_roots import public_dps_roots_pem
+from host_tools.provisioning.validation import load_schema
 from tests.host_helpers import DEVICE_KEY
 
 CA_NAME = "certs/ca.pem"

@@ -83,7 +83,7 @@ def _leaks(text: str, secrets=SECRETS) -> list[str]:
 
 def provisioning_cases(root: Path) -> list[Case]:
     """Every generated provisioning file through validate and show; the invalid ones must be refused."""
-    from host_tools.provisioning.provision_file import ProvisioningFileError, validate_provisioning_file
+    from host_tools.provisioning.validation import ProvisioningFileError, validate_provisioning_file
 
     cases = []
     for index, generated in enumerate(generated_files()):
@@ -526,7 +526,7 @@ def run_unix_cases(root: Path) -> list[Case]:
         )
     for index, generated in enumerate(generated_files()[::25]):
         path = generated.write(root / "run-prov" / f"{index:04d}")
-        from host_tools.provisioning.provision_file import validate_provisioning_file
+        from host_tools.provisioning.validation import validate_provisioning_file
 
         try:
             validate_provisioning_file(path)

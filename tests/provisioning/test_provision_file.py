@@ -7,17 +7,11 @@ import json
 
 import pytest
 
+from host_tools.provisioning.device_keys import derive_device_key
+from host_tools.provisioning.dps_roots import DPS_PUBLIC_ROOTS, pem_certificates, public_dps_roots
 from host_tools.provisioning.fleet import registration_ids
-from host_tools.provisioning.provision_file import (
-    DPS_PUBLIC_ROOTS,
-    DeviceSettings,
-    ProvisioningFileError,
-    check_config,
-    derive_device_key,
-    pem_certificates,
-    public_dps_roots,
-    validate_provisioning_file,
-)
+from host_tools.provisioning.validation import ProvisioningFileError, check_config, validate_provisioning_file
+from host_tools.provisioning.writing import DeviceSettings
 from tests.host_helpers import DEVICE_KEY, GROUP_KEY, VECTOR_DERIVED_KEY, VECTOR_REGISTRATION_ID, run_cli
 
 pytestmark = pytest.mark.timeout(60)
