@@ -46,12 +46,12 @@ def check_utf8(data):
     structure itself is left to whoever decodes next (bytes.decode, json.loads): no copy of `data` is made."""
     for byte in _NEVER_IN_UTF8:
         if data.find(bytes((byte,))) >= 0:
-            raise UnicodeError("invalid UTF-8")
+            raise UnicodeError  # every caller reports its own message
     last = len(data) - 1
     for lead, low, high in _NARROW_LEADS:
         marker = bytes((lead,))
         i = data.find(marker)
         while i >= 0:
             if i == last or not low <= data[i + 1] <= high:
-                raise UnicodeError("invalid UTF-8")
+                raise UnicodeError  # every caller reports its own message
             i = data.find(marker, i + 1)

@@ -28,6 +28,7 @@ def test_b64_rfc4648_vectors_both_ways():
         assert b64decode(text.rstrip("=")) == raw  # unpadded, as some IoT Hub keys are
     assert b64decode(bytearray(b"Zm8=")) == b"fo"
     assert b64decode("+/+/") == b"\xfb\xff\xbf"
+    assert b64decode("AAAX") == b"\x00\x00\x17"  # only "=" is stripped from the end
 
 
 def test_b64_refuses_foreign_characters_and_impossible_lengths():
