@@ -21,7 +21,7 @@ DEFAULT_POLL_S = const(2)
 # (2, 4, 8, 16, 32 s). A fleet told "retry after 1 s" all at once would otherwise come back in one wave, again and
 # again; with the window, retries spread out until the service can take them. The registration deadline, not the
 # attempt count, is what normally ends the retries.
-_BACKOFF_WINDOW_CAP_S = const(32)
+_BACKOFF_MAX_DOUBLINGS = const(5)  # the window stops growing at 2**5 = 32 s
 DEFAULT_MAX_ATTEMPTS = const(30)
 DEFAULT_MAX_POLLS = const(60)
 
@@ -183,7 +183,7 @@ class Registration:
         return self._request(0, self.operation_id)
 
     def _backoff(self, retry_after):
-        window = min(_BACKOFF_WINDOW_CAP_S, 1 << min(self.transient_failures, 5))
+        window = 1 << min(self.transient_failures, _BACKOFF_MAX_DOUBLINGS)
         spread = window * self._random() if self._random is not None else window / 2
         return (retry_after or 0) + spread
 

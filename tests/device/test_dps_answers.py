@@ -61,6 +61,7 @@ def test_topic_parsing_edges():
 
 def test_request_ids_count_up_and_each_request_is_exact():
     reg = dps.Registration("dev1", {"modelId": "dtmi:x;1"})
+    assert (reg.done, reg.result, reg.last_error, reg.streamed, reg.polls) == (False, None, None, [], 0)
     assert reg.start()[:2] == (0, REGISTER + "1")
     assert json.loads(reg.start()[2]) == {"registrationId": "dev1", "payload": {"modelId": "dtmi:x;1"}}
     assert reg.rid == "2"
@@ -71,7 +72,7 @@ def test_request_ids_count_up_and_each_request_is_exact():
     assert reg.on_message(_topic(200, "3"), json.dumps({"status": "assigned", "registrationState": STATE})) is None
     assert not reg.done
     assert reg.on_message(_topic(200, "4"), json.dumps({"status": "assigned", "registrationState": STATE})) is None
-    assert reg.done and reg.result == STATE
+    assert reg.done and reg.result == STATE and reg.streamed == []
     # Once done, nothing more is sent, whatever arrives.
     assert reg.on_message(_topic(500, "4"), b"") is None and reg.result == STATE
 
@@ -91,14 +92,29 @@ def test_transient_statuses_and_their_limits():
         reg = _started(max_attempts=2)
         nxt = reg.on_message(_topic(status, "1"), b"")
         assert nxt == (1.0, REGISTER + "2", dps.register_body("dev1")), (status, nxt)
-        assert reg.transient_failures == 1 and reg.last_error.kind == kind
+        assert reg.transient_failures == 1 and reg.last_error.kind == kind and reg.last_error.retry_after is None
         exc = _error(reg.on_message, _topic(status, "2", "&retry-after=5"), b"")
         assert (exc.kind, exc.status, exc.retry_after) == (kind, status, 5)
         assert exc.message == "DPS answered status %d" % status
     exc = _answer(b"", status=499)
     assert (exc.kind, exc.status, exc.message) == (errors.BAD_REQUEST, 499, "DPS answered status 499")
+    exc = _error(_started().on_message, _topic(403, "1", "&retry-after=60"), b"")
+    assert (exc.kind, exc.status, exc.retry_after) == (errors.BAD_REQUEST, 403, 60)
     exc = _answer(b"", status=429, max_attempts=1)
     assert exc.kind == errors.THROTTLED
+
+
+def test_last_transient_answer_is_kept_with_its_retry_after():
+    reg = _started()
+    reg.on_message(_topic(429, "1", "&retry-after=7"), b'{"errorCode":429001,"message":"slow down"}')
+    last = reg.last_error
+    assert (last.kind, last.status, last.retry_after, last.error_code, last.message) == (
+        errors.THROTTLED,
+        429,
+        7,
+        429001,
+        "slow down",
+    )
 
 
 def test_backoff_without_retry_after_uses_the_window_alone():
@@ -186,3 +202,36 @@ def test_poll_limit_message_names_the_limit():
     reg.on_message(_topic(202, "1"), ASSIGNING)
     exc = _error(reg.on_message, _topic(202, "2"), ASSIGNING)
     assert (exc.kind, exc.message) == (errors.TIMEOUT, "still assigning after 1 polls")
+
+
+class _Sink:
+    def __init__(self):
+        self.started = 0
+        self.blocks = []
+
+    def start(self):
+        self.started += 1
+
+    def add(self, block):
+        self.blocks.append(block)
+
+
+def test_trust_bundle_certificates_go_to_the_sink_before_parsing():
+    from fixtures import CERT_A, CERT_A_SHA256
+
+    state = dict(STATE, trustBundle={"id": "TB", "etag": "e", "certificates": [{"certificate": CERT_A}]})
+    body = json.dumps({"status": "assigned", "registrationState": state}).encode()
+    sink = _Sink()
+    reg = _started(bundle_sink=sink)
+    # A 202 carries no bundle: nothing goes to the sink.
+    reg.on_message(_topic(202, "1"), ASSIGNING)
+    assert sink.started == 0
+    assert reg.on_message(_topic(200, "2"), bytearray(body)) is None
+    assert sink.started == 1 and len(sink.blocks) == 1 and reg.streamed == [CERT_A_SHA256]
+    assert reg.result["trustBundle"]["certificates"] == [{"certificate": 0}]
+    # When the shell already streamed the certificates out, the body is the rest and its list is taken as given.
+    sink = _Sink()
+    reg = _started(bundle_sink=sink)
+    rest = json.dumps({"status": "assigned", "registrationState": dict(STATE, trustBundle=None)})
+    assert reg.on_message(_topic(200, "1"), rest, ["AB" * 32]) is None
+    assert sink.started == 0 and reg.streamed == ["AB" * 32] and reg.done
