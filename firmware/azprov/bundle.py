@@ -95,7 +95,6 @@ class Extractor:
         return True
 
     def _string_done(self):
-        frame = self._stack[-1] if self._stack else None
         text = self._string
         self._string = None
         if self._capture:
@@ -113,8 +112,10 @@ class Extractor:
             self.sink.add(block)
             self.found.append(sha256)
             self.rest.extend(b"0")
-        elif frame is not None and frame[0] and frame[2]:  # an object key
-            frame[1] = bytes(text[1:-1]) if len(text) <= _KEY_MAX + 2 else b""
+        else:
+            # An object key (feed() reads no other string into _string). One longer than _KEY_MAX arrives cut to
+            # its first bytes, which match none of _PATH's keys.
+            self._stack[-1][1] = bytes(text[1:-1])
 
     def feed(self, chunk):
         i, n = 0, len(chunk)

@@ -60,7 +60,7 @@ def property_bag(properties):
         if value is None:
             parts.append(_encode_name(name))
         else:
-            parts.append(_encode_name(name) + "=" + url_encode(value if isinstance(value, str) else str(value)))
+            parts.append(_encode_name(name) + "=" + url_encode(str(value)))
     return "&".join(parts)
 
 
@@ -116,8 +116,10 @@ def url_decode(text):
     while i < n:
         byte = raw[i]
         if byte == 37:  # "%"
-            high = _HEX_DIGITS.find(chr(raw[i + 1]).upper()) if i + 2 < n else -1
-            low = _HEX_DIGITS.find(chr(raw[i + 2]).upper()) if i + 2 < n else -1
+            if i + 2 >= n:
+                raise _malformed("bad percent-encoding in %r" % text[:40])
+            high = _HEX_DIGITS.find(chr(raw[i + 1]).upper())
+            low = _HEX_DIGITS.find(chr(raw[i + 2]).upper())
             if high < 0 or low < 0:
                 raise _malformed("bad percent-encoding in %r" % text[:40])
             out.append(high * 16 + low)

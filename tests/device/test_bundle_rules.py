@@ -167,3 +167,36 @@ def test_extractor_ends_a_cut_certificate_so_the_rest_is_refused():
         pass
     else:
         raise AssertionError("a cut answer parsed")
+
+
+def _pem_of(der):
+    text = binascii.b2a_base64(der).decode().replace("\n", "")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+def test_a_certificate_the_tls_stack_refuses_is_named():
+    # Right PEM and outer DER shape, but the inside is not a certificate: only the TLS stack can tell.
+    der = bytearray(list(split(CERT_A))[0][1])
+    der[4] = 0x04  # the TBSCertificate SEQUENCE becomes an OCTET STRING
+    bad = _pem_of(bytes(der))
+    expected = "trustBundle: certificates[1] is not a certificate the TLS stack can load"
+    assert _message(bundle.parse, _tb({"certificate": CERT_B}, {"certificate": bad})) == expected
+    body = _answer({"trustBundle": _tb({"certificate": CERT_B}, {"certificate": bad})})
+    assert _message(bundle.extract, bytearray(body), _Sink()) == expected
+    # The same context still judges the next bundle: a good certificate after a refused one is taken.
+    assert bundle.parse(_tb({"certificate": CERT_A}))["certificates"][0]["sha256"] == CERT_A_SHA256
+
+
+def test_extractor_names_a_certificate_missing_before_a_present_one():
+    body = _answer({"trustBundle": _tb({"certificate": 5}, {"certificate": CERT_A})})
+    assert _message(bundle.extract, bytearray(body), _Sink()) == "trustBundle: certificates[0].certificate is missing"
+
+
+def test_extractor_refuses_a_certificate_string_json_cannot_read():
+    body = b'{"registrationState": {"trustBundle": {"certificates": [{"certificate": "\\q"}]}}}'
+    # CPython's json refuses the escape; MicroPython's reads it as text, which holds no certificate.
+    assert _message(bundle.extract, bytearray(body), _Sink()) in (
+        "trustBundle: certificates[0].certificate is not a valid JSON string",
+        "trustBundle: certificates[0].certificate: no certificate found",
+    )

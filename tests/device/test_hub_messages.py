@@ -43,10 +43,14 @@ def test_property_bags_and_system_properties_are_exact():
 def test_percent_decoding_edges():
     assert hub.url_decode("plain+text") == "plain+text"
     assert hub.url_decode("a%41") == "aA" and hub.url_decode("%2f%2F") == "//"
+    assert hub.url_decode("%0A%00%09") == "\n\x00\t"
     assert hub.url_decode("%C3%A9t%C3%A9") == "\u00e9t\u00e9"
     for text in ("%4", "a%", "%G1", "%1G"):
         exc = _error(hub.url_decode, text)
         assert (exc.kind, exc.message) == (errors.MALFORMED_RESPONSE, "bad percent-encoding in %r" % text), text
+    # The message quotes at most the first 40 characters of what was received.
+    exc = _error(hub.url_decode, "p" * 50 + "%zz")
+    assert exc.message == "bad percent-encoding in %r" % ("p" * 40)
     exc = _error(hub.url_decode, "%C0%AF")
     assert (exc.kind, exc.message) == (errors.MALFORMED_RESPONSE, "percent-encoded text is not UTF-8")
     assert hub.parse_property_bag("a=b=c&&x=") == {"a": "b=c", "x": ""}
@@ -101,6 +105,7 @@ def test_desired_patches_and_their_version():
 def test_method_requests_at_their_edges():
     m = hub.parse(DEV, "$iothub/methods/POST/set%20rate/?$rid=5", b"[1, 2]")
     assert (m.kind, m.name, m.rid, m.body, m.error) == (hub.METHOD, "set rate", "5", [1, 2], None)
+    assert (m.status, m.version, m.properties) == (None, None, None)
     m = hub.parse(DEV, "$iothub/methods/POST/reboot/?$rid=6", b"")
     assert (m.name, m.body, m.error) == ("reboot", None, None)
     m = hub.parse(DEV, "$iothub/methods/POST/reboot/?$rid=7", b"{bad")
@@ -114,6 +119,8 @@ def test_method_requests_at_their_edges():
 def test_cloud_to_device_messages_at_their_edges():
     m = hub.parse(DEV, "devices/dev-1/messages/devicebound", b"hi")
     assert (m.kind, m.properties, m.body, m.error) == (hub.C2D, {}, b"hi", None)
+    # Fields of the other kinds stay None.
+    assert (m.status, m.rid, m.version, m.name) == (None, None, None, None)
     m = hub.parse(DEV, b"devices/dev-1/messages/devicebound/%24.to=%2Fdevices%2Fdev-1&%24.mid=9&k=v", bytearray(b"x"))
     assert (m.properties, m.body) == ({"$.mid": "9", "k": "v"}, b"x") and isinstance(m.body, bytes)
     m = hub.parse(DEV, "devices/dev-1/messages/devicebound/k=%zz", b"x")
