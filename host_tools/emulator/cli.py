@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from host_tools.emulator.enrollments import EnrollmentError, write_demo_enrollments
+from host_tools.emulator.enrollment_file import write_demo_enrollments
+from host_tools.emulator.enrollments import EnrollmentError
 from host_tools.emulator.faults import FaultError, describe, parse_fault_option, validate_faults
 
 _HOST_NAME = re.compile(

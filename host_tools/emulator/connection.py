@@ -184,6 +184,17 @@ def parse_query(text: str) -> dict[str, str]:
     return params
 
 
+def raw_query(topic: str) -> dict[str, str]:
+    """Topic parameters as sent (not percent-decoded: `$rid` is echoed back byte for byte)."""
+    _, _, query = topic.partition("?")
+    params = {}
+    for part in query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            params.setdefault(name, value)
+    return params
+
+
 class Endpoint:
     """Base of the DPS and gateway endpoints: owns the listening server and the live sessions."""
 

@@ -8,7 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from host_tools.emulator.enrollments import Enrollment, EnrollmentStore
+from host_tools.emulator.enrollment_file import EnrollmentStore
+from host_tools.emulator.enrollments import Enrollment
 from host_tools.emulator.faults import FaultBook, FaultSet, RateLimiter, validate_faults
 from host_tools.emulator.records import JsonlLog, Stats
 from host_tools.emulator.trust_bundle import TrustBundleRegistry

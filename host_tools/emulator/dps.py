@@ -17,24 +17,19 @@ Behaviour choices where the service's exact answer is unknown (documented in doc
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
-import hashlib
 import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
-from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
-from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
-from host_tools.emulator.context import Assignment
-from host_tools.emulator.enrollments import ALLOCATION_ERRORS, Enrollment, EnrollmentError, Enrollments
+from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, raw_query
+from host_tools.emulator.dps_auth import AuthProblem, identify, parse_dps_username
+from host_tools.emulator.dps_result import final_result, utc_now
+from host_tools.emulator.enrollments import Enrollment, EnrollmentError, Enrollments
 from host_tools.emulator.faults import FaultSet
-from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
+from host_tools.emulator.sas import SasError, check_token
 from host_tools.emulator.trust_bundle import dotnet_datetime
 
 # api-version -> whether results carry `trustBundle`
@@ -52,13 +47,6 @@ ERROR_MESSAGES = {
     404: "The registration was not found.",
     429: "Operations are being throttled; retry after the interval given.",
 }
-
-
-@dataclass
-class AuthProblem:
-    kind: str  # "auth" (known enrollment or scope, bad token) or "unknown" (no enrollment matches)
-    reason: str
-    status: int = 401
 
 
 @dataclass
@@ -104,73 +92,6 @@ class Operation:
     attempts: int
     request_payload: Any
     polls: int = 0
-
-
-def parse_dps_username(username: str | None) -> tuple[str, str, dict[str, str]]:
-    """`{idScope}/registrations/{registrationId}/api-version={v}[&ClientVersion=...]` -> (scope, id, params)."""
-    expected = "expected {idScope}/registrations/{registrationId}/api-version=..."
-    if not username:
-        raise ValueError(f"no user name; {expected}")
-    scope, sep, rest = username.partition("/registrations/")
-    if not sep or not scope or "/" in scope:
-        raise ValueError(f"user name {username!r} malformed; {expected}")
-    registration_id, sep, query = rest.partition("/")
-    if not sep or not registration_id:
-        raise ValueError(f"user name {username!r} malformed; {expected}")
-    if query.startswith("?"):
-        raise ValueError(f"user name {username!r}: DPS has no '?' before api-version; {expected}")
-    params = parse_query(query)
-    if not params.get("api-version"):
-        raise ValueError(f"user name {username!r} has no api-version")
-    return scope, registration_id, params
-
-
-def raw_query(topic: str) -> dict[str, str]:
-    """Topic parameters as sent (not percent-decoded: `$rid` is echoed back byte for byte)."""
-    _, _, query = topic.partition("?")
-    params = {}
-    for part in query.split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            params.setdefault(name, value)
-    return params
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def registration_etag() -> str:
-    return base64.b64encode(f'"{uuid.uuid4()}"'.encode("ascii")).decode("ascii")
-
-
-def _x509_state(certificate, enrollment: Enrollment) -> dict:
-    """registrationState.x509 as the service shapes it: the device certificate's details, and the group's id."""
-    der = certificate.public_bytes(Encoding.DER)
-    info = {
-        "subjectName": certificate.subject.rfc4514_string(),
-        "sha1Thumbprint": hashlib.sha1(der).hexdigest().upper(),
-        "sha256Thumbprint": hashlib.sha256(der).hexdigest().upper(),
-        "issuerName": certificate.issuer.rfc4514_string(),
-        "notBeforeUtc": dotnet_datetime(certificate.not_valid_before_utc, "Z"),
-        "notAfterUtc": dotnet_datetime(certificate.not_valid_after_utc, "Z"),
-        "serialNumber": format(certificate.serial_number, "X"),
-        "version": 3,
-    }
-    if enrollment.kind == "group":
-        return {"enrollmentGroupId": enrollment.name, "signingCertificateInfo": None, "certificateInfo": info}
-    return {"certificateInfo": info}
-
-
-def remove_path(document: dict, dotted: str) -> None:
-    *parents, last = dotted.split(".")
-    node = document
-    for name in parents:
-        node = node.get(name) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(last, None)
 
 
 class DpsEndpoint(Endpoint):
@@ -227,7 +148,7 @@ class DpsEndpoint(Endpoint):
             enrollments=enrollments,
             ctx=self.ctx,
         )
-        token = self._identify(client, connect, session)
+        token = identify(client, connect, session)
         if client.problem is None and client.certificate is None:
             try:
                 check_token(
@@ -264,79 +185,6 @@ class DpsEndpoint(Endpoint):
             else "",
         )
         return client
-
-    def _identify(self, client: DpsClient, connect: mqtt.Connect, session: MqttSession):
-        """Find the enrollment whose key signed the token, or (no password, a client certificate) the X.509
-        enrollment the certificate belongs to; sets client.enrollment or client.problem."""
-        enrollments = client.enrollments
-        if client.id_scope.lower() != enrollments.id_scope.lower():
-            client.problem = AuthProblem("auth", f"ID scope {client.id_scope!r} is not this DPS's")
-            return None
-        if not connect.password:
-            presented = client_tls.peer_certificates(session.writer)
-            if presented:
-                client.x509, client.password_field = True, connect.password is not None
-                self._identify_x509(client, presented)
-                return None
-        if connect.password is None:
-            client.problem = AuthProblem("auth", "no password (SAS token) and no client certificate")
-            return None
-        try:
-            token = parse_sas_token(connect.password.decode("utf-8"))
-        except (SasError, UnicodeDecodeError) as exc:
-            client.problem = AuthProblem("auth", f"password is not a valid SAS token: {exc}")
-            return None
-        registration_id = client.registration_id
-        individual = enrollments.individual.get(registration_id)
-        if individual is not None:
-            if individual.x509:
-                client.problem = AuthProblem("auth", "the individual enrollment is X.509: no certificate was presented")
-                return None
-            if not signature_matches(token, individual.key):
-                client.problem = AuthProblem("auth", "token not signed with the individual enrollment's key")
-                return None
-            client.enrollment = individual
-            return token
-        for group in enrollments.groups:
-            if not group.x509 and signature_matches(token, group.device_key(registration_id)):
-                client.enrollment = group
-                return token
-        client.problem = AuthProblem("unknown", "no individual enrollment, and no group's derived key signed the token")
-        return None
-
-    @staticmethod
-    def _identify_x509(client: DpsClient, presented: list) -> None:
-        """Individual enrollment of the registration id first (by certificate thumbprint), else the first X.509
-        group whose CA the presented chain reaches. The CN must be the registration id."""
-        registration_id = client.registration_id
-        try:
-            device = x509_auth.check_device_certificate(presented, registration_id, "registration id")
-        except x509_auth.CertificateProblem as exc:
-            client.problem = AuthProblem("auth", str(exc))
-            return
-        individual = client.enrollments.individual.get(registration_id)
-        if individual is not None:
-            if not individual.x509:
-                client.problem = AuthProblem("auth", "the individual enrollment uses a symmetric key, not X.509")
-            elif x509_auth.thumbprints(device) & individual.thumbprints:
-                client.enrollment, client.certificate = individual, device
-            else:
-                client.problem = AuthProblem("auth", "the certificate is not the individual enrollment's")
-            return
-        reasons = []
-        for group in client.enrollments.groups:
-            if not group.x509:
-                continue
-            try:
-                x509_auth.chain_reaches(presented, group.ca_certificate)
-            except x509_auth.CertificateProblem as exc:
-                reasons.append(f"group {group.name}: {exc}")
-                continue
-            client.enrollment, client.certificate = group, device
-            return
-        client.problem = AuthProblem(
-            "auth", "no X.509 enrollment accepts the certificate" + (f" ({'; '.join(reasons)})" if reasons else "")
-        )
 
     def _maybe_drop(self, client: DpsClient, point: str) -> None:
         if self.ctx.fault_book.consume(
@@ -546,12 +394,14 @@ class DpsEndpoint(Endpoint):
             )
             return
         try:
-            body, record = self._final_result(client, operation)
+            body, record = final_result(self.ctx, client, operation)
         except EnrollmentError as exc:  # e.g. a certificate file of the bundle vanished: our problem, not the client's
             self.log.error("%s: cannot build the result: %s", session, exc)
             return await self._error(
                 session, client, rid, 500, "emulator configuration error (see its log)", "poll", attempts
             )
+        if record["status"] == "assigned":
+            self.stats.incr(self.name, "assigned")
         self._record(
             client,
             http_status=200,
@@ -562,87 +412,6 @@ class DpsEndpoint(Endpoint):
             **record,
         )
         await self._respond(session, client, 200, rid, body, stage="200")
-
-    # ------------------------------------------------------------------------------ results
-
-    def _final_result(self, client: DpsClient, operation: Operation) -> tuple[dict, dict]:
-        now = utc_now()
-        enrollment = operation.enrollment
-        registration_id = operation.registration_id
-        device_id = enrollment.device_id_for(registration_id)
-        with self.ctx.lock:
-            previous = self.ctx.assignments.get(device_id)
-        created = previous.created if previous else now
-        if enrollment.allocation_error is not None:
-            code = enrollment.allocation_error
-            state = {
-                "registrationId": registration_id,
-                "createdDateTimeUtc": dotnet_datetime(created, "Z"),
-                "status": "failed",
-                "errorCode": code,
-                "errorMessage": ALLOCATION_ERRORS[code],
-                "lastUpdatedDateTimeUtc": dotnet_datetime(now, "Z"),
-                "etag": registration_etag(),
-            }
-            body = {"operationId": operation.operation_id, "status": "failed", "registrationState": state}
-            return body, {"status": "failed", "error_code": code}
-
-        generation_id = previous.generation_id if previous else str(uuid.uuid4())
-        state = {
-            "registrationId": registration_id,
-            "createdDateTimeUtc": dotnet_datetime(created, "Z"),
-            "assignedHub": enrollment.assigned_hub,
-            "deviceId": device_id,
-            "status": "assigned",
-            "substatus": enrollment.substatus,
-            "generationId": generation_id,
-            "lastUpdatedDateTimeUtc": dotnet_datetime(now, "Z"),
-            "etag": registration_etag(),
-        }
-        if client.certificate is not None:
-            state["x509"] = _x509_state(client.certificate, enrollment)
-        if enrollment.has_payload:
-            state["payload"] = enrollment.payload
-        bundle_summary = None
-        if client.preview:
-            if enrollment.trust_bundle is None or client.faults.get("trust_bundle_null"):
-                state["trustBundle"] = None
-            else:
-                certs = operation.enrollments.bundle_certificates(enrollment.trust_bundle, self.ctx.pki)
-                pem_format = client.faults.get("pem_format", {})
-                bundle = self.ctx.bundles.build(
-                    enrollment.trust_bundle,
-                    certs,
-                    line_length=pem_format.get("line_length", 64),
-                    newline="\n" if pem_format.get("newline") == "lf" else "\r\n",
-                )
-                state["trustBundle"] = bundle
-                bundle_summary = {"id": bundle["id"], "etag": bundle["etag"], "certificates": len(certs)}
-        state.update(client.faults.get("extra_fields", {}))
-        for dotted in client.faults.get("omit_fields", []):
-            remove_path(state, dotted)
-        with self.ctx.lock:
-            self.ctx.assignments[device_id] = Assignment(
-                registration_id=registration_id,
-                device_id=device_id,
-                assigned_hub=enrollment.assigned_hub,
-                device_key=enrollment.device_key(registration_id),
-                thumbprints=frozenset(x509_auth.thumbprints(client.certificate)) if client.certificate else frozenset(),
-                enrollment=enrollment,
-                created=created,
-                last_updated=now,
-                generation_id=generation_id,
-            )
-        self.stats.incr(self.name, "assigned")
-        body = {"operationId": operation.operation_id, "status": "assigned", "registrationState": state}
-        return body, {
-            "status": "assigned",
-            "device_id": device_id,
-            "assigned_hub": enrollment.assigned_hub,
-            "trust_bundle": bundle_summary,
-        }
-
-    # ------------------------------------------------------------------------------ answering
 
     def _topic(self, status: int, rid: str, retry_after: int | None, faults: FaultSet) -> str:
         params = [("$rid", rid)]

@@ -26,8 +26,7 @@ from urllib.parse import unquote
 
 from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
-from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query
-from host_tools.emulator.dps import raw_query
+from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query, raw_query
 from host_tools.emulator.hub import HubError, HubService, ServiceSide
 from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
 

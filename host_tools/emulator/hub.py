@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from host_tools.emulator import mqtt_codec as mqtt
-from host_tools.emulator.dps import raw_query
+from host_tools.emulator.connection import raw_query
 from host_tools.emulator.records import JsonlLog, write_json_atomic
 
 if TYPE_CHECKING:

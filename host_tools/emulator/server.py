@@ -23,7 +23,7 @@ from host_tools.emulator import client_tls
 from host_tools.emulator.context import EmulatorContext
 from host_tools.emulator.control import ControlServer, perform
 from host_tools.emulator.dps import DpsEndpoint
-from host_tools.emulator.enrollments import EnrollmentStore, write_enrollments
+from host_tools.emulator.enrollment_file import EnrollmentStore, write_enrollments
 from host_tools.emulator.gateway import GatewayEndpoint
 from host_tools.emulator.hub import HubService
 from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic

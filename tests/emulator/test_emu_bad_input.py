@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from host_tools.emulator import write_demo_enrollments, write_enrollments
-from host_tools.emulator.enrollments import EnrollmentError, load_enrollments, parse_enrollments
+from host_tools.emulator.enrollment_file import load_enrollments
+from host_tools.emulator.enrollments import EnrollmentError, parse_enrollments
 from host_tools.emulator.testing import connect_dps, register_raw
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,9 +88,9 @@ def test_special_files_are_refused_not_read(tmp_path, special):
 
 
 def test_huge_enrollment_file_refused(tmp_path, monkeypatch):
-    from host_tools.emulator import enrollments
+    from host_tools.emulator import enrollment_file
 
-    monkeypatch.setattr(enrollments, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(enrollment_file, "MAX_FILE_BYTES", 1000)
     path = tmp_path / "e.json"
     path.write_text(json.dumps(_doc(comment="x" * 2000)))
     with pytest.raises(EnrollmentError, match="larger than 1000 bytes"):

@@ -6,14 +6,8 @@ import os
 
 import pytest
 
-from host_tools.emulator.enrollments import (
-    EnrollmentError,
-    EnrollmentStore,
-    demo_enrollments,
-    load_enrollments,
-    parse_enrollments,
-    write_enrollments,
-)
+from host_tools.emulator.enrollment_file import EnrollmentStore, demo_enrollments, load_enrollments, write_enrollments
+from host_tools.emulator.enrollments import EnrollmentError, parse_enrollments
 from host_tools.provisioning.pki import ensure_emulator_pki, make_root, write_bundle
 
 

@@ -30,7 +30,7 @@ from click.testing import CliRunner
 
 from host_tools.board.unix_port import REPO
 from host_tools.cli import main
-from host_tools.emulator.enrollments import demo_enrollments
+from host_tools.emulator.enrollment_file import demo_enrollments
 from tests.host_helpers import DEVICE_KEY, GROUP_KEY
 from tests.provisioning.generated_files import TEMPLATE, generated_files
 
@@ -449,7 +449,8 @@ def enrollment_cases(root: Path) -> list[Case]:
     documents.append(("truncated", "", json.dumps(base).encode()[:-3]))
     documents.append(("empty", "", b""))
     cases = []
-    from host_tools.emulator.enrollments import EnrollmentError, load_enrollments
+    from host_tools.emulator.enrollment_file import load_enrollments
+    from host_tools.emulator.enrollments import EnrollmentError
 
     for number, (kind, field_name, data) in enumerate(documents):
         path = folder / f"{number:04d}.json"
