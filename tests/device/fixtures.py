@@ -1,4 +1,17 @@
-# Fixed test certificates (self-signed P-256 roots, private keys discarded) for the device-side tests.
+# Shared pieces of the device-side tests: fixed test certificates (self-signed P-256 roots, private keys discarded)
+# and raises(), the assertion that a call ends in a classified error of one kind.
+from azprov.errors import ProvisioningError
+
+
+def raises(kind, fn, *args):
+    """Calls fn(*args); asserts it raises a ProvisioningError of `kind` and returns that error."""
+    try:
+        fn(*args)
+    except ProvisioningError as exc:
+        assert exc.kind == kind, (exc.kind, kind)
+        return exc
+    raise AssertionError("no error raised")
+
 
 CERT_A = """-----BEGIN CERTIFICATE-----
 MIIBtjCCAV2gAwIBAgIUL9BBu1q46RbQRcs+d5QKvoDcaaAwCgYIKoZIzj0EAwIw

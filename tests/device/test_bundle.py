@@ -1,10 +1,9 @@
 # Trust bundle parsing: every certificate kept, PEM normalised, thumbprints checked, bad input classified.
 import json
 
-from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, CERT_C
+from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, CERT_C, raises
 
 from azprov import bundle, errors
-from azprov.errors import ProvisioningError
 from azprov.pem import PemError, der_certificates, split
 
 
@@ -34,15 +33,6 @@ def _bundle(*entries):
     }
 
 
-def _raises(fn, *args):
-    try:
-        fn(*args)
-    except ProvisioningError as exc:
-        assert exc.kind == errors.MALFORMED_RESPONSE
-        return exc
-    raise AssertionError("accepted")
-
-
 def test_null_bundle():
     assert bundle.parse(None) is None
 
@@ -64,7 +54,7 @@ def test_lower_case_thumbprint_accepted():
 
 
 def test_thumbprint_mismatch_rejected():
-    exc = _raises(bundle.parse, _bundle(_entry(CERT_A, CERT_B_SHA256)))
+    exc = raises(errors.MALFORMED_RESPONSE, bundle.parse, _bundle(_entry(CERT_A, CERT_B_SHA256)))
     assert "sha256Thumbprint" in exc.message
 
 
@@ -78,7 +68,7 @@ def test_structural_errors():
         {"certificates": [{"certificate": 5}], "id": "i", "etag": "e"},
         {"certificates": [{"certificate": CERT_A, "metadata": "m"}], "id": "i", "etag": "e"},
     ):
-        _raises(bundle.parse, bad)
+        raises(errors.MALFORMED_RESPONSE, bundle.parse, bad)
 
 
 def test_bad_pem_rejected():
@@ -94,7 +84,7 @@ def test_bad_pem_rejected():
         two_in_one,
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     ):
-        _raises(bundle.parse, _bundle({"certificate": text}))
+        raises(errors.MALFORMED_RESPONSE, bundle.parse, _bundle({"certificate": text}))
 
 
 def test_split_errors_name_problem():
@@ -173,7 +163,7 @@ def test_extractor_streams_certificates_in_any_piece_size():
 def test_extractor_refuses_a_bad_certificate_and_a_wrong_thumbprint():
     sink = _Sink()
     bad = _answer(_bundle(_entry(CERT_A), _entry(CERT_A.replace("MII", "MIX"))))
-    assert "certificates[1]" in _raises(bundle.extract, bytearray(bad), sink).message
+    assert "certificates[1]" in raises(errors.MALFORMED_RESPONSE, bundle.extract, bytearray(bad), sink).message
     rest, found = bundle.extract(bytearray(_answer(_bundle(_entry(CERT_A, CERT_B_SHA256)))), _Sink())
     tb = json.loads(rest)["registrationState"]["trustBundle"]
-    assert "sha256Thumbprint" in _raises(bundle.parse, tb, found, "0" * 64).message
+    assert "sha256Thumbprint" in raises(errors.MALFORMED_RESPONSE, bundle.parse, tb, found, "0" * 64).message

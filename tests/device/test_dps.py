@@ -1,8 +1,9 @@
 # The DPS protocol core: topics, bodies, response parsing and the registration state machine, with no I/O.
 import json
 
+from fixtures import raises
+
 from azprov import dps, errors
-from azprov.errors import ProvisioningError
 
 ASSIGNED = {
     "operationId": "4.abc",
@@ -17,15 +18,6 @@ ASSIGNED = {
         "someFutureField": [1, 2],
     },
 }
-
-
-def _raises(kind, fn, *args):
-    try:
-        fn(*args)
-    except ProvisioningError as exc:
-        assert exc.kind == kind, (exc.kind, kind)
-        return exc
-    raise AssertionError("no error raised")
 
 
 def test_username_uses_preview_api_without_question_mark():
@@ -47,8 +39,8 @@ def test_parse_topic_any_parameter_order_and_case():
 
 
 def test_parse_topic_malformed():
-    _raises(errors.MALFORMED_RESPONSE, dps.parse_topic, "$dps/registrations/res/abc/?$rid=1")
-    _raises(errors.MALFORMED_RESPONSE, dps.parse_topic, "$dps/registrations/res/202/?$rid=1&retry-after=soon")
+    raises(errors.MALFORMED_RESPONSE, dps.parse_topic, "$dps/registrations/res/abc/?$rid=1")
+    raises(errors.MALFORMED_RESPONSE, dps.parse_topic, "$dps/registrations/res/202/?$rid=1&retry-after=soon")
 
 
 def _topic(status, rid, extra=""):
@@ -93,7 +85,7 @@ def test_throttled_register_retries_with_retry_after_then_gives_up():
     assert nxt[0] == 8 and "iotdps-register" in nxt[1]
     nxt = reg.on_message(_topic(429, "2"), body)
     assert nxt[0] == 2 and "iotdps-register" in nxt[1]
-    exc = _raises(errors.THROTTLED, reg.on_message, _topic(429, "3", "&retry-after=1"), body)
+    exc = raises(errors.THROTTLED, reg.on_message, _topic(429, "3", "&retry-after=1"), body)
     assert exc.error_code == 429001 and exc.tracking_id == "t-1" and exc.status == 429
 
 
@@ -134,14 +126,14 @@ def test_final_errors_carry_service_fields():
                 "info": {},
             }
         )
-        exc = _raises(kind, reg.on_message, _topic(status, "1"), body)
+        exc = raises(kind, reg.on_message, _topic(status, "1"), body)
         assert exc.error_code == status * 1000 + 2 and exc.tracking_id == "tr" and exc.message == "nope"
 
 
 def test_error_with_unparseable_body_is_still_classified():
     reg = dps.Registration("dev1")
     reg.start()
-    exc = _raises(errors.AUTHENTICATION, reg.on_message, _topic(401, "1"), b"<html>")
+    exc = raises(errors.AUTHENTICATION, reg.on_message, _topic(401, "1"), b"<html>")
     assert exc.error_code is None and "401" in exc.message
 
 
@@ -158,11 +150,11 @@ def test_failed_and_disabled():
             "errorMessage": "Custom allocation failed with status code: 400",
         },
     }
-    exc = _raises(errors.ASSIGNMENT_FAILED, reg.on_message, _topic(200, "1"), json.dumps(failed))
+    exc = raises(errors.ASSIGNMENT_FAILED, reg.on_message, _topic(200, "1"), json.dumps(failed))
     assert exc.error_code == 400207 and "Custom allocation" in exc.message
     reg = dps.Registration("dev1")
     reg.start()
-    _raises(
+    raises(
         errors.DISABLED,
         reg.on_message,
         _topic(200, "1"),
@@ -186,7 +178,7 @@ def test_malformed_bodies():
     for body in cases:
         reg = dps.Registration("dev1")
         reg.start()
-        _raises(errors.MALFORMED_RESPONSE, reg.on_message, _topic(200, "1"), body)
+        raises(errors.MALFORMED_RESPONSE, reg.on_message, _topic(200, "1"), body)
 
 
 def test_too_many_polls_is_a_timeout():
@@ -195,7 +187,7 @@ def test_too_many_polls_is_a_timeout():
     body = b'{"operationId":"4.a","status":"assigning"}'
     reg.on_message(_topic(202, "1", "&retry-after=0"), body)
     reg.on_message(_topic(202, "2", "&retry-after=0"), body)
-    _raises(errors.TIMEOUT, reg.on_message, _topic(202, "3", "&retry-after=0"), body)
+    raises(errors.TIMEOUT, reg.on_message, _topic(202, "3", "&retry-after=0"), body)
 
 
 def test_resume_polls_known_operation_else_registers():
