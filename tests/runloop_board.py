@@ -18,6 +18,7 @@ from pathlib import Path
 
 from host_tools.board.harness import parse_device_line
 from host_tools.board.unix_port import start_device
+from host_tools.emulator.testing import pump
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 _HARDWARE_FILES = ("machine.wdt", "machine.reset_cause")
@@ -218,16 +219,4 @@ class Gate:
                 client.close()
                 continue
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()

@@ -143,7 +143,7 @@ class ForwardingProxy:
             upstream.settimeout(None)
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
         except OSError:
             client.close()
 
@@ -158,7 +158,8 @@ class ForwardingProxy:
         self.close()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copies bytes from source to sink until either side closes, then shuts both down (a relay's one direction)."""
     try:
         while data := source.recv(65536):
             sink.sendall(data)
