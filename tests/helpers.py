@@ -91,7 +91,7 @@ class Device:
         """The flow without the hub features, for a plain MQTT broker (Mosquitto): it serves no twin, so the default
         application's twin GET after connecting would wait for an answer that never comes."""
         (self.root / "telemetry_only.py").write_text(
-            "import sys\nfrom azprov.app import main\nsys.exit(main('provisioning.json', hub_features=False))\n"
+            "import sys\nfrom azprov.supervisor import main\nsys.exit(main('provisioning.json', hub_features=False))\n"
         )
         return parse_result(run_device(self.root, timeout=timeout, script="telemetry_only.py", runtime=self.runtime))
 

@@ -5,7 +5,7 @@ verifies it and gets its QoS 1 telemetry acknowledged, the leg does not depend o
 The broker runs with an ACL in the spirit of IoT Hub's own rule (a device publishes telemetry only under its own id):
 `pattern write devices/%c/messages/events/#`, so it delivers the device's telemetry only if the client id the
 firmware connects with is the device id in its topic. Mosquitto serves no twin or direct methods, so the device runs
-the telemetry-only flow (`azprov.app.main(hub_features=False)`)."""
+the telemetry-only flow (`azprov.supervisor.main(hub_features=False)`)."""
 
 from __future__ import annotations
 

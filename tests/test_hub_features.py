@@ -272,7 +272,7 @@ def test_the_readme_example_runs_as_written(emulator, device):
 
 
 _MODULES_AFTER = """import sys
-from azprov.app import main
+from azprov.supervisor import main
 status = main("provisioning.json", hub_features=%s)
 print("modules", " ".join(sorted(m for m in sys.modules if m.startswith("azprov"))))
 sys.exit(status)

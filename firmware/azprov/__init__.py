@@ -5,7 +5,12 @@ __version__ = "0.1.0"
 
 def connect(path="provisioning.json"):
     """Provisions (or uses the cached assignment), connects to the gateway and returns an azprov.client.Client:
-    send(), twin(), report(), on_desired(), on_method(), on_c2d(), poll(), run(), run_async()."""
-    from azprov.app import connect
+    send(), twin(), report(), on_desired(), on_method(), on_c2d(), poll(), run(), run_async(). The supervisor behind
+    it rides out transient faults; an error that needs a person is raised (azprov.errors.ProvisioningError)."""
+    from azprov.client import Client
+    from azprov.supervisor import APPLICATION, Supervisor
 
-    return connect(path)
+    supervisor = Supervisor(path, APPLICATION)
+    client = Client(supervisor)
+    supervisor.ready()
+    return client

@@ -34,3 +34,38 @@ def require_set_clock():
             "sync it (ntptime) before signing or verifying certificates" % now,
         )
     return now
+
+
+def _urandom_fraction():
+    import os
+
+    return (os.urandom(1)[0] << 8 | os.urandom(1)[0]) / 65536
+
+
+class Clock:
+    """The device's time and randomness, in one object the shells are given: millisecond ticks, a sleep that keeps the
+    watchdog fed however long it waits, Unix time, and the jitter source. Tests pass a fake with the same methods."""
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_add(self, ticks, delta):
+        return time.ticks_add(ticks, delta)
+
+    def ticks_diff(self, end, start):
+        return time.ticks_diff(end, start)
+
+    def sleep_ms(self, ms):
+        from azprov import watchdog
+
+        watchdog.sleep_ms(ms)
+
+    def unix_time(self):
+        return unix_time()
+
+    def require_set(self):
+        return require_set_clock()
+
+    def random(self):
+        """A number in [0, 1): the only jitter source."""
+        return _urandom_fraction()

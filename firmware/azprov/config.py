@@ -43,7 +43,7 @@ _FIELDS = {
     "registration_timeout_s": (int, 120),
     "max_gateway_failures": (int, 3),
     "mqtt_keepalive_s": (int, 120),
-    # The run loop (azprov.runloop): null runs it on every port but Unix.
+    # Run as a board (azprov.supervisor: never stops): null runs so on every port but Unix.
     "run_loop": (bool, None),
     "retry_base_ms": (int, 1000),
     "retry_max_s": (int, 300),
@@ -53,6 +53,15 @@ _FIELDS = {
     "ntp_host": (str, None),
     "ntp_resync_s": (int, 86400),  # 0: only after a (re-)join
 }
+
+
+def defaults():
+    """Every field's default (required fields: None): what the retry policy uses while the file cannot be read."""
+    out = {}
+    for name in _FIELDS:
+        default = _FIELDS[name][1]
+        out[name] = None if default is _REQUIRED else default
+    return out
 
 
 def _error(path, field, message):

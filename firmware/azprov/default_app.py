@@ -3,7 +3,6 @@
 # answers the direct method `ping`, and logs each cloud-to-device message.
 import gc
 import json
-import time
 
 from micropython import const
 
@@ -16,14 +15,22 @@ _MAX_INTERVAL_S = const(86400)
 
 
 class DefaultApp:
+    """The application the supervisor runs (azprov.supervisor.Supervisor.run) on a Client."""
+
     def __init__(self, client):
         self.client = client
-        self.interval_s = client.config["telemetry_interval_s"]
+        self._interval_s = None  # set by the desired property; until then the provisioning file's
         self.pending = {}  # reported properties still to send (acknowledgements of desired ones)
         self.reported_info = False
         client.on_desired(self.on_desired)
         client.on_method("ping", self.ping)
         client.on_c2d(self.on_c2d)
+
+    @property
+    def interval_s(self):
+        if self._interval_s is None:
+            return self.client.config["telemetry_interval_s"]
+        return self._interval_s
 
     def on_desired(self, patch, version):
         if INTERVAL_PROPERTY not in patch:
@@ -32,7 +39,7 @@ class DefaultApp:
         if value is None:
             return  # the property was removed: keep the interval in use
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_INTERVAL_S:
-            self.interval_s = value
+            self._interval_s = value
             status = 200
             log.info("telemetry_interval_changed", ("seconds", value), ("version", version))
         else:
@@ -46,10 +53,13 @@ class DefaultApp:
     def on_c2d(self, body, properties):
         log.info("c2d_received", ("size", len(body)), ("properties", json.dumps(properties)))
 
-    def flush_reports(self):
+    # --- what the supervisor's telemetry loop calls
+
+    def before_send(self):
+        """Reports what the device runs once, and the acknowledgements of desired properties."""
         client = self.client
         if not self.reported_info:
-            state = client.store.load()
+            state = client.supervisor.state
             bundle = state["trust_bundle"] if state else None
             gc.collect()
             info = {"version": azprov.__version__, "heapFree": gc.mem_free(), "bundleEtag": bundle and bundle["etag"]}
@@ -67,38 +77,8 @@ class DefaultApp:
                 raise
             log.info("reported", ("name", ",".join(patch)))
 
+    def send(self, payload):
+        self.client.publish_telemetry(payload, None, {"content_type": "application/json", "content_encoding": "utf-8"})
 
-def serve(client):
-    """Runs the default application until `telemetry_count` messages were sent (0: forever); returns 0."""
-    from azprov.app import _telemetry_payload, done, telemetry_count
-
-    app = DefaultApp(client)
-    cfg = client.config
-    count = telemetry_count(cfg)
-    sequence = 0
-    last_sent = None
-    client.connect()
-    try:
-        while not count or sequence < count:
-            now = time.ticks_ms()
-            due_in = 0 if last_sent is None else time.ticks_diff(time.ticks_add(last_sent, app.interval_s * 1000), now)
-            client.poll(max(0, min(due_in, 1000)))  # handlers run here (a new interval applies at once)
-            try:
-                if client.connected or due_in <= 0:
-                    app.flush_reports()
-                if due_in > 0:
-                    continue
-                client.send(
-                    _telemetry_payload(cfg, sequence), content_type="application/json", content_encoding="utf-8"
-                )
-            except ProvisioningError as exc:
-                client.recover(exc)
-                continue
-            last_sent = time.ticks_ms()
-            client.failures = 0
-            log.info("telemetry_acknowledged", ("device_id", client.device_id), ("sequence", sequence))
-            sequence += 1
-    finally:
-        client.close()
-    done(client, sequence, client.store)
-    return 0
+    def wait(self, ms):
+        self.client.serve(ms)

@@ -15,14 +15,8 @@ _RESPONSE_PREFIX = "$dps/registrations/res/"
 _REGISTER_TOPIC = "$dps/registrations/PUT/iotdps-register/?$rid="
 _POLL_TOPIC = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid="
 
-# Used when a 202 carries no retry-after (the SDKs wait 1-3 s).
-DEFAULT_POLL_S = const(2)
-# 429/5xx: wait the service's retry-after (0 when absent) plus a random share of an exponentially growing window
-# (2, 4, 8, 16, 32 s). A fleet told "retry after 1 s" all at once would otherwise come back in one wave, again and
-# again; with the window, retries spread out until the service can take them. The registration deadline, not the
-# attempt count, is what normally ends the retries.
-_BACKOFF_MAX_DOUBLINGS = const(5)  # the window stops growing at 2**5 = 32 s
-DEFAULT_MAX_ATTEMPTS = const(30)
+# 429/5xx end the exchange with a classified error carrying the service's retry-after: the retry policy
+# (azprov.policy) decides the wait, and resume() continues where the registration was.
 DEFAULT_MAX_POLLS = const(60)
 
 
@@ -132,36 +126,23 @@ class Registration:
     """One registration, from the register request to an assignment or a classified error.
 
     start() gives the first request; each response goes to on_message(), which returns None (keep waiting) or the
-    next request as (delay_s, topic, body); when `done` is true, `result` holds the registrationState (a dict) with
+    next request as (delay_s, topic, body), delay_s None for the policy's default wait; when `done` is true, `result` holds the registrationState (a dict) with
     `operation_id`. Final errors are raised as ProvisioningError. A request is (delay_s, topic, body)."""
 
-    def __init__(
-        self,
-        registration_id,
-        payload=None,
-        max_attempts=DEFAULT_MAX_ATTEMPTS,
-        max_polls=DEFAULT_MAX_POLLS,
-        random=None,
-        bundle_sink=None,
-    ):
+    def __init__(self, registration_id, payload=None, max_polls=DEFAULT_MAX_POLLS, bundle_sink=None):
         self.registration_id = registration_id
         # Given a sink (azprov.store.Incoming), a 200 answer's trust bundle certificates are streamed into it before
         # the body is parsed (azprov.bundle.extract); `streamed` then holds their sha256 values.
         self.bundle_sink = bundle_sink
         self.streamed = []
         self.payload = payload
-        self.max_attempts = max_attempts
         self.max_polls = max_polls
-        self._random = random
         self._next_rid = 0
         self.rid = None
         self.operation_id = None
-        self.transient_failures = 0
         self.polls = 0
         self.done = False
         self.result = None
-        # The last 429/5xx answer: what the caller reports if the deadline ends the retries.
-        self.last_error = None
         self._last = None
 
     def _request(self, delay_s, operation_id=None):
@@ -182,18 +163,6 @@ class Registration:
         accepted, or register again (registering twice is safe: DPS returns the same assignment)."""
         return self._request(0, self.operation_id)
 
-    def _backoff(self, retry_after):
-        window = 1 << min(self.transient_failures, _BACKOFF_MAX_DOUBLINGS)
-        spread = window * self._random() if self._random is not None else window / 2
-        return (retry_after or 0) + spread
-
-    def _retry_transient(self, status, body, retry_after):
-        self.transient_failures += 1
-        self.last_error = service_error(status, body, retry_after)
-        if self.transient_failures >= self.max_attempts:
-            raise self.last_error
-        return self._request(self._backoff(retry_after), self._last)
-
     def on_message(self, topic, body, streamed=None):
         """`streamed`: the certificates' sha256 list when the shell already took them out of `body` as it arrived
         (azprov.bundle.Extractor; the body is then the rest)."""
@@ -203,8 +172,6 @@ class Registration:
         status, rid, retry_after = parsed
         if rid != self.rid:
             return None  # a late answer to a request we already gave up on
-        if status == 429 or status >= 500:
-            return self._retry_transient(status, body, retry_after)
         if status >= 400:
             raise service_error(status, body, retry_after)
         if status not in (200, 202):
@@ -238,8 +205,8 @@ class Registration:
             self.polls += 1
             if self.polls > self.max_polls:
                 raise ProvisioningError(errors.TIMEOUT, "still assigning after %d polls" % self.max_polls)
-            delay = DEFAULT_POLL_S if retry_after is None else retry_after
-            return self._request(delay, self.operation_id)
+            # The wait before polling: the service's retry-after, or None for the policy's default.
+            return self._request(retry_after, self.operation_id)
         state = state or {}
         if op_status == "assigned":
             where = "registrationState"

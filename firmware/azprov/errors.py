@@ -19,7 +19,7 @@ OUT_OF_MEMORY = "out_of_memory"
 INTERNAL = "internal"
 
 # Kinds worth trying again after a pause; the rest need a person or a new configuration.
-_TRANSIENT = (THROTTLED, SERVICE_UNAVAILABLE, NETWORK, TIMEOUT)
+TRANSIENT = (THROTTLED, SERVICE_UNAVAILABLE, NETWORK, TIMEOUT)
 
 
 class ProvisioningError(Exception):
@@ -36,7 +36,7 @@ class ProvisioningError(Exception):
 
     @property
     def transient(self):
-        return self.kind in _TRANSIENT
+        return self.kind in TRANSIENT
 
     def fields(self):
         # Ordered (name, value) pairs for a log line; only what the service or the firmware said, never secrets.

@@ -1,13 +1,11 @@
 # The IoT Hub leg, through an IoT Edge gateway (or straight to the assigned hub): TLS verified against the stored
 # trust bundle, the hub's MQTT user name and SAS, telemetry at QoS 1. The token is renewed before it expires by
 # reconnecting with a fresh one, as IoT Hub requires on MQTT.
-import time
-
 from micropython import const
 
-from azprov import errors, log, sas, transport, watchdog
-from azprov.clock import require_set_clock
+from azprov import errors, log, sas, transport
 from azprov.encoding import url_encode
+from azprov.errors import ProvisioningError
 
 HUB_API_VERSION = "2021-04-12"
 _IO_TIMEOUT_MS = const(15000)
@@ -30,19 +28,20 @@ def telemetry_topic(device_id, properties=None):
     return topic
 
 
-def backoff_s(failures):
-    # Exponential backoff with jitter, so a fleet that lost its gateway does not come back in one wave.
-    import os
-
-    base = min(60, 1 << min(failures, 6))
-    return base / 2 + base / 2 * os.urandom(1)[0] / 256
-
-
 JSON_PROPERTIES = (("$.ct", "application/json"), ("$.ce", "utf-8"))
 
 
 class Gateway:
-    def __init__(self, config, assignment, ca_pem_texts, trust_source="trust_bundle.pem"):
+    """The connection to the gateway (or hub) for one assignment. It connects, renews the token and keeps the
+    connection alive; it never waits to retry and never registers again: a failure is raised, classified, with the
+    connection closed, and the supervisor (azprov.supervisor) decides what comes next."""
+
+    def __init__(self, config, assignment, ca_pem_texts, trust_source="trust_bundle.pem", clock=None):
+        if clock is None:
+            from azprov.clock import Clock
+
+            clock = Clock()
+        self.clock = clock
         self.config = config
         self.hub = assignment["assigned_hub"]
         self.device_id = assignment["device_id"]
@@ -52,7 +51,7 @@ class Gateway:
         self.x509 = config["attestation"] == "x509"
         self._trust_source = trust_source
         self._ctx = None
-        self.client = None
+        self.connection = None  # an azprov.transport.Connection while connected
         self.token_expiry = 0
         self._renew_at = 0
         self.connections = 0
@@ -64,6 +63,10 @@ class Gateway:
         self.listener = None
         # MQTT servers drop a client silent for 1.5 keepalive periods; ping at half of it.
         self._ping_every_ms = self.keepalive_s * 500
+
+    @property
+    def connected(self):
+        return self.connection is not None and self.connection.open
 
     def tls_context(self):
         if self._ctx is None:
@@ -83,13 +86,13 @@ class Gateway:
             # Mutual TLS: the device certificate is the credential, there is no token to renew.
             password = None
         else:
-            now = require_set_clock()
+            now = self.clock.require_set()
             ttl = self.config["sas_ttl_s"]
             self.token_expiry = now + ttl
             self._renew_at = now + ttl * _RENEW_AT_PERCENT // 100
             password = sas.hub_token(self.hub, self.device_id, self.config["symmetric_key"], self.token_expiry)
         self.connections += 1
-        self.client = transport.connect(
+        self.connection = transport.connect(
             self.device_id,
             self.host,
             self.port,
@@ -101,80 +104,69 @@ class Gateway:
             on_message=self._on_cloud_message,
             context="gateway",
         )
-        self._last_ping = time.ticks_ms()
+        self._last_ping = self.clock.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
         if self.listener is not None:
             try:
-                self.listener.after_connect(self.client)
+                self.listener.after_connect(self.connection)
             except Exception as exc:
-                if self.client is not None:
-                    transport.close(self.client)
-                    self.client = None
+                self.drop()
                 raise transport.classify(exc, "gateway")
 
-    def _on_cloud_message(self, topic, body):
-        # Without a listener nothing is subscribed; whatever the hub still sends is noted and dropped.
+    def _on_cloud_message(self, topic, body, pid):
+        if self.listener is not None:
+            self.listener.on_message(topic, body, pid)
+            return
+        # Without a listener nothing is subscribed; whatever the hub still sends is noted, acknowledged and dropped.
         log.info("cloud_message_ignored", ("topic", bytes(topic).decode()), ("bytes", len(body)))
+        if pid is not None:
+            self.connection.ack(pid)
 
-    def ping_if_due(self):
-        if time.ticks_diff(time.ticks_ms(), self._last_ping) >= self._ping_every_ms:
-            self.client.ping()
-            self._last_ping = time.ticks_ms()
-            log.debug("gateway_ping")
+    def _check(self):
+        if not self.connected:
+            raise ProvisioningError(errors.NETWORK, "gateway: not connected")
+        return self.connection
 
     def ms_to_ping(self):
-        return max(0, self._ping_every_ms - time.ticks_diff(time.ticks_ms(), self._last_ping))
+        return max(0, self._ping_every_ms - self.clock.ticks_diff(self.clock.ticks_ms(), self._last_ping))
 
-    def idle(self, seconds):
-        """Waits `seconds` while keeping the connection alive: answers the server, pings before the keepalive runs
-        out, renews the token when due."""
-        end = time.ticks_add(time.ticks_ms(), int(seconds * 1000))
-        while True:
-            remaining = time.ticks_diff(end, time.ticks_ms())
-            if remaining <= 0:
-                return
-            watchdog.feed()
-            self.renew_if_due()
-            if self.client is None:
-                self.connect()
-            since_ping = time.ticks_diff(time.ticks_ms(), self._last_ping)
-            wait = min(remaining, max(0, self._ping_every_ms - since_ping), 1000)
-            try:
-                if self.client.sock.wait_readable(wait):
-                    self.client.check_msg()
-                if time.ticks_diff(time.ticks_ms(), self._last_ping) >= self._ping_every_ms:
-                    self.client.ping()
-                    self._last_ping = time.ticks_ms()
-                    log.debug("gateway_ping")
-            except Exception as exc:
-                transport.close(self.client)
-                self.client = None
-                raise transport.classify(exc, "gateway")
+    def ping_if_due(self):
+        if not self.ms_to_ping():
+            self._check().ping()
+            self._last_ping = self.clock.ticks_ms()
+            log.debug("gateway_ping")
+
+    def wait(self, ms):
+        """Reads what the gateway sends for up to `ms` (at most until the next keepalive ping is due), then pings
+        when due. Raises a classified error when the connection fails."""
+        self._check().receive(min(ms, self.ms_to_ping()))
+        self.ping_if_due()
 
     def renew_if_due(self):
         """Reconnects with a fresh token once most of the old one's lifetime has passed; True when it did."""
-        if self.client is None or self.x509 or require_set_clock() < self._renew_at:
+        if not self.connected or self.x509 or self.clock.require_set() < self._renew_at:
             return False
-        transport.disconnect(self.client)
-        self.client = None
+        self.close()
         self.connect()
         self.renewals += 1
         log.info("gateway_token_renewed", ("expires", self.token_expiry))
         return True
 
+    def publish(self, topic, body, what):
+        """Publishes at QoS 1 and returns when the gateway acknowledged it."""
+        self._check().publish(topic, body, what)
+
     def send(self, payload, properties=JSON_PROPERTIES):
         """Publishes one telemetry message at QoS 1 and returns when the gateway acknowledged it."""
-        if self.client is None:
-            self.connect()
-        topic = telemetry_topic(self.device_id, properties)
-        try:
-            self.client.publish(topic.encode(), payload, qos=1)
-        except Exception as exc:
-            transport.close(self.client)
-            self.client = None
-            raise transport.classify(exc, "telemetry")
+        self.publish(telemetry_topic(self.device_id, properties), payload, "telemetry")
+
+    def drop(self):
+        """Closes after a failure, without a goodbye."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
     def close(self):
-        if self.client is not None:
-            transport.disconnect(self.client)
-            self.client = None
+        if self.connection is not None:
+            self.connection.disconnect()
+            self.connection = None

@@ -1,62 +1,42 @@
-# The thin shell around azprov.dps: owns the MQTT connection, the clock and the deadline. It reconnects when the
-# connection drops and resumes the registration (poll the operation DPS accepted, or register again).
-import time
+# The DPS leg: the thin shell around azprov.dps (which owns no I/O). One call of Provisioner.attempt() is one DPS
+# connection: it sends the registration's next request, waits for the answers, polls while DPS is assigning, and on
+# an assignment streams the trust bundle to flash and commits it (azprov.store). Any failure is raised, classified,
+# with the connection closed; the registration stays where it was, so the next attempt (after the wait the retry
+# policy chose) polls the operation DPS already accepted instead of starting again. Only the supervisor calls this.
+import gc
+import json
 
 from micropython import const
 
-from azprov import __version__, dps, errors, log, sas, transport, watchdog
-from azprov.clock import require_set_clock
+from azprov import __version__, dps, errors, log, policy, sas, transport
 from azprov.errors import ProvisioningError
 from azprov.store import read_text
 
 _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(60)
-_MAX_RECONNECTS = const(5)
 # DPS payloads at least this large are read from the socket in _CHUNK pieces (a trust bundle's certificates go
 # to flash one at a time and the whole answer is never in heap); smaller ones are read whole.
 _STREAM_OVER = const(2048)
 _CHUNK = const(512)
 
 
-def _random():
-    # Jitter source for retries; os.urandom exists on every port we target.
-    import os
+class Provisioner:
+    """The registration of one device (a loaded provisioning file, azprov.config) into its Store."""
 
-    return os.urandom(1)[0] / 256
-
-
-def _remaining_ms(deadline):
-    return time.ticks_diff(deadline, time.ticks_ms())
-
-
-def _sleep_within(seconds, deadline, cause=None):
-    """Waits before the next request; when that would pass the deadline, gives up with the answer that asked for
-    the wait (a 429 or 5xx keeps its errorCode and trackingId) or else a timeout."""
-    if seconds <= 0:
-        return
-    if seconds * 1000 >= _remaining_ms(deadline):
-        if cause is not None:
-            cause.answered = True
-            raise cause
-        raise ProvisioningError(
-            errors.TIMEOUT, "DPS asked to wait %d s, past the registration deadline" % seconds, retry_after=int(seconds)
-        )
-    watchdog.sleep_ms(int(seconds * 1000))  # a DPS retry-after can be long: the watchdog stays fed
-
-
-class Session:
-    """One DPS registration for a loaded provisioning file (azprov.config)."""
-
-    def __init__(self, config, client_version="azprov/" + __version__, bundle_sink=None):
+    def __init__(self, config, store, clock, client_version="azprov/" + __version__):
         self.config = config
-        self.bundle_sink = bundle_sink  # see dps.Registration
-        self.streamed = []
+        self.store = store
+        self.clock = clock
         self.client_version = client_version
         self.connections = 0
-        self._inbox = []
+        self.registration = None  # the dps.Registration in progress, kept across attempts
         self._ctx = None
+        self._inbox = []
+        self._sink = None
 
-    def _on_message(self, topic, body):
+    # --- one connection
+
+    def _on_message(self, topic, body, pid):
         streamed = None
         if isinstance(body, transport.PayloadStream):
             body, streamed = self._take(topic, body)
@@ -66,12 +46,12 @@ class Session:
         """Consumes a payload still in the socket: a 200 answer through the bundle Extractor (certificates to the
         sink as they arrive), anything else read whole. Returns (body, streamed sha256 list or None)."""
         parsed = dps.parse_topic(topic)
-        if self.bundle_sink is None or parsed is None or parsed[0] != 200:
+        if parsed is None or parsed[0] != 200:
             return stream.read_all(), None
         from azprov.bundle import Extractor
 
-        self.bundle_sink.start()
-        extractor = Extractor(self.bundle_sink)
+        self._sink.start()
+        extractor = Extractor(self._sink)
         try:
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
@@ -92,12 +72,12 @@ class Session:
         if x509:
             password = None  # the certificate in the TLS handshake is the credential
         else:
-            expiry = require_set_clock() + cfg["sas_ttl_s"]
+            expiry = self.clock.require_set() + cfg["sas_ttl_s"]
             password = sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], expiry)
-        timeout = max(1, min(_IO_TIMEOUT_MS, _remaining_ms(deadline)))
+        timeout = max(1, min(_IO_TIMEOUT_MS, self._remaining(deadline)))
         log.debug("dps_connecting", ("host", cfg["dps_host"]), ("port", cfg["dps_port"]))
         self.connections += 1
-        client = transport.connect(
+        connection = transport.connect(
             cfg["registration_id"],
             cfg["dps_host"],
             cfg["dps_port"],
@@ -110,73 +90,54 @@ class Session:
             max_packet=None,  # a trust bundle may be large: the limit is what the free heap can take
             context="DPS",
         )
-        client.sock.stream_over = _STREAM_OVER
-        try:
-            client.subscribe(dps.RESPONSE_FILTER, qos=1)
-        except Exception as exc:
-            transport.close(client)
-            raise transport.classify(exc, "DPS subscribe")
+        connection.stream_over = _STREAM_OVER
+        connection.subscribe(dps.RESPONSE_FILTER)
         log.info("dps_connected", ("host", cfg["dps_host"]), ("api_version", dps.API_VERSION))
-        return client
+        return connection
 
-    def register(self):
-        """Registers and returns the registrationState dict of an `assigned` result; raises ProvisioningError."""
+    def _remaining(self, deadline):
+        return self.clock.ticks_diff(deadline, self.clock.ticks_ms())
+
+    def _register(self, budget_ms):
+        """One connection's worth of the registration; returns the registrationState of an assignment."""
         cfg = self.config
-        deadline = time.ticks_add(time.ticks_ms(), cfg["registration_timeout_s"] * 1000)
-        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_random, bundle_sink=self.bundle_sink)
-        request = reg.start()
-        client = None
-        reconnects = 0
+        deadline = self.clock.ticks_add(self.clock.ticks_ms(), budget_ms)
+        reg = self.registration
+        if reg is None:
+            reg = self.registration = dps.Registration(cfg["registration_id"], cfg["payload"], bundle_sink=self._sink)
+            request = reg.start()
+        else:
+            reg.bundle_sink = self._sink
+            request = reg.resume()
+        connection = self._connect(deadline)
         try:
             while True:
-                try:
-                    if client is None:
-                        client = self._connect(deadline)
-                    request = self._exchange(client, reg, request, deadline)
-                    if request is None:
-                        self.streamed = reg.streamed
-                        return reg.result
-                except ProvisioningError as exc:
-                    # The service's own answers were judged by the state machine; what is left to retry here is
-                    # a connection that failed or went quiet, or a server that was briefly unavailable.
-                    if exc.answered or not exc.transient or exc.retry_after is not None:
-                        raise
-                    if _remaining_ms(deadline) <= 0 or reconnects >= _MAX_RECONNECTS:
-                        raise
-                    reconnects += 1
-                    log.warning("dps_connection_lost", ("reason", exc.message), ("reconnect", reconnects))
-                    if client is not None:
-                        transport.close(client)
-                    client = None
-                    self._inbox = []
-                    request = reg.resume()
-                    _sleep_within(min(reconnects, 3), deadline)
+                delay, topic, body = request
+                if delay != 0:
+                    wait = policy.decide(policy.PENDING, 0, delay, cfg, 0, 0).wait_ms
+                    if wait >= self._remaining(deadline):
+                        raise ProvisioningError(
+                            errors.TIMEOUT, "DPS asked to wait %d ms, past the registration deadline" % wait
+                        )
+                    self.clock.sleep_ms(wait)
+                log.debug("dps_request", ("topic", topic))
+                connection.publish(topic, body, "DPS")
+                request = self._await_decision(connection, reg, deadline)
+                if request is None:
+                    return reg.result
         finally:
-            if client is not None:
-                transport.disconnect(client)
+            connection.disconnect()
             self._inbox = []
 
-    def _exchange(self, client, reg, request, deadline):
-        """Sends one request and waits for the answer that decides what comes next (None: registration done)."""
-        delay, topic, body = request
-        _sleep_within(delay, deadline, reg.last_error)
-        log.debug("dps_request", ("topic", topic))
-        try:
-            client.publish(topic.encode(), body, qos=1)
-            return self._await_decision(client, reg, deadline)
-        except ProvisioningError:
-            raise
-        except Exception as exc:
-            raise transport.classify(exc, "DPS")
-
-    def _await_decision(self, client, reg, deadline):
+    def _await_decision(self, connection, reg, deadline):
         while True:
             while self._inbox:
                 topic, body, streamed = self._inbox.pop(0)
                 try:
                     request = reg.on_message(topic, body, streamed)
                 except ProvisioningError as exc:
-                    exc.answered = True
+                    if exc.status is not None:
+                        log.info("dps_status", ("status", exc.status), ("retry_after", exc.retry_after))
                     raise
                 if reg.done:
                     return None
@@ -184,9 +145,92 @@ class Session:
                     status = dps.parse_topic(topic)[0]
                     log.info("dps_status", ("status", status), ("next_in_s", request[0]))
                     return request
-            remaining = _remaining_ms(deadline)
+            remaining = self._remaining(deadline)
             if remaining <= 0:
                 raise ProvisioningError(errors.TIMEOUT, "no DPS answer before the registration deadline")
-            watchdog.feed()
-            client.sock.wait_readable(min(remaining, 1000))
-            client.check_msg()
+            connection.receive(min(remaining, 1000))
+
+    # --- the step
+
+    def attempt(self, budget_ms):
+        """Registers (or continues the registration) within `budget_ms` and commits the assignment and trust bundle
+        to the store; returns the stored state. Raises a classified ProvisioningError."""
+        from azprov.bundle import parse
+
+        store = self.store
+        self._sink = store.incoming()  # the bundle's certificates go straight from the DPS answer to flash
+        try:
+            registration = self._register(budget_ms)
+            streamed = self.registration.streamed
+            pem_sha256 = self._sink.finish() if streamed else None
+        except BaseException as exc:
+            self._sink.close()
+            store.discard_incoming()
+            if isinstance(exc, ProvisioningError) and exc.status is not None and exc.kind not in errors.TRANSIENT:
+                self.registration = None  # a final answer: a later attempt registers anew
+            raise
+        finally:
+            self._sink = None
+        self.registration = None
+        log.info(
+            "registered",
+            ("hub", registration["assignedHub"]),
+            ("device_id", registration["deviceId"]),
+            ("substatus", registration.get("substatus") or "-"),
+        )
+        gc.collect()
+        try:
+            parsed = parse(registration.get("trustBundle"), streamed, pem_sha256)
+        except BaseException:
+            store.discard_incoming()
+            raise
+        assignment = {
+            "registration_id": self.config["registration_id"],
+            "assigned_hub": registration["assignedHub"],
+            "device_id": registration["deviceId"],
+            "substatus": registration.get("substatus"),
+            "payload": registration.get("payload"),
+        }
+        del registration
+        gc.collect()
+        written = store.save(assignment, parsed)
+        if assignment["payload"] is not None:  # after save(), which has checked that it serialises
+            log.info("returned_payload", ("json", json.dumps(assignment["payload"])))
+        if parsed is None:
+            log.info("trust_bundle_absent", ("written", written))
+        else:
+            log.info(
+                "trust_bundle_stored",
+                ("certificates", len(parsed["certificates"])),
+                ("id", parsed["id"]),
+                ("etag", parsed["etag"]),
+                ("written", written),
+            )
+            for cert in parsed["certificates"]:
+                log.info(
+                    "trust_bundle_cert",
+                    ("sha256", cert["sha256"]),
+                    ("subject", cert["subject"] or "-"),
+                    ("not_after", cert["not_after"] or "-"),
+                )
+        parsed = None
+        state = store.load()
+        if state is None:
+            # What was just written cannot be read back (a file system damaged by an earlier power cut: FAT).
+            raise ProvisioningError(errors.STORAGE, "stored state: state.json cannot be read back after writing it")
+        return state
+
+
+def cached_state(cfg, store):
+    """The stored assignment when it is usable for this provisioning file, else None (logged)."""
+    try:
+        state = store.load()
+    except ProvisioningError as exc:
+        log.warning("stored_state_unusable", ("reason", exc.message))
+        return None
+    if state is None:
+        return None
+    if state["assignment"].get("registration_id") != cfg["registration_id"]:
+        log.info("stored_state_for_other_registration")
+        return None
+    return state

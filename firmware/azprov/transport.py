@@ -131,9 +131,6 @@ class DeadlineSocket:
     is spent on it."""
 
     def __init__(self, tls, timeout_ms, max_packet):
-        # A payload of at least this many bytes is handed over as a PayloadStream instead of being read whole
-        # (set by the DPS session: a trust bundle then goes from the socket to flash a piece at a time).
-        self.stream_over = None
         self._tls = tls
         self._timeout_ms = timeout_ms
         self._max_packet = max_packet
@@ -165,8 +162,6 @@ class DeadlineSocket:
             raise ProvisioningError(
                 errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit" % (n, self._max_packet)
             )
-        if self.stream_over is not None and n >= self.stream_over and self._blocking:
-            return PayloadStream(self, n)
         if n >= _COLLECT_BEFORE_BYTES:
             # A DPS result with a trust bundle needs one contiguous block: make room first, and refuse what cannot
             # fit with a classified error rather than a MemoryError half-way.
@@ -250,7 +245,7 @@ class DeadlineSocket:
 
 
 class PayloadStream:
-    """An MQTT payload still in the socket (DeadlineSocket.stream_over): whoever receives it must consume all
+    """An MQTT payload still in the socket (Connection.stream_over): whoever receives it must consume all
     `size` bytes before returning (readinto() pieces, or read_all()), since the next packet follows it."""
 
     def __init__(self, sock, size):
@@ -263,6 +258,13 @@ class PayloadStream:
         self._sock.fill(view[:n])
         self.remaining -= n
         return n
+
+    def skip(self):
+        """Reads past what is left, a piece at a time, without holding it."""
+        buf = bytearray(min(self.remaining, 256))
+        view = memoryview(buf)
+        while self.remaining:
+            self.readinto(view)
 
     def read_all(self):
         """The rest of the payload as one bytearray (refused, naming the size, when the free heap cannot take it)."""
@@ -385,8 +387,9 @@ def connect(
     max_packet=DEFAULT_MAX_PACKET,
     context="connect",
 ):
-    """A connected umqtt.simple MQTTClient over verified TLS, or a classified ProvisioningError. A `password` of
-    None means X.509: `ctx` holds the client certificate and the CONNECT carries no password field."""
+    """A Connection over verified TLS, or a classified ProvisioningError. A `password` of None means X.509: `ctx`
+    holds the client certificate and the CONNECT carries no password field. `on_message(topic, body, pid)` gets
+    every PUBLISH (see Connection)."""
     import umqtt.simple as umqtt
     from umqtt.simple import MQTTClient, MQTTException
 
@@ -396,18 +399,16 @@ def connect(
         client_id, host, port=port, user=user, password="" if x509 else password, keepalive=keepalive, ssl=timed
     )
     client.ssl_params = {"context": timed, "server_hostname": host}
-    if on_message is not None:
-        client.set_callback(on_message)
     previous = sys.modules.get("ussl")
     sys.modules["ussl"] = _LegacySsl
     umqtt.socket = _BoundedSockets(timeout_ms)
     try:
         client.connect()
     except MQTTException as exc:
-        close(client)
+        _close_socket(client)
         raise _connack_error(exc.args[0] if exc.args else None, context)
     except Exception as exc:
-        close(client)
+        _close_socket(client)
         raise classify(exc, context)
     finally:
         umqtt.socket = socket
@@ -415,10 +416,10 @@ def connect(
             del sys.modules["ussl"]
         else:
             sys.modules["ussl"] = previous
-    return client
+    return Connection(client, on_message, context)
 
 
-def close(client):
+def _close_socket(client):
     sock = getattr(client, "sock", None)
     if sock is not None:
         try:
@@ -428,9 +429,130 @@ def close(client):
     client.sock = None
 
 
-def disconnect(client):
-    try:
-        client.disconnect()
-    except Exception:
-        pass
-    close(client)
+class Connection:
+    """One MQTT connection, and the only code that knows umqtt.simple's internals. umqtt writes CONNECT, PUBLISH,
+    SUBSCRIBE and PINGREQ and waits for their acknowledgements; every packet it reads comes through read_packet()
+    here, which hands each PUBLISH to `on_message(topic, body, pid)` with its packet id instead of acknowledging it
+    at once: the owner acknowledges with ack(pid) once the message was handled (a C2D message only after its
+    handler returned). A payload of at least `stream_over` bytes is handed over as a PayloadStream still in the
+    socket, which the callback must consume before it returns. Every failure is a classified ProvisioningError,
+    after which the connection is closed."""
+
+    def __init__(self, mqtt, on_message, context):
+        self._mqtt = mqtt
+        self._sock = mqtt.sock
+        self.on_message = on_message
+        self.context = context
+        self.stream_over = None
+        self.open = True
+        mqtt.wait_msg = self.read_packet  # umqtt's publish/subscribe loops call it while they wait
+        mqtt.set_callback(on_message)  # never called (read_packet delivers), but subscribe() asserts that one is set
+
+    def _failed(self, exc, what):
+        self.close()
+        return classify(exc, what or self.context)
+
+    def publish(self, topic, body, what=None):
+        """Publishes at QoS 1 and returns when it was acknowledged."""
+        try:
+            self._mqtt.publish(topic.encode() if isinstance(topic, str) else topic, body, qos=1)
+        except Exception as exc:
+            raise self._failed(exc, what)
+
+    def subscribe(self, topic_filter):
+        try:
+            self._mqtt.subscribe(topic_filter.encode(), 1)
+        except Exception as exc:
+            raise self._failed(exc, "%s subscribe" % self.context)
+
+    def ping(self):
+        try:
+            self._mqtt.ping()
+        except Exception as exc:
+            raise self._failed(exc, None)
+
+    def ack(self, pid):
+        try:
+            self._sock.write(bytes((0x40, 2, pid >> 8, pid & 255)))
+            self._sock.flush()
+        except Exception as exc:
+            raise self._failed(exc, "%s acknowledge" % self.context)
+
+    def receive(self, wait_ms):
+        """Waits up to `wait_ms` for data, then reads every packet that arrived. True when something was read."""
+        try:
+            if not self._sock.wait_readable(wait_ms):
+                return False
+            self._mqtt.check_msg()
+            while self.open and self._sock.wait_readable(0):
+                self._mqtt.check_msg()
+            return True
+        except Exception as exc:
+            raise self._failed(exc, None)
+
+    def _length(self):
+        # MQTT's variable-length integer (the packet's remaining length).
+        sock = self._sock
+        n = 0
+        shift = 0
+        while True:
+            byte = sock.read(1)[0]
+            n |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return n
+            shift += 7
+            if shift > 21:
+                raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: bad MQTT length" % self.context)
+
+    def read_packet(self):
+        # umqtt.simple's wait_msg, except that a PUBLISH goes to on_message with its packet id, unacknowledged.
+        sock = self._sock
+        first = sock.read(1)
+        sock.setblocking(True)
+        if first is None:
+            return None
+        if first == b"":
+            raise OSError(-1)
+        if first == b"\xd0":  # PINGRESP
+            sock.read(1)
+            return None
+        op = first[0]
+        if op & 0xF0 != 0x30:
+            return op  # an acknowledgement umqtt is waiting for: it reads the rest
+        size = self._length()
+        head = sock.read(2)
+        topic_length = head[0] << 8 | head[1]
+        topic = bytes(sock.read(topic_length))
+        size -= topic_length + 2
+        pid = None
+        if op & 6:
+            if op & 6 != 2:
+                raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: a QoS 2 message" % self.context)
+            head = sock.read(2)
+            pid = head[0] << 8 | head[1]
+            size -= 2
+        if size < 0:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: a PUBLISH shorter than its topic" % self.context)
+        if self.stream_over is not None and size >= self.stream_over:
+            stream = PayloadStream(sock, size)
+            self.on_message(topic, stream, pid)
+            if stream.remaining:
+                stream.skip()
+            return None
+        body = sock.read(size) if size > 0 else b""
+        self.on_message(topic, body, pid)
+        return None
+
+    def close(self):
+        """Drops the connection without a word (after a failure)."""
+        self.open = False
+        _close_socket(self._mqtt)
+
+    def disconnect(self):
+        """Says goodbye (DISCONNECT), then closes."""
+        if self.open:
+            try:
+                self._mqtt.disconnect()
+            except Exception:
+                pass
+        self.close()

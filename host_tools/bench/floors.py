@@ -27,7 +27,7 @@ class Flow:
     provisioning: dict = field(default_factory=dict, hash=False, compare=False)  # extra provisioning.json fields
     x509: bool = False  # an X.509 device (EC P-256 certificate + intermediate, group enrollment) instead of a key
     # main.py: the default application (telemetry + device twin, direct methods, C2D); bench_telemetry_only.py: the
-    # same flow with none of the hub modules loaded (azprov.app.main(hub_features=False))
+    # same flow with none of the hub modules loaded (azprov.supervisor.main(hub_features=False))
     script: str = "main.py"
 
 

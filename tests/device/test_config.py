@@ -165,7 +165,7 @@ def test_run_loop_fields_have_defaults_and_bounds():
 
 def test_unset_telemetry_count_sends_until_power_off_under_the_run_loop():
     # A field device given no count must never stop sending; a one-shot run (the Unix-port tests) sends one.
-    from azprov.app import telemetry_count
+    from azprov.supervisor import telemetry_count
 
     cfg = config.parse(_with(), "provisioning.json")
     assert cfg["telemetry_count"] is None

@@ -1,5 +1,5 @@
 # Bench wrapper, copied into a device folder by host_tools/bench/device.py (MicroPython only, not firmware).
-# Runs the device's whole flow exactly as main.py does (azprov.app.main) and reports the GC heap it used:
+# Runs the device's whole flow exactly as main.py does (azprov.supervisor.main) and reports the GC heap it used:
 #
 #   micropython bench_flow.py provisioning.json peak      high-water mark of the GC heap at this heap size
 #   micropython bench_flow.py provisioning.json steps     live heap (right after a collection) at each debug step
@@ -80,7 +80,7 @@ def _flow(path, mode):
     baseline = _gc.mem_alloc()
     watch.last_alloc = baseline
     sys.modules["gc"] = watch
-    from azprov.app import main
+    from azprov.supervisor import main
 
     status = main(path)
     watch._read()

@@ -4,6 +4,6 @@
 # application's (main.py, every hub feature on).
 import sys
 
-from azprov.app import main
+from azprov.supervisor import main
 
 sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "provisioning.json", hub_features=False))

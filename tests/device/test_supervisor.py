@@ -1,0 +1,380 @@
+# The supervisor (azprov.supervisor) with a fake clock, a fake machine and scripted steps: where it starts again after
+# each failure, what it waits (time passes only in the fake clock: every test runs in milliseconds), when it registers
+# again, resets or deep-sleeps, and the stop rule of each kind of run.
+import json
+
+from azprov import errors, supervisor, watchdog
+from azprov.errors import ProvisioningError
+
+CONFIG = {
+    "retry_base_ms": 1000,
+    "retry_max_s": 60,
+    "reset_after_failures": 0,
+    "retry_deep_sleep": False,
+    "max_gateway_failures": 3,
+    "registration_timeout_s": 120,
+    "watchdog_timeout_s": 0,
+    "telemetry_count": 2,
+    "telemetry_interval_s": 0,
+}
+
+
+class Stop(Exception):
+    pass
+
+
+class FakeClock:
+    """Milliseconds that pass only when someone sleeps; Unix time follows them; the random number is fixed."""
+
+    def __init__(self, fraction=0.5):
+        self.now = 0
+        self.fraction = fraction
+        self.sleeps = []
+
+    def ticks_ms(self):
+        return self.now
+
+    def ticks_add(self, ticks, delta):
+        return ticks + delta
+
+    def ticks_diff(self, end, start):
+        return end - start
+
+    def sleep_ms(self, ms):
+        self.sleeps.append(ms)
+        self.now += ms
+
+    def unix_time(self):
+        return 1800000000 + self.now // 1000
+
+    def require_set(self):
+        return self.unix_time()
+
+    def random(self):
+        return self.fraction
+
+
+class FakeMachine:
+    PWRON_RESET = 1
+    DEEPSLEEP_RESET = 4
+
+    def __init__(self, cause=1, memory=b""):
+        self.cause = cause
+        self.rtc = memory
+        self.calls = []
+
+    def reset_cause(self):
+        return self.cause
+
+    def reset(self):
+        self.calls.append("reset")
+        raise Stop()
+
+    def deepsleep(self, ms):
+        self.calls.append(("deepsleep", ms))
+        raise Stop()
+
+    def RTC(self):
+        machine = self
+
+        class _Rtc:
+            def memory(self, data=None):
+                if data is None:
+                    return machine.rtc
+                machine.rtc = data
+
+        return _Rtc()
+
+
+class FakeLink:
+    def __init__(self):
+        self.up = True
+
+    def connected(self):
+        return self.up
+
+    def check(self):
+        if not self.up:
+            raise ProvisioningError(errors.NETWORK, "link lost")
+
+    def clock_due(self):
+        return False
+
+
+class FakeGateway:
+    def __init__(self):
+        self.connected = False
+        self.closed = False
+
+    def drop(self):
+        self.connected = False
+
+    def close(self):
+        self.connected = False
+        self.closed = True
+
+
+class Scripted(supervisor.Supervisor):
+    """The supervisor with each step's outcomes scripted: `script[step]` is a list of None (success) or exceptions,
+    taken in turn (success once the list is empty)."""
+
+    gateway_class = FakeGateway
+
+    def __init__(self, script, stop=supervisor.BOARD, config=None, machine=None, clock=None):
+        self.script = script
+        self.ran = []
+        self.registrations = 0
+        settings = dict(CONFIG)
+        settings.update(config or {})
+        self.settings = settings
+        supervisor.Supervisor.__init__(self, "p.json", stop, clock or FakeClock(), machine or FakeMachine())
+
+    def _outcome(self, name):
+        self.ran.append(name)
+        outcomes = self.script.get(name) or []
+        if outcomes:
+            outcome = outcomes.pop(0)
+            if outcome is not None:
+                raise outcome
+
+    def _config(self):
+        self._outcome("config")
+        self.config = self.settings
+        self.link = FakeLink()
+
+    def _link(self):
+        self._outcome("link")
+
+    def _clock(self):
+        self._outcome("clock")
+
+    def _provision(self):
+        if self.state is not None and not self.reregister:
+            return
+        self._outcome("provision")
+        self.registrations += 1
+        self.state = {"assignment": {}}
+        self.fresh = self.registrations > 1 or self.script.get("cached") is None
+        self.reregister = False
+        self._close_gateway()
+
+    def _connect(self):
+        if self.gateway is None:
+            self.gateway = self.gateway_class()
+        self._outcome("connect")
+        self.gateway.connected = True
+
+
+def _error(kind, **extra):
+    return ProvisioningError(kind, kind, **extra)
+
+
+def _network():
+    return _error(errors.NETWORK)
+
+
+def test_restarts_from_the_failed_step_after_a_backoff():
+    sup = Scripted({"provision": [_network(), _network()]})
+    assert sup.ready()
+    assert sup.ran == ["config", "link", "clock", "provision", "provision", "provision", "connect"]
+    assert sup.clock.sleeps == [750, 1500]
+
+
+def test_errors_that_need_a_person_wait_at_the_cap_on_a_board():
+    sup = Scripted({"provision": [_error(errors.DISABLED), _error(errors.NOT_FOUND)]})
+    assert sup.ready()
+    assert sup.clock.sleeps == [60000, 60000]
+
+
+def test_one_shot_stops_at_the_first_failure_that_needs_a_person():
+    sup = Scripted({"provision": [_network(), _error(errors.AUTHENTICATION, status=401)]}, stop=supervisor.ONE_SHOT)
+    try:
+        sup.ready()
+    except ProvisioningError as exc:
+        assert exc.kind == errors.AUTHENTICATION and exc.status == 401
+    else:
+        raise AssertionError("a one-shot run went on after an authentication failure")
+    assert sup.clock.sleeps == [750]
+
+
+def test_one_shot_stops_once_failures_outlast_the_registration_timeout():
+    sup = Scripted({"provision": [_network()] * 50}, stop=supervisor.ONE_SHOT, config={"registration_timeout_s": 10})
+    try:
+        sup.ready()
+    except ProvisioningError as exc:
+        assert exc.kind == errors.NETWORK
+    else:
+        raise AssertionError("no stop")
+    assert 10000 <= sup.clock.now < 10000 + 8000, sup.clock.now
+    # The application's rule has no budget: transient failures are retried for as long as they last.
+    sup = Scripted({"provision": [_network()] * 12}, stop=supervisor.APPLICATION, config={"registration_timeout_s": 10})
+    assert sup.ready() and sup.clock.now > 10000
+
+
+def test_an_operation_is_retried_until_it_succeeds():
+    sup = Scripted({})
+    results = [_network(), _error(errors.TIMEOUT), "sent"]
+
+    def op():
+        outcome = results.pop(0)
+        if isinstance(outcome, Exception):
+            sup.gateway.connected = False
+            raise outcome
+        return outcome
+
+    assert sup.attempt(op) == "sent"
+    assert sup.ran.count("connect") == 3 and sup.clock.sleeps == [750, 1500]
+
+
+def test_useful_work_starts_the_failure_count_again():
+    sup = Scripted({})
+    outcomes = [_network(), _network(), None, _network(), None]
+
+    def op():
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    sup.attempt(op)  # two failures, then success
+    sup.attempt(op)  # one failure after the success: the first step of the backoff again
+    assert sup.clock.sleeps == [750, 1500, 750]
+
+
+def test_a_refused_cached_assignment_registers_again():
+    sup = Scripted({"cached": True, "connect": [_error(errors.AUTHENTICATION)]})
+    sup.fresh = False
+    assert sup.ready()
+    assert sup.registrations == 2 and sup.ran.count("connect") == 2
+
+
+def test_a_fresh_assignment_refused_is_tried_once_more_then_registered_again():
+    refusal = _error(errors.TLS_VERIFICATION)
+    sup = Scripted({"connect": [refusal, _error(errors.TLS_VERIFICATION)]})
+    assert sup.ready()
+    assert sup.registrations == 2 and sup.ran.count("connect") == 3
+
+
+def test_max_gateway_failures_registers_again():
+    sup = Scripted({})
+    failures = [_network()] * 3
+
+    def op():
+        if failures:
+            sup.gateway.connected = False
+            raise failures.pop(0)
+
+    sup.attempt(op)
+    assert sup.registrations == 2
+
+
+def test_board_reset_after_consecutive_failures_with_the_backoff_carried_over():
+    machine = FakeMachine()
+    sup = Scripted({"provision": [_network()] * 5}, config={"reset_after_failures": 3}, machine=machine)
+    try:
+        sup.ready()
+    except Stop:
+        pass
+    else:
+        raise AssertionError("the board was not reset")
+    assert machine.calls == ["reset"]
+    assert len(sup.clock.sleeps) == 3  # the last wait is still waited before the reset
+    assert json.loads(machine.rtc) == {"m": "azprov1", "f": 3}
+    # After the reset the backoff goes on from the fourth step, and the board does not reset again at once.
+    woken = Scripted({"provision": [_network()]}, config={"reset_after_failures": 3}, machine=machine)
+    assert woken.ready()
+    assert woken.clock.sleeps == [6000]
+
+
+def test_deep_sleep_instead_of_waiting():
+    machine = FakeMachine()
+    sup = Scripted({"link": [_network()]}, config={"retry_deep_sleep": True}, machine=machine)
+    try:
+        sup.ready()
+    except Stop:
+        pass
+    assert machine.calls == [("deepsleep", 750)] and not sup.clock.sleeps
+    assert supervisor.reset_cause(FakeMachine(cause=FakeMachine.DEEPSLEEP_RESET)) == "deep_sleep"
+
+
+def test_a_dropped_link_sends_the_device_back_to_it():
+    sup = Scripted({})
+    sup.ready()
+    del sup.ran[:]
+    sup.link.up = False
+    sup.failed(_network(), "serve")
+    sup.link.up = True
+    assert sup.ready()
+    assert sup.ran == ["link", "clock", "connect"]
+
+
+def test_a_bug_or_a_full_heap_is_retried_like_any_failure():
+    import gc
+
+    failures = [TypeError("bug")] + ([MemoryError()] if hasattr(gc, "mem_free") else [])  # MicroPython's gc
+    sup = Scripted({"clock": list(failures)})
+    assert sup.ready() and sup.ran.count("clock") == len(failures) + 1
+
+
+def test_poll_budget_does_not_wait_past_it():
+    sup = Scripted({"connect": [_network()]})
+    assert not sup.ready(100)  # the retry is due in 750 ms
+    assert sup.clock.now == 100
+    assert sup.ready()
+
+
+def test_the_watchdog_is_started_once():
+    calls = []
+    saved = watchdog.start
+    watchdog.start = calls.append
+    try:
+        sup = Scripted({"provision": [_network(), _network()]}, config={"watchdog_timeout_s": 30})
+        sup.ready()
+    finally:
+        watchdog.start = saved
+    assert calls == [30]
+
+
+def test_run_sends_the_count_and_counts_the_sequence():
+    sent = []
+
+    class App:
+        interval_s = 0
+
+        def before_send(self):
+            pass
+
+        def send(self, payload):
+            sent.append(json.loads(payload)["sequence"])
+
+        def wait(self, ms):
+            pass
+
+    class Gateway(FakeGateway):
+        device_id = "d"
+        connections = 1
+        renewals = 0
+
+        def renew_if_due(self):
+            return False
+
+    class Store:
+        writes = 0
+
+    sup = Scripted({})
+    sup.gateway_class = Gateway
+    sup.store = Store()
+    saved = supervisor.telemetry_payload
+    supervisor.telemetry_payload = lambda cfg, sequence: json.dumps(
+        {"sequence": sequence}
+    )  # CPython has no gc.mem_free
+    try:
+        assert sup.run(App()) == 0
+    finally:
+        supervisor.telemetry_payload = saved
+    assert sent == [0, 1]
+
+
+def test_selected_by_default_on_boards_only():
+    assert supervisor.selected({"run_loop": None}, "esp32") and not supervisor.selected({"run_loop": None}, "linux")
+    assert supervisor.selected({"run_loop": True}, "linux") and not supervisor.selected({"run_loop": False}, "esp32")
+    assert supervisor.selected(None, "esp32") and not supervisor.selected(None, "linux")
