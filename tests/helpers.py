@@ -61,6 +61,10 @@ class DeviceResult:
     def all(self, name: str) -> list[dict]:
         return [fields for _, event, fields in self.events if event == name]
 
+    def gateway_retries(self) -> list[dict]:
+        """The supervisor's retries after a gateway failure (`retry_scheduled` at the connect or serve step)."""
+        return [r for r in self.all("retry_scheduled") if r["step"] in ("connect", "serve")]
+
     @property
     def error(self) -> dict | None:
         return self.event("failed")

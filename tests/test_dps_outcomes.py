@@ -50,7 +50,8 @@ def test_throttled_register_honours_retry_after(emulator, device):
     emu, _, result, _ = _run(emulator, device, {"throttle_register": {"count": 1, "retry_after": 3}})
     assert result.status == 0, result.output
     assert _statuses(result)[:1] == [429]
-    assert float(result.all("dps_status")[0]["next_in_s"]) >= 3
+    retry = result.event("retry_scheduled")
+    assert retry["step"] == "provision" and retry["reason"] == "throttled" and float(retry["in_s"]) >= 3
     # Measured by the emulator: from its 429 answer to the registration it assigned after the retry (the 202 in
     # between asks for no wait).
     records = [r for r in emu.registrations() if r["registration_id"] == "outcome-dev"]
@@ -165,7 +166,7 @@ def test_wrong_key_refused_at_connack(emulator, device):
 def test_server_unavailable_at_connack_is_retried(emulator, device):
     _, _, result, _ = _run(emulator, device, {"connack_refuse": {"code": 3, "count": 1}})
     assert result.status == 0, result.output
-    assert result.all("dps_connection_lost")
+    assert [r for r in result.all("retry_scheduled") if r["step"] == "provision"]
 
 
 # --- dropped connections --------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_server_unavailable_at_connack_is_retried(emulator, device):
 def test_dropped_connection_is_resumed(emulator, device, point):
     _, _, result, _ = _run(emulator, device, {"drop_after": point, "assigning_polls": 1})
     assert result.status == 0, result.output
-    assert result.all("dps_connection_lost")
+    assert [r for r in result.all("retry_scheduled") if r["step"] == "provision"]
     assert result.event("telemetry_acknowledged")
 
 

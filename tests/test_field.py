@@ -68,8 +68,8 @@ def test_reregisters_after_consecutive_gateway_failures(provisioned):
     dev.write_provisioning(max_gateway_failures=2)
     result = dev.run()
     assert result.status == 0, result.output
-    retries = result.all("gateway_retry")
-    assert len(retries) == 1 and retries[0]["reason"] == "network"
+    retries = result.gateway_retries()
+    assert [r["action"] for r in retries] == ["retry", "reregister"] and retries[0]["reason"] == "network"
     assert result.event("reprovisioning")["failures"] == "2"
     assert result.event("telemetry_acknowledged")
 
@@ -113,7 +113,7 @@ def test_token_renewed_across_expiries(emulator, device):
     done = result.event("done")
     assert done["messages"] == "13"
     assert int(done["renewals"]) >= 2
-    assert not result.all("gateway_retry")
+    assert not result.gateway_retries()
     sequences = [json.loads(r["payload"])["sequence"] for r in emu.telemetry() if r["device_id"] == "long-lived"]
     assert sequences == list(range(13))
 
@@ -138,7 +138,7 @@ def test_dropped_gateway_connection_reconnects_with_backoff(emulator, device):
     dev = device(emu, "flaky-gw", key, telemetry_count=3, telemetry_interval_s=0)
     result = dev.run()
     assert result.status == 0, result.output
-    retry = result.event("gateway_retry")
+    retry = (result.gateway_retries() or [None])[0]
     assert retry and retry["reason"] == "network"
     assert result.event("done")["gateway_connections"] == "2"
     sequences = {json.loads(r["payload"])["sequence"] for r in emu.telemetry() if r["device_id"] == "flaky-gw"}

@@ -96,7 +96,10 @@ def test_board_reset_after_consecutive_failures_carries_the_backoff(board_device
 
 
 def test_gateway_refusing_connections_for_a_while(board_device):
-    board = board_device("gw-outage", faults={"gateway_refuse": {"code": 3, "count": 4}}, telemetry_count=3)
+    # Fewer failures than max_gateway_failures: the outage is ridden out on the cached assignment.
+    board = board_device(
+        "gw-outage", faults={"gateway_refuse": {"code": 3, "count": 4}}, telemetry_count=3, max_gateway_failures=5
+    )
     emu = board_device.state["emu"]
     with board:
         assert board.wait_done(timeout=90) == 0
@@ -106,6 +109,19 @@ def test_gateway_refusing_connections_for_a_while(board_device):
     assert board.events("using_cached_assignment") and not board.events("registered")
     assert _registrations(emu) == 1  # the first, one-shot boot's
     assert _sequences(emu, "gw-outage")[-3:] == [0, 1, 2]
+
+
+def test_max_gateway_failures_registers_again_on_a_board(board_device):
+    board = board_device("gw-moved", faults={"gateway_refuse": {"code": 3, "count": 3}}, telemetry_count=1)
+    board_device.state["dev"].write_provisioning(max_gateway_failures=2)
+    emu = board_device.state["emu"]
+    with board:
+        assert board.wait_done(timeout=90) == 0
+    again = board.events("reprovisioning")
+    assert len(again) == 1 and again[0]["reason"] == "service_unavailable" and again[0]["failures"] == "2"
+    assert board.events("using_cached_assignment") and board.events("registered")
+    assert _registrations(emu) == 2
+    assert _sequences(emu, "gw-moved")[-1:] == [0]
 
 
 def test_deep_sleep_between_attempts(board_device):

@@ -36,7 +36,8 @@ _GATEWAY_STEPS = ("connect", "serve")
 class Decision:
     """What to do after a failure: wait `wait_ms`, then start again at step `restart` with `action`. `final` is set
     when retrying cannot fix it by itself (a person must act): a one-shot run and an application stop there, a
-    board waits and tries again. `over_budget` is set once failures have gone on for `registration_timeout_s`."""
+    board waits and tries again. `over_budget` is set when the next attempt would start `registration_timeout_s` or more after the device
+    last did useful work."""
 
     def __init__(self, wait_ms, restart, action, final, over_budget):
         self.wait_ms = wait_ms
@@ -104,5 +105,6 @@ def decide(
         action = RESET
     elif settings["retry_deep_sleep"] and action == RETRY:
         action = DEEP_SLEEP
-    over_budget = elapsed_ms >= settings["registration_timeout_s"] * 1000
+    # Past the budget once the next attempt would start after it: the failure that asked for the wait is the answer.
+    over_budget = elapsed_ms + wait >= settings["registration_timeout_s"] * 1000
     return Decision(wait, restart, action, final, over_budget)

@@ -136,7 +136,7 @@ class Provisioner:
                 try:
                     request = reg.on_message(topic, body, streamed)
                 except ProvisioningError as exc:
-                    if exc.status is not None:
+                    if exc.transient and exc.status is not None:
                         log.info("dps_status", ("status", exc.status), ("retry_after", exc.retry_after))
                     raise
                 if reg.done:

@@ -55,7 +55,7 @@ def test_register_poll_assigned():
     nxt = reg.on_message(_topic(202, "1", "&retry-after=3"), b'{"operationId":"4.abc","status":"assigning"}')
     assert nxt == (3, "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=4.abc", b"")
     nxt = reg.on_message(_topic(202, "2"), b'{"operationId":"4.abc","status":"assigning"}')
-    assert nxt[0] == dps.DEFAULT_POLL_S and "operationId=4.abc" in nxt[1]
+    assert nxt[0] is None and "operationId=4.abc" in nxt[1]  # None: the policy's default wait
     assert reg.on_message(_topic(200, "3"), json.dumps(ASSIGNED)) is None
     assert reg.done and reg.result["assignedHub"] == "hub.azure-devices.net"
     assert reg.result["payload"] == {"x": 1}
@@ -76,36 +76,32 @@ def test_200_with_assigning_status_keeps_polling():
     assert "operationId=4.x" in nxt[1]
 
 
-def test_throttled_register_retries_with_retry_after_then_gives_up():
-    reg = dps.Registration("dev1", max_attempts=3)
+def test_throttled_register_raises_with_retry_after_and_resumes_the_same_request():
+    reg = dps.Registration("dev1")
     reg.start()
     body = b'{"errorCode":429001,"trackingId":"t-1","message":"Operations are being throttled"}'
-    # retry-after plus half of the backoff window (2 s, then 4 s, ...) when no random source is given.
-    nxt = reg.on_message(_topic(429, "1", "&retry-after=7"), body)
-    assert nxt[0] == 8 and "iotdps-register" in nxt[1]
-    nxt = reg.on_message(_topic(429, "2"), body)
-    assert nxt[0] == 2 and "iotdps-register" in nxt[1]
-    exc = raises(errors.THROTTLED, reg.on_message, _topic(429, "3", "&retry-after=1"), body)
-    assert exc.error_code == 429001 and exc.tracking_id == "t-1" and exc.status == 429
+    # The wait is the retry policy's (azprov.policy): the state machine reports the answer and its retry-after.
+    exc = raises(errors.THROTTLED, reg.on_message, _topic(429, "1", "&retry-after=7"), body)
+    assert exc.error_code == 429001 and exc.tracking_id == "t-1" and exc.status == 429 and exc.retry_after == 7
+    delay, topic, _ = reg.resume()
+    assert delay == 0 and topic == "$dps/registrations/PUT/iotdps-register/?$rid=2"
+    exc = raises(errors.THROTTLED, reg.on_message, _topic(429, "2"), body)
+    assert exc.retry_after is None
 
 
-def test_server_error_during_poll_retries_the_poll():
+def test_server_error_during_poll_resumes_the_poll():
     reg = dps.Registration("dev1")
     reg.start()
     reg.on_message(_topic(202, "1", "&retry-after=1"), b'{"operationId":"4.abc","status":"assigning"}')
-    nxt = reg.on_message(_topic(503, "2", "&retry-after=2"), b'{"errorCode":503000,"message":"busy"}')
-    assert nxt[0] == 3 and "operationId=4.abc" in nxt[1]
-    assert reg.last_error.kind == errors.SERVICE_UNAVAILABLE and reg.last_error.error_code == 503000
-
-
-def test_backoff_window_grows_and_is_capped():
-    draws = iter([0.5, 1.0, 0.25] + [0.999] * 10)
-    reg = dps.Registration("dev1", random=lambda: next(draws))
-    reg.start()
-    delays = [reg.on_message(_topic(429, str(n), "&retry-after=4"), b"")[0] for n in range(1, 10)]
-    # retry-after 4 s is always honoured; the random share comes from windows of 2, 4, 8, 16, 32, 32 ... s.
-    assert delays[:3] == [4 + 1.0, 4 + 4.0, 4 + 2.0]
-    assert all(4 <= d < 4 + 32 for d in delays) and delays[-1] > 4 + 31
+    exc = raises(
+        errors.SERVICE_UNAVAILABLE,
+        reg.on_message,
+        _topic(503, "2", "&retry-after=2"),
+        b'{"errorCode":503000,"message":"busy"}',
+    )
+    assert exc.error_code == 503000 and exc.retry_after == 2
+    delay, topic, _ = reg.resume()
+    assert delay == 0 and "operationId=4.abc" in topic
 
 
 def test_final_errors_carry_service_fields():

@@ -61,7 +61,7 @@ def test_topic_parsing_edges():
 
 def test_request_ids_count_up_and_each_request_is_exact():
     reg = dps.Registration("dev1", {"modelId": "dtmi:x;1"})
-    assert (reg.done, reg.result, reg.last_error, reg.streamed, reg.polls) == (False, None, None, [], 0)
+    assert (reg.done, reg.result, reg.streamed, reg.polls) == (False, None, [], 0)
     assert reg.start()[:2] == (0, REGISTER + "1")
     assert json.loads(reg.start()[2]) == {"registrationId": "dev1", "payload": {"modelId": "dtmi:x;1"}}
     assert reg.rid == "2"
@@ -80,47 +80,36 @@ def test_request_ids_count_up_and_each_request_is_exact():
 def test_unassigned_and_status_inside_the_state_keep_polling():
     reg = _started()
     nxt = reg.on_message(_topic(200, "1"), b'{"operationId":"4.u","status":"unassigned"}')
-    assert nxt == (dps.DEFAULT_POLL_S, POLL + "2&operationId=4.u", b"")
+    assert nxt == (None, POLL + "2&operationId=4.u", b"")
     # The status may be given only inside registrationState.
     body = json.dumps({"operationId": "4.u", "registrationState": STATE})
     assert reg.on_message(_topic(200, "2"), body) is None and reg.done
 
 
-def test_transient_statuses_and_their_limits():
-    # 429 and every 5xx are retried; 4xx other than 429 are final.
+def test_transient_statuses_are_raised_with_the_service_fields_for_the_policy():
+    # 429 and every 5xx are transient (the retry policy waits, then the registration resumes); other 4xx are final.
     for status, kind in ((429, errors.THROTTLED), (500, errors.SERVICE_UNAVAILABLE), (503, errors.SERVICE_UNAVAILABLE)):
-        reg = _started(max_attempts=2)
-        nxt = reg.on_message(_topic(status, "1"), b"")
-        assert nxt == (1.0, REGISTER + "2", dps.register_body("dev1")), (status, nxt)
-        assert reg.transient_failures == 1 and reg.last_error.kind == kind and reg.last_error.retry_after is None
+        reg = _started()
+        exc = _error(reg.on_message, _topic(status, "1"), b"")
+        assert (exc.kind, exc.status, exc.retry_after, exc.transient) == (kind, status, None, True)
+        assert reg.resume() == (0, REGISTER + "2", dps.register_body("dev1")), status
         exc = _error(reg.on_message, _topic(status, "2", "&retry-after=5"), b"")
         assert (exc.kind, exc.status, exc.retry_after) == (kind, status, 5)
         assert exc.message == "DPS answered status %d" % status
     exc = _answer(b"", status=499)
     assert (exc.kind, exc.status, exc.message) == (errors.BAD_REQUEST, 499, "DPS answered status 499")
     exc = _error(_started().on_message, _topic(403, "1", "&retry-after=60"), b"")
-    assert (exc.kind, exc.status, exc.retry_after) == (errors.BAD_REQUEST, 403, 60)
-    exc = _answer(b"", status=429, max_attempts=1)
-    assert exc.kind == errors.THROTTLED
-
-
-def test_last_transient_answer_is_kept_with_its_retry_after():
-    reg = _started()
-    reg.on_message(_topic(429, "1", "&retry-after=7"), b'{"errorCode":429001,"message":"slow down"}')
-    last = reg.last_error
-    assert (last.kind, last.status, last.retry_after, last.error_code, last.message) == (
+    assert (exc.kind, exc.status, exc.retry_after, exc.transient) == (errors.BAD_REQUEST, 403, 60, False)
+    exc = _error(
+        _started().on_message, _topic(429, "1", "&retry-after=7"), b'{"errorCode":429001,"message":"slow down"}'
+    )
+    assert (exc.kind, exc.status, exc.retry_after, exc.error_code, exc.message) == (
         errors.THROTTLED,
         429,
         7,
         429001,
         "slow down",
     )
-
-
-def test_backoff_without_retry_after_uses_the_window_alone():
-    reg = _started(random=lambda: 1.0)
-    delays = [reg.on_message(_topic(503, str(n)), b"")[0] for n in range(1, 8)]
-    assert delays == [2, 4, 8, 16, 32, 32, 32]
 
 
 def test_service_error_fields_are_taken_only_when_well_typed():

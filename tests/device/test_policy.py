@@ -100,9 +100,10 @@ def test_deep_sleep_instead_of_waiting():
     assert decision.action == policy.DEEP_SLEEP and decision.wait_ms == 1000
 
 
-def test_budget_is_the_registration_timeout():
-    assert not _decide(errors.NETWORK, elapsed=119999).over_budget
-    assert _decide(errors.NETWORK, elapsed=120000).over_budget
+def test_budget_is_the_registration_timeout_counting_the_wait():
+    assert not _decide(errors.NETWORK, elapsed=119249, random=0.5).over_budget  # waits 750 ms: starts at 119,999
+    assert _decide(errors.NETWORK, elapsed=119250, random=0.5).over_budget
+    assert _decide(errors.THROTTLED, elapsed=100000, retry_after=30).over_budget
 
 
 def test_pending_operation_waits_what_the_service_asks():
