@@ -1,7 +1,10 @@
 """`python -m host_tools emulator --state-dir DIR ...`: run the DPS + gateway emulator until Ctrl-C / SIGTERM (exit 0).
 
 Subcommands use a running emulator as the IoT Hub service would be used (host_tools/emulator/control.py):
-`emulator invoke-method`, `emulator send-c2d`, `emulator twin [--set-desired JSON]`."""
+`emulator invoke-method`, `emulator send-c2d`, `emulator twin [--set-desired JSON]`. Their exit status (SERVICE_EXIT
+below, docs/emulator.md): 0 done; 1 the hub refused or failed the request (its status leads the `Error:` line);
+2 a bad command line; 3 no running emulator to talk to; 4 (invoke-method) the device answered a status outside
+200-299 (its answer is printed as on success)."""
 
 from __future__ import annotations
 
@@ -250,6 +253,20 @@ async def _serve(server) -> None:
 
 # ---------------------------------------------------------------------------------------- service commands
 
+EXIT_REFUSED = 1  # the hub refused or failed the request: 400, 401, 403, 404, 408, 413, 500, 504 ...
+EXIT_UNREACHABLE = 3  # no emulator.json, nothing listening, or an answer that is not the control port's
+EXIT_DEVICE_STATUS = 4  # invoke-method: the device answered with a status outside 200-299
+# (2, a bad command line, is click's own usage-error status.)
+
+
+class ServiceFailure(click.ClickException):
+    """One `Error:` line and a documented exit status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 _STATE_DIR = click.option(
     "--state-dir",
     required=True,
@@ -264,7 +281,7 @@ def _service(state_dir: Path):
     try:
         return ServiceClient.from_state_dir(state_dir)
     except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ServiceFailure(str(exc), EXIT_UNREACHABLE) from None
 
 
 def _json_option(text: str | None, name: str):
@@ -282,7 +299,9 @@ def _call(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+        if exc.status is None:
+            raise ServiceFailure(str(exc), EXIT_UNREACHABLE) from None
+        raise ServiceFailure(f"{exc.status}: {exc}", EXIT_REFUSED) from None
 
 
 @emulator.command("invoke-method")
@@ -298,10 +317,21 @@ def _call(function, *args, **kwargs):
     help="Seconds to wait for the device's answer (504 after that; 404 when the device is not online).",
 )
 def invoke_method(state_dir: Path, device_id: str, method_name: str, payload: str | None, timeout: float):
-    """Call direct method METHOD_NAME on DEVICE_ID; prints {"status": ..., "payload": ...}."""
+    """Call direct method METHOD_NAME on DEVICE_ID; prints the device's {"status": ..., "payload": ...}.
+
+    Exit status 0 when the device answered 200-299, 4 when it answered another status, 1 when the hub answered
+    instead (404 unknown device or not online, 504 no answer in time, 400 invalid name, 413 payload too large)."""
     service = _service(state_dir)
     result = _call(service.invoke_method, device_id, method_name, _json_option(payload, "--payload"), timeout)
+    status = result.get("status") if isinstance(result, dict) else None
+    if isinstance(result, dict) and result.get("hub_error"):
+        message = result.get("payload", {}).get("message", "") if isinstance(result.get("payload"), dict) else ""
+        raise ServiceFailure(f"{status}: {message}", EXIT_REFUSED)
     click.echo(json.dumps(result))
+    if not (isinstance(status, int) and 200 <= status < 300):
+        raise ServiceFailure(
+            f"the device answered method {method_name[:64]!r} with status {status}", EXIT_DEVICE_STATUS
+        )
 
 
 @emulator.command("send-c2d")
