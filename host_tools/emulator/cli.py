@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -287,10 +288,16 @@ def _service(state_dir: Path):
 def _json_option(text: str | None, name: str):
     if text is None:
         return None
+
+    def no_constants(word: str):  # NaN and Infinity are not JSON
+        raise ValueError(f"{word} is not a JSON value")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=no_constants)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+    except RecursionError:
+        raise click.BadParameter("nested too deeply", param_hint=name) from None
 
 
 def _call(function, *args, **kwargs):
@@ -321,8 +328,10 @@ def invoke_method(state_dir: Path, device_id: str, method_name: str, payload: st
 
     Exit status 0 when the device answered 200-299, 4 when it answered another status, 1 when the hub answered
     instead (404 unknown device or not online, 504 no answer in time, 400 invalid name, 413 payload too large)."""
-    service = _service(state_dir)
-    result = _call(service.invoke_method, device_id, method_name, _json_option(payload, "--payload"), timeout)
+    if not math.isfinite(timeout):
+        raise click.BadParameter("must be a number of seconds", param_hint="--timeout")
+    value = _json_option(payload, "--payload")  # the command line first: a bad one is status 2 whatever else
+    result = _call(_service(state_dir).invoke_method, device_id, method_name, value, timeout)
     status = result.get("status") if isinstance(result, dict) else None
     if isinstance(result, dict) and result.get("hub_error"):
         message = result.get("payload", {}).get("message", "") if isinstance(result.get("payload"), dict) else ""
@@ -345,9 +354,10 @@ def send_c2d(state_dir: Path, device_id: str, payload: str, properties: tuple[st
     for text in properties:
         name, eq, value = text.partition("=")
         if not name or not eq:
-            raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--property")
+            raise click.BadParameter(f"{text[:64]!r} is not NAME=VALUE", param_hint="--property")
         bag[name] = value
-    click.echo(_call(_service(state_dir).send_c2d, device_id, payload, bag))
+    # The body as given on the command line, byte for byte (a non-UTF-8 argument included).
+    click.echo(_call(_service(state_dir).send_c2d, device_id, os.fsencode(payload), bag))
 
 
 @emulator.command("twin")
@@ -361,9 +371,9 @@ def send_c2d(state_dir: Path, device_id: str, payload: str, properties: tuple[st
 )
 def twin(state_dir: Path, device_id: str, desired: str | None):
     """Print DEVICE_ID's twin; with --set-desired, change its desired properties first (the device is notified)."""
-    service = _service(state_dir)
     patch = _json_option(desired, "--set-desired")
     if desired is not None and not isinstance(patch, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--set-desired")
+    service = _service(state_dir)
     result = _call(service.set_desired, device_id, patch) if patch is not None else _call(service.twin, device_id)
     click.echo(json.dumps(result, indent=2))

@@ -28,7 +28,7 @@ import logging
 import socket
 from pathlib import Path
 
-from host_tools.emulator.hub import MAX_METHOD_TIMEOUT_S, HubError, check_method_name, shown
+from host_tools.emulator.hub import MAX_METHOD_TIMEOUT_S, HubError, check_method_name, is_text, shown
 from host_tools.emulator.limits import CONTROL_IDLE_TIMEOUT_S, CONTROL_MAX_LINE_BYTES
 
 log = logging.getLogger("host_tools.emulator.control")
@@ -65,8 +65,8 @@ async def perform(gateway, op: str, args: dict):
     if op not in OPERATIONS:
         raise HubError(f"unknown operation {shown(op)}")
     device_id = args.get("device_id")
-    if not isinstance(device_id, str) or not device_id:
-        raise HubError("device_id is required (a non-empty string)")
+    if not is_text(device_id) or not device_id:
+        raise HubError("device_id is required (a non-empty string of valid Unicode)")
     if op in ("twin", "set_desired", "invoke_method", "send_c2d"):
         gateway.require_device(device_id)
     if op == "twin":

@@ -75,9 +75,20 @@ def shown(text, limit: int = 64) -> str:
 _FORBIDDEN_IN_METHOD_NAME = set("#+/?")
 
 
+def is_text(value) -> bool:
+    """A str that is valid Unicode (no lone surrogates), so it can go into a topic as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_method_name(name) -> str:
-    if not isinstance(name, str) or not name:
-        raise HubError("the method name is required (a non-empty string)")
+    if not isinstance(name, str) or not name or not is_text(name):
+        raise HubError("the method name is required (a non-empty string of valid Unicode)")
     bad = sorted({c for c in name if c in _FORBIDDEN_IN_METHOD_NAME or ord(c) < 0x20 or ord(c) == 0x7F})
     if bad:
         raise HubError(
@@ -240,7 +251,7 @@ class HubService:
             raise HubError("C2D properties must be a JSON object (names to strings or null)")
         properties = dict(properties or {})
         for name, value in properties.items():
-            if not isinstance(name, str) or not name or (value is not None and not isinstance(value, str)):
+            if not isinstance(name, str) or not name or not is_text(name) or not (value is None or is_text(value)):
                 raise HubError("C2D properties must map non-empty names to strings (or null)")
         if len(payload) > C2D_MAX_BODY_BYTES:
             raise HubError(
