@@ -116,6 +116,12 @@ def check_twin_patch(section: str, patch, max_bytes: int) -> None:
     """A desired or reported patch: a JSON object, nested at most TWIN_MAX_DEPTH deep, at most `max_bytes`."""
     if not isinstance(patch, dict):
         raise HubError(f"a {section} patch must be a JSON object")
+    try:
+        json.dumps(patch, allow_nan=False)  # a patch given in process may hold what JSON cannot (NaN, bytes, sets)
+    except (TypeError, ValueError, RecursionError):
+        raise HubError(
+            f"the {section} patch is not JSON (NaN, Infinity or a non-JSON value, or nested too deeply)"
+        ) from None
     if json_depth(patch, TWIN_MAX_DEPTH + 1) > TWIN_MAX_DEPTH + 1:
         raise HubError(f"the {section} patch nests deeper than IoT Hub's {TWIN_MAX_DEPTH} levels")
     size = twin_size(patch)

@@ -164,6 +164,19 @@ def test_device_side_limits_reported_patch_telemetry_and_method_answer(make_emul
     assert [len(r["payload"]) for r in emu.telemetry("dev-1")] == [TELEMETRY_MAX_BYTES - 3]
 
 
+def test_patches_that_are_not_json_are_refused_400(make_emulator, key):
+    emu = make_emulator()
+    for patch in ({"x": float("nan")}, {"x": b"bytes"}, {"x": {1, 2}}):
+        with pytest.raises(HubError) as caught:
+            emu.set_desired("dev-1", patch)
+        assert caught.value.status == 400
+    with connect_gateway(emu, "dev-1", key, HUB) as client:
+        client.subscribe("$iothub/twin/res/#")
+        client.publish("$iothub/twin/PATCH/properties/reported/?$rid=nan", b'{"x": NaN}')
+        assert client.wait_publish().topic == "$iothub/twin/res/400/?$rid=nan"
+    assert emu.twin("dev-1") == {"desired": {"$version": 1}, "reported": {"$version": 1}}
+
+
 # --- method names
 
 
