@@ -1,7 +1,7 @@
 """IoT Hub's size limits, as the emulator enforces them (one place: hub.py, control.py and gateway.py import these).
 
-Each constant names IoT Hub's documented figure and where it is stated. "reference" is
-/work/shared/reference/x509-and-hub-mqtt.md (section C); "quotas doc" is MicrosoftDocs/azure-docs
+Each constant names IoT Hub's documented figure and where it is stated. "reference" is the project's research notes
+`x509-and-hub-mqtt.md` (section C, which names its sources); "quotas doc" is MicrosoftDocs/azure-docs
 `articles/iot-hub/iot-hub-devguide-quotas-throttling.md`; "twins doc" is `articles/iot-hub/iot-hub-devguide-device-twins.md`.
 KB here means 1024 bytes, as IoT Hub counts them.
 """
