@@ -17,6 +17,7 @@ dps_result.py     the registration result (registrationState) and the assignment
 trust_bundle.py   the `trustBundle` object of a result
 gateway.py        the IoT Edge gateway endpoint; hub.py the IoT Hub service side (twins, methods, C2D)
 control.py        using a running emulator as the IoT Hub service would be used
+limits.py         IoT Hub's size limits (C2D, twin sections, methods, telemetry) and the control port's bounds
 enrollments.py    what an enrollment file means: its schema, the enrollments, every check of a document
 enrollment_file.py  the file on disk: read safely, load, re-read while running, write, demo enrollments
 faults.py         the fault catalogue; context.py state shared by the endpoints; records.py what is recorded

@@ -1,7 +1,10 @@
 """`python -m host_tools emulator --state-dir DIR ...`: run the DPS + gateway emulator until Ctrl-C / SIGTERM (exit 0).
 
 Subcommands use a running emulator as the IoT Hub service would be used (host_tools/emulator/control.py):
-`emulator invoke-method`, `emulator send-c2d`, `emulator twin [--set-desired JSON]`."""
+`emulator invoke-method`, `emulator send-c2d`, `emulator twin [--set-desired JSON]`. Their exit status (SERVICE_EXIT
+below, docs/emulator.md): 0 done; 1 the hub refused or failed the request (its status leads the `Error:` line);
+2 a bad command line; 3 no running emulator to talk to; 4 (invoke-method) the device answered a status outside
+200-299 (its answer is printed as on success)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -250,6 +254,20 @@ async def _serve(server) -> None:
 
 # ---------------------------------------------------------------------------------------- service commands
 
+EXIT_REFUSED = 1  # the hub refused or failed the request: 400, 401, 403, 404, 408, 413, 500, 504 ...
+EXIT_UNREACHABLE = 3  # no emulator.json, nothing listening, or an answer that is not the control port's
+EXIT_DEVICE_STATUS = 4  # invoke-method: the device answered with a status outside 200-299
+# (2, a bad command line, is click's own usage-error status.)
+
+
+class ServiceFailure(click.ClickException):
+    """One `Error:` line and a documented exit status."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 _STATE_DIR = click.option(
     "--state-dir",
     required=True,
@@ -264,16 +282,22 @@ def _service(state_dir: Path):
     try:
         return ServiceClient.from_state_dir(state_dir)
     except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ServiceFailure(str(exc), EXIT_UNREACHABLE) from None
 
 
 def _json_option(text: str | None, name: str):
     if text is None:
         return None
+
+    def no_constants(word: str):  # NaN and Infinity are not JSON
+        raise ValueError(f"{word} is not a JSON value")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=no_constants)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+    except RecursionError:
+        raise click.BadParameter("nested too deeply", param_hint=name) from None
 
 
 def _call(function, *args, **kwargs):
@@ -282,7 +306,9 @@ def _call(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except ServiceError as exc:
-        raise click.ClickException(str(exc)) from None
+        if exc.status is None:
+            raise ServiceFailure(str(exc), EXIT_UNREACHABLE) from None
+        raise ServiceFailure(f"{exc.status}: {exc}", EXIT_REFUSED) from None
 
 
 @emulator.command("invoke-method")
@@ -298,10 +324,23 @@ def _call(function, *args, **kwargs):
     help="Seconds to wait for the device's answer (504 after that; 404 when the device is not online).",
 )
 def invoke_method(state_dir: Path, device_id: str, method_name: str, payload: str | None, timeout: float):
-    """Call direct method METHOD_NAME on DEVICE_ID; prints {"status": ..., "payload": ...}."""
-    service = _service(state_dir)
-    result = _call(service.invoke_method, device_id, method_name, _json_option(payload, "--payload"), timeout)
+    """Call direct method METHOD_NAME on DEVICE_ID; prints the device's {"status": ..., "payload": ...}.
+
+    Exit status 0 when the device answered 200-299, 4 when it answered another status, 1 when the hub answered
+    instead (404 unknown device or not online, 504 no answer in time, 400 invalid name, 413 payload too large)."""
+    if not math.isfinite(timeout):
+        raise click.BadParameter("must be a number of seconds", param_hint="--timeout")
+    value = _json_option(payload, "--payload")  # the command line first: a bad one is status 2 whatever else
+    result = _call(_service(state_dir).invoke_method, device_id, method_name, value, timeout)
+    status = result.get("status") if isinstance(result, dict) else None
+    if isinstance(result, dict) and result.get("hub_error"):
+        message = result.get("payload", {}).get("message", "") if isinstance(result.get("payload"), dict) else ""
+        raise ServiceFailure(f"{status}: {message}", EXIT_REFUSED)
     click.echo(json.dumps(result))
+    if not (isinstance(status, int) and 200 <= status < 300):
+        raise ServiceFailure(
+            f"the device answered method {method_name[:64]!r} with status {status}", EXIT_DEVICE_STATUS
+        )
 
 
 @emulator.command("send-c2d")
@@ -315,9 +354,10 @@ def send_c2d(state_dir: Path, device_id: str, payload: str, properties: tuple[st
     for text in properties:
         name, eq, value = text.partition("=")
         if not name or not eq:
-            raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--property")
+            raise click.BadParameter(f"{text[:64]!r} is not NAME=VALUE", param_hint="--property")
         bag[name] = value
-    click.echo(_call(_service(state_dir).send_c2d, device_id, payload, bag))
+    # The body as given on the command line, byte for byte (a non-UTF-8 argument included).
+    click.echo(_call(_service(state_dir).send_c2d, device_id, os.fsencode(payload), bag))
 
 
 @emulator.command("twin")
@@ -331,9 +371,9 @@ def send_c2d(state_dir: Path, device_id: str, payload: str, properties: tuple[st
 )
 def twin(state_dir: Path, device_id: str, desired: str | None):
     """Print DEVICE_ID's twin; with --set-desired, change its desired properties first (the device is notified)."""
-    service = _service(state_dir)
     patch = _json_option(desired, "--set-desired")
     if desired is not None and not isinstance(patch, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--set-desired")
+    service = _service(state_dir)
     result = _call(service.set_desired, device_id, patch) if patch is not None else _call(service.twin, device_id)
     click.echo(json.dumps(result, indent=2))

@@ -4,7 +4,11 @@ change device twins. The emulator listens for these requests on 127.0.0.1 (its p
 twin` commands use it.
 
 Wire format: one JSON object per line each way. Request `{"token": ..., "op": ..., "args": {...}}`, answer
-`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+`{"ok": true, "result": ...}` or `{"ok": false, "status": <HTTP-like>, "error": "<one line>"}`. Every request line
+gets an answer: 400 malformed (not JSON, wrong types, bad method name), 401 no or wrong token, 403 C2D queue full,
+404 unknown device, 408 no whole line within CONTROL_IDLE_TIMEOUT_S (then the connection closes), 413 over one of
+IoT Hub's size limits or a line over CONTROL_MAX_LINE_BYTES (then the connection closes), 500 an emulator bug
+(logged). host_tools/emulator/limits.py holds the figures.
 
     service = ServiceClient.from_state_dir("emu-state")
     service.set_desired("sensor-001", {"telemetryIntervalSeconds": 5})
@@ -17,33 +21,54 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hmac
 import json
+import logging
 import socket
 from pathlib import Path
 
-from host_tools.emulator.hub import MAX_METHOD_TIMEOUT_S, HubError
+from host_tools.emulator.hub import MAX_METHOD_TIMEOUT_S, HubError, check_method_name, is_text, shown
+from host_tools.emulator.limits import CONTROL_IDLE_TIMEOUT_S, CONTROL_MAX_LINE_BYTES
 
-MAX_REQUEST = 1 << 20
+log = logging.getLogger("host_tools.emulator.control")
+OPERATIONS = ("twin", "set_desired", "invoke_method", "send_c2d", "publish_raw", "drop_connection")
 
 
 class ServiceError(RuntimeError):
-    """The emulator refused the request or could not be reached; the message says why."""
+    """The emulator refused the request (`status`: its HTTP-like answer) or could not be reached (`status` None);
+    the message says why, in one line."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def _payload_bytes(args: dict) -> bytes:
     if "payload_b64" in args:
-        return base64.b64decode(args["payload_b64"], validate=True)
+        encoded = args["payload_b64"]
+        if not isinstance(encoded, str):
+            raise HubError("payload_b64 must be a base64 string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise HubError("payload_b64 is not valid base64") from None
     payload = args.get("payload", "")
     if not isinstance(payload, str):
         raise HubError("payload must be text (or payload_b64 bytes)")
-    return payload.encode("utf-8")
+    return payload.encode("utf-8", errors="surrogatepass")
 
 
 async def perform(gateway, op: str, args: dict):
-    """Carries out one service request on the emulator's loop (also used by the in-process `Emulator`)."""
+    """Carries out one service request on the emulator's loop (also used by the in-process `Emulator`). HubError
+    (with its status) for a request IoT Hub would refuse; nothing is stored or sent then."""
+    if op not in OPERATIONS:
+        raise HubError(f"unknown operation {shown(op)}")
     device_id = args.get("device_id")
-    if not isinstance(device_id, str) or not device_id:
-        raise HubError("device_id is required")
+    if not is_text(device_id) or not device_id:
+        raise HubError("device_id is required (a non-empty string of valid Unicode)")
+    if op in ("twin", "set_desired", "invoke_method", "send_c2d"):
+        gateway.require_device(device_id)
     if op == "twin":
         return gateway.hub.twins.get(device_id)
     if op == "set_desired":
@@ -52,12 +77,14 @@ async def perform(gateway, op: str, args: dict):
             raise HubError("patch must be a JSON object")
         return await gateway.set_desired(device_id, patch)
     if op == "invoke_method":
-        name = args.get("name")
+        name = check_method_name(args.get("name"))
         timeout = args.get("timeout", 30)
-        if not isinstance(name, str) or not name:
-            raise HubError("name is required")
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_METHOD_TIMEOUT_S:
-            raise HubError(f"timeout must be between 0 and {MAX_METHOD_TIMEOUT_S:g} seconds")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout <= MAX_METHOD_TIMEOUT_S
+        ):
+            raise HubError(f"timeout must be a number of seconds above 0 and at most {MAX_METHOD_TIMEOUT_S:g}")
         return await gateway.invoke_method(device_id, name, args.get("payload"), float(timeout))
     if op == "send_c2d":
         return await gateway.send_c2d(device_id, _payload_bytes(args), args.get("properties"))
@@ -66,44 +93,92 @@ async def perform(gateway, op: str, args: dict):
         if qos not in (0, 1) or not isinstance(args.get("topic"), str):
             raise HubError("publish_raw needs a topic and qos 0 or 1")
         return await gateway.publish_raw(device_id, args["topic"], _payload_bytes(args), qos)
-    if op == "drop_connection":
-        return gateway.drop_device(device_id)
-    raise HubError(f"unknown operation {op!r}")
+    return gateway.drop_device(device_id)
+
+
+def _refusal(status: int, error: str) -> dict:
+    return {"ok": False, "status": status, "error": error}
 
 
 class ControlServer:
-    """The emulator's side: answers ServiceClient requests that carry the right token."""
+    """The emulator's side: answers every request line, serving those that carry the right token."""
 
-    def __init__(self, gateway, token: str):
+    def __init__(self, gateway, token: str, idle_timeout: float = CONTROL_IDLE_TIMEOUT_S):
         self.gateway = gateway
         self.token = token
+        self.idle_timeout = idle_timeout
         self.server: asyncio.base_events.Server | None = None
 
     async def listen(self, host: str = "127.0.0.1") -> int:
-        self.server = await asyncio.start_server(self._serve, host, 0, limit=MAX_REQUEST)
+        self.server = await asyncio.start_server(self._serve, host, 0, limit=CONTROL_MAX_LINE_BYTES)
         return self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while line := await reader.readline():
-                writer.write(json.dumps(await self._answer(line)).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, ValueError, asyncio.LimitOverrunError):
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+                except TimeoutError:
+                    await self._last_answer(reader, writer, _refusal(408, self._timeout_text()))
+                    return
+                except (ValueError, asyncio.LimitOverrunError):
+                    # readline() has dropped what it buffered; the rest of the line may still be arriving.
+                    text = f"request line over {CONTROL_MAX_LINE_BYTES} bytes"
+                    await self._last_answer(reader, writer, _refusal(413, text))
+                    return
+                if not line:
+                    return
+                if not line.endswith(b"\n"):
+                    await self._last_answer(reader, writer, _refusal(400, "request line not ended by a newline"))
+                    return
+                await self._send(writer, await self._answer(line))
+        except (ConnectionError, TimeoutError):
             pass
         finally:
             writer.close()
 
+    def _timeout_text(self) -> str:
+        return f"no whole request line (ended by a newline) within {self.idle_timeout:g} s"
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: dict) -> None:
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a client that never reads is not waited for
+
+    async def _last_answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: dict) -> None:
+        """Answers, ends our side, and reads (discarding) what the client still sends for a while, so closing does
+        not reset the connection before the client has read the answer."""
+        await self._send(writer, answer)
+        if writer.can_write_eof():
+            writer.write_eof()
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                while await reader.read(65536):
+                    pass
+        except (TimeoutError, ConnectionError):
+            pass
+
     async def _answer(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
-            if not isinstance(request, dict) or request.get("token") != self.token:
-                return {"ok": False, "error": "not authorised (token from emulator.json required)"}
-            args = request.get("args") or {}
-            if not isinstance(args, dict):
-                raise HubError("args must be an object")
-            return {"ok": True, "result": await perform(self.gateway, str(request.get("op")), args)}
-        except (HubError, ValueError) as exc:
-            return {"ok": False, "error": str(exc)}
+        except (ValueError, RecursionError):
+            return _refusal(400, "the request is not a JSON object on one line")
+        if not isinstance(request, dict):
+            return _refusal(400, "the request is not a JSON object on one line")
+        token = request.get("token")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token.encode()):
+            return _refusal(401, "not authorised (token from emulator.json required)")
+        op, args = request.get("op"), request.get("args", {})
+        if not isinstance(op, str):
+            return _refusal(400, "op must be a string")
+        if not isinstance(args, dict):
+            return _refusal(400, "args must be a JSON object")
+        try:
+            return {"ok": True, "result": await perform(self.gateway, op, args)}
+        except HubError as exc:
+            return _refusal(exc.status, str(exc))
+        except Exception:  # an emulator bug: logged with its traceback, and the client still gets an answer
+            log.exception("control: %s failed", shown(op))
+            return _refusal(500, f"the emulator failed on {shown(op)} (see its log)")
 
     async def close(self) -> None:
         if self.server is not None:
@@ -129,7 +204,12 @@ class ServiceClient:
             raise ServiceError(f"{path}: no usable control entry ({exc})") from None
 
     def request(self, op: str, wait: float = 10, **args):
-        line = json.dumps({"token": self.token, "op": op, "args": args}).encode() + b"\n"
+        try:
+            line = json.dumps({"token": self.token, "op": op, "args": args}, allow_nan=False).encode() + b"\n"
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ServiceError(f"the request cannot be sent as JSON: {str(exc)[:80]}", status=400) from None
+        if len(line) > CONTROL_MAX_LINE_BYTES:
+            raise ServiceError(f"request of {len(line)} bytes, over the {CONTROL_MAX_LINE_BYTES}-byte limit", 413)
         try:
             with socket.create_connection((self.host, self.port), timeout=wait) as sock:
                 sock.sendall(line)
@@ -144,9 +224,11 @@ class ServiceClient:
         try:
             reply = json.loads(answer)
         except ValueError:
-            raise ServiceError("the emulator's answer is not JSON") from None
+            reply = None
+        if not isinstance(reply, dict) or ("result" not in reply and not isinstance(reply.get("status"), int)):
+            raise ServiceError("the emulator's answer is not one it gives (is that port the control port?)")
         if not reply.get("ok"):
-            raise ServiceError(reply.get("error") or "refused")
+            raise ServiceError(str(reply.get("error") or "refused"), status=reply.get("status"))
         return reply["result"]
 
     def twin(self, device_id: str) -> dict:

@@ -9,7 +9,11 @@
   `settings.gateway_devices` to "registered" to require a registration first).
 - Telemetry on `devices/{deviceId}/messages/events/{propertyBag}` at QoS 0/1 is recorded to telemetry.jsonl
   (QoS 1 is acknowledged after the record is flushed, as edgeHub acknowledges once stored).
-- QoS 2, a publish to another device's topic or to an unknown topic -> the connection is dropped.
+- QoS 2, a publish to another device's topic or to an unknown topic -> the connection is dropped; so is a telemetry
+  message over IoT Hub's 256 KB (host_tools/emulator/limits.py), which MQTT 3.1.1 has no way to refuse alone.
+- A reported-properties patch over IoT Hub's 32 KB is answered 413 (too deep: 400) and not applied.
+- A device that connects becomes known to the hub (its twin is created and saved): service requests about it are
+  served from then on, across runs (hub.py says which devices the hub knows).
 - The token's expiry is enforced on the live connection: when `se` passes, the gateway closes the connection.
 - Twin, direct methods and C2D as IoT Hub serves them (host_tools/emulator/hub.py holds the service side): twin
   answers, desired patches and method requests at QoS 0, C2D at QoS 1 (at most the granted QoS); for a
@@ -28,6 +32,7 @@ from host_tools.emulator import client_tls, x509_auth
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import ConnectionDropped, Endpoint, MqttSession, parse_query, raw_query
 from host_tools.emulator.hub import HubError, HubService, ServiceSide
+from host_tools.emulator.limits import TELEMETRY_MAX_BYTES, TWIN_REPORTED_MAX_BYTES
 from host_tools.emulator.sas import SasError, check_token, parse_sas_token, signature_matches
 
 
@@ -133,6 +138,7 @@ class GatewayEndpoint(ServiceSide, Endpoint):
             )
             client.expiry_task = asyncio.create_task(self._expire(session, client))
         self.live[client.device_id] = (session, client)
+        self.hub.twins.ensure(client.device_id)
         if self.ctx.fault_book.consume(
             client.faults, "gateway_drop_after", client.device_id, when=lambda v: v["at"] == "connack"
         ):
@@ -337,6 +343,11 @@ class GatewayEndpoint(ServiceSide, Endpoint):
             await session.send(mqtt.PubAck(packet.packet_id))
 
     async def _telemetry(self, session: MqttSession, client: GatewayClient, packet: mqtt.Publish, bag: str) -> None:
+        size = len(packet.payload) + len(bag.encode("utf-8"))
+        if size > TELEMETRY_MAX_BYTES:
+            # IoT Hub's limit covers body and properties (reference C.1); MQTT 3.1.1 cannot refuse one PUBLISH.
+            self.stats.incr(self.name, "oversize_messages")
+            raise ConnectionDropped(f"telemetry message of {size} bytes, over IoT Hub's {TELEMETRY_MAX_BYTES}")
         client.messages += 1
         if self.ctx.fault_book.consume(
             client.faults,
@@ -371,10 +382,11 @@ class GatewayEndpoint(ServiceSide, Endpoint):
         elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
             try:
                 patch = json.loads(payload or b"{}")
-                reported = twins.patch(client.device_id, "reported", patch)
-            except (ValueError, HubError):
-                self.hub.record(client.device_id, "reported_patch", rid=rid, status=400)
-                await self._deliver(session, client, f"$iothub/twin/res/400/?$rid={rid}", b"", 0)
+                reported = twins.patch(client.device_id, "reported", patch, TWIN_REPORTED_MAX_BYTES)
+            except (ValueError, RecursionError) as exc:
+                status = exc.status if isinstance(exc, HubError) else 400  # 413 over IoT Hub's 32 KB (reference C.2)
+                self.hub.record(client.device_id, "reported_patch", rid=rid, status=status)
+                await self._deliver(session, client, f"$iothub/twin/res/{status}/?$rid={rid}", b"", 0)
                 return
             version = reported["$version"]
             self.hub.record(client.device_id, "reported_patch", rid=rid, status=204, version=version, patch=patch)

@@ -12,6 +12,12 @@
 - Every exchange is one JSON line in `hub.jsonl`: `{"at": <unix float>, "device_id": ..., "event": ..., ...}`
   with events `twin_get`, `reported_patch`, `desired_patch`, `desired_sent`, `method_invoked`, `method_answered`,
   `method_timeout`, `method_device_offline`, `c2d_queued`, `c2d_sent`, `c2d_completed`, `raw_sent`.
+- Which devices the hub knows (service requests about any other device are refused 404, as IoT Hub's DeviceNotFound):
+  a device DPS assigned in this run, one an enabled individual enrollment would assign (in the default `enrolled`
+  gateway mode), and one that has connected to the gateway (its twin, created then and kept in `twins.json`, is
+  the hub's record of it, across runs). A group enrollment alone makes no device known: IoT Hub creates a group's
+  devices only when they register.
+- Sizes as IoT Hub limits them (host_tools/emulator/limits.py): refused with 413, before anything is stored or sent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ from urllib.parse import quote
 
 from host_tools.emulator import mqtt_codec as mqtt
 from host_tools.emulator.connection import raw_query
+from host_tools.emulator.limits import (
+    C2D_MAX_BODY_BYTES,
+    METHOD_MAX_PAYLOAD_BYTES,
+    METHOD_MAX_RESPONSE_BYTES,
+    TWIN_DESIRED_MAX_BYTES,
+    TWIN_MAX_DEPTH,
+    json_depth,
+    twin_size,
+)
 from host_tools.emulator.records import JsonlLog, write_json_atomic
 
 if TYPE_CHECKING:
@@ -41,7 +56,77 @@ MAX_METHOD_TIMEOUT_S = 300.0
 
 
 class HubError(ValueError):
-    """A service request the hub refuses (bad patch, full C2D queue, ...); the message says why."""
+    """A service request the hub refuses; `status` is IoT Hub's HTTP-like answer (400 bad argument, 404 unknown
+    device, 403 C2D queue full, 413 too large, ...) and the message says why, in one line."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def shown(text, limit: int = 64) -> str:
+    """A caller-given name for a one-line message: quoted, control characters escaped, cut at `limit` characters."""
+    text = str(text)
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+# A method name goes into the topic `$iothub/methods/POST/{name}/?$rid=..`: MQTT wildcards, the topic separator and
+# the query mark would change what the device's subscription matches or how it splits the topic.
+_FORBIDDEN_IN_METHOD_NAME = set("#+/?")
+
+
+def is_text(value) -> bool:
+    """A str that is valid Unicode (no lone surrogates), so it can go into a topic as UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_method_name(name) -> str:
+    if not isinstance(name, str) or not name or not is_text(name):
+        raise HubError("the method name is required (a non-empty string of valid Unicode)")
+    bad = sorted({c for c in name if c in _FORBIDDEN_IN_METHOD_NAME or ord(c) < 0x20 or ord(c) == 0x7F})
+    if bad:
+        raise HubError(
+            f"method name {shown(name)} holds {', '.join(repr(c) for c in bad)}, not allowed in a method name"
+        )
+    return name
+
+
+def method_payload_bytes(payload) -> bytes:
+    """The request payload as the device receives it (JSON text; empty for none), within IoT Hub's 128 KB."""
+    if payload is None:
+        return b""
+    try:
+        body = json.dumps(payload, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise HubError(f"the method payload is not JSON: {str(exc)[:80]}") from None
+    if len(body) > METHOD_MAX_PAYLOAD_BYTES:
+        raise HubError(
+            f"the method payload is {len(body)} bytes; IoT Hub's limit is {METHOD_MAX_PAYLOAD_BYTES}", status=413
+        )
+    return body
+
+
+def check_twin_patch(section: str, patch, max_bytes: int) -> None:
+    """A desired or reported patch: a JSON object, nested at most TWIN_MAX_DEPTH deep, at most `max_bytes`."""
+    if not isinstance(patch, dict):
+        raise HubError(f"a {section} patch must be a JSON object")
+    try:
+        json.dumps(patch, allow_nan=False)  # a patch given in process may hold what JSON cannot (NaN, bytes, sets)
+    except (TypeError, ValueError, RecursionError):
+        raise HubError(
+            f"the {section} patch is not JSON (NaN, Infinity or a non-JSON value, or nested too deeply)"
+        ) from None
+    if json_depth(patch, TWIN_MAX_DEPTH + 1) > TWIN_MAX_DEPTH + 1:
+        raise HubError(f"the {section} patch nests deeper than IoT Hub's {TWIN_MAX_DEPTH} levels")
+    size = twin_size(patch)
+    if size > max_bytes:
+        raise HubError(f"the {section} patch is {size} bytes; IoT Hub's limit is {max_bytes}", status=413)
 
 
 def merge_patch(target: dict, patch: dict) -> None:
@@ -88,17 +173,36 @@ class TwinStore:
         with self._lock:
             return copy.deepcopy(self._twin(device_id))
 
+    def has(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._twins
+
+    def ensure(self, device_id: str) -> None:
+        """Creates and saves the device's twin if it has none (a device that connected is known from then on)."""
+        with self._lock:
+            if device_id not in self._twins:
+                self._twin(device_id)
+                write_json_atomic(self.path, self._twins)
+
     def _twin(self, device_id: str) -> dict:
         return self._twins.setdefault(device_id, {"desired": {"$version": 1}, "reported": {"$version": 1}})
 
-    def patch(self, device_id: str, section: str, patch) -> dict:
-        """Merges `patch` into `section` ("desired" or "reported"); returns the section after the change."""
-        if not isinstance(patch, dict):
-            raise HubError(f"a {section} patch must be a JSON object")
+    def patch(self, device_id: str, section: str, patch, max_bytes: int) -> dict:
+        """Merges `patch` into `section` ("desired" or "reported"); returns the section after the change. HubError
+        (nothing changed) for a patch that is not an object, too deep, or over `max_bytes`, or that would make the
+        section exceed `max_bytes` (IoT Hub refuses "all operations that would increase the size ... above the
+        limit")."""
+        check_twin_patch(section, patch, max_bytes)
         with self._lock:
-            part = self._twin(device_id)[section]
+            part = copy.deepcopy(self._twin(device_id)[section])
             merge_patch(part, patch)
+            size = twin_size(part)
+            if size > max_bytes:
+                raise HubError(
+                    f"the {section} properties would be {size} bytes; IoT Hub's limit is {max_bytes}", status=413
+                )
             part["$version"] += 1
+            self._twins[device_id][section] = part
             write_json_atomic(self.path, self._twins)
             return copy.deepcopy(part)
 
@@ -109,6 +213,11 @@ def _is_twin(value) -> bool:
         and all(isinstance(value.get(s), dict) for s in ("desired", "reported"))
         and all(isinstance(value[s].get("$version"), int) for s in ("desired", "reported"))
     )
+
+
+def hub_answer(status: int, error_code: int, message: str) -> dict:
+    """A direct-method result the hub made up (the device did not answer, or not usably)."""
+    return {"status": status, "payload": {"errorCode": error_code, "message": message}, "hub_error": True}
 
 
 class C2DMessage:
@@ -144,13 +253,20 @@ class HubService:
         return str(next(self._rids))
 
     def queue_c2d(self, device_id: str, payload: bytes, properties: dict | None) -> C2DMessage:
+        if properties is not None and not isinstance(properties, dict):
+            raise HubError("C2D properties must be a JSON object (names to strings or null)")
         properties = dict(properties or {})
         for name, value in properties.items():
-            if not isinstance(name, str) or not name or (value is not None and not isinstance(value, str)):
+            if not isinstance(name, str) or not name or not is_text(name) or not (value is None or is_text(value)):
                 raise HubError("C2D properties must map non-empty names to strings (or null)")
+        if len(payload) > C2D_MAX_BODY_BYTES:
+            raise HubError(
+                f"the C2D message body is {len(payload)} bytes; IoT Hub's limit is {C2D_MAX_BODY_BYTES}", status=413
+            )
         queue = self.c2d.setdefault(device_id, [])
         if len(queue) >= C2D_QUEUE_LIMIT:
-            raise HubError(f"the C2D queue of {device_id!r} is full ({C2D_QUEUE_LIMIT} messages)")
+            # IoT Hub: 403004 DeviceMaximumQueueDepthExceeded.
+            raise HubError(f"the C2D queue of {shown(device_id)} is full ({C2D_QUEUE_LIMIT} messages)", status=403)
         message = C2DMessage(device_id, payload, properties)
         queue.append(message)
         self.record(device_id, "c2d_queued", message_id=message.message_id, size=len(payload), properties=properties)
@@ -161,8 +277,24 @@ class HubService:
 
 
 class ServiceSide:
-    """What the service does to devices through the gateway (mixed into GatewayEndpoint, which provides `live`,
-    `hub`, `log`, `stats` and `_deliver`): desired patches, direct methods, C2D, and test hooks."""
+    """What the service does to devices through the gateway (mixed into GatewayEndpoint, which provides `ctx`,
+    `live`, `hub`, `log`, `stats` and `_deliver`): desired patches, direct methods, C2D, and test hooks."""
+
+    def device_known(self, device_id: str) -> bool:
+        """Whether the emulated IoT Hub has this device (see the module's docstring for the rule)."""
+        if device_id in self.live or self.hub.twins.has(device_id):
+            return True
+        return any(
+            c.source == "registration" or (c.enrollment is not None and c.enrollment.kind == "individual")
+            for c in self.ctx.gateway_credentials(device_id)
+        )
+
+    def require_device(self, device_id: str) -> None:
+        if not self.device_known(device_id):
+            # IoT Hub: 404001 DeviceNotFound.
+            raise HubError(
+                f"device {shown(device_id)} is not known to the hub (not enrolled, registered or connected)", status=404
+            )
 
     def _subscribed_client(self, device_id: str, topic: str):
         session, client = self.live.get(device_id, (None, None))
@@ -174,7 +306,7 @@ class ServiceSide:
 
     async def set_desired(self, device_id: str, patch: dict) -> dict:
         """Merges `patch` into the desired properties and notifies the device if it is connected and subscribed."""
-        desired = self.hub.twins.patch(device_id, "desired", patch)
+        desired = self.hub.twins.patch(device_id, "desired", patch, TWIN_DESIRED_MAX_BYTES)
         version = desired["$version"]
         body = {k: v for k, v in patch.items() if not k.startswith("$")}
         body["$version"] = version
@@ -189,23 +321,28 @@ class ServiceSide:
     async def invoke_method(
         self, device_id: str, name: str, payload=None, timeout: float = DEFAULT_METHOD_TIMEOUT_S
     ) -> dict:
-        """Calls a direct method: {"status": <device's status or 404/504>, "payload": <its JSON answer>}."""
+        """Calls a direct method: {"status": <the device's status>, "payload": <its JSON answer>}, or, when the hub
+        answers instead of the device, {"status": 404 (not online) | 504 (no answer in time) | 413 (answer too
+        large) | 502 (answer unusable), "payload": {"errorCode": ..., "message": ...}, "hub_error": True}. HubError
+        (nothing published) for an invalid name or payload."""
+        check_method_name(name)
+        body = method_payload_bytes(payload)
         rid = self.hub.next_rid()
         topic = f"$iothub/methods/POST/{quote(name, safe='')}/?$rid={rid}"
         self.hub.record(device_id, "method_invoked", name=name, rid=rid, payload=payload, timeout=timeout)
         session, client = self._subscribed_client(device_id, topic)
         if session is None:
             self.hub.record(device_id, "method_device_offline", name=name, rid=rid)
-            return {"status": 404, "payload": {"message": f"device {device_id!r} is not online"}}
+            return hub_answer(404, 404103, f"device {shown(device_id)} is not online")  # IoT Hub: DeviceNotOnline
         future = asyncio.get_running_loop().create_future()
         self.hub.pending_methods[rid] = (device_id, name, future)
         try:
-            body = b"" if payload is None else json.dumps(payload).encode()
             await self._deliver(session, client, topic, body, 0)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             self.hub.record(device_id, "method_timeout", name=name, rid=rid)
-            return {"status": 504, "payload": {"message": f"no answer from {device_id!r} in {timeout} s"}}
+            # IoT Hub: 504101 GatewayTimeout.
+            return hub_answer(504, 504101, f"no answer from {shown(device_id)} in {timeout:g} s")
         finally:
             self.hub.pending_methods.pop(rid, None)
 
@@ -213,19 +350,34 @@ class ServiceSide:
         status_text, _, query = topic[len("$iothub/methods/res/") :].partition("/")
         rid = raw_query(query).get("$rid", "")
         pending = self.hub.pending_methods.get(rid)
+        too_large = len(payload) > METHOD_MAX_RESPONSE_BYTES
         try:
             status = int(status_text)
-            answer = json.loads(payload) if payload.strip() else None
-        except ValueError:
+            answer = json.loads(payload) if payload.strip() and not too_large else None
+        except (ValueError, RecursionError):
             status, answer = None, None
-        valid = status is not None
-        self.hub.record(client.device_id, "method_answered", rid=rid, status=status, payload=answer, valid=valid)
+        valid = status is not None and not too_large
+        self.hub.record(
+            client.device_id, "method_answered", rid=rid, status=status, payload=answer, valid=valid, size=len(payload)
+        )
         if pending is None or pending[0] != client.device_id:
             self.log.info("%s: method answer for unknown $rid %r", client.device_id, rid)
             return
         future = pending[2]
-        if not future.done():
-            future.set_result({"status": status if valid else 502, "payload": answer})
+        if future.done():
+            return
+        if too_large:
+            future.set_result(
+                hub_answer(
+                    413,
+                    413001,
+                    f"the device's answer is {len(payload)} bytes; the limit is {METHOD_MAX_RESPONSE_BYTES}",
+                )
+            )
+        elif not valid:
+            future.set_result(hub_answer(502, 502001, "the device's answer has no integer status or is not JSON"))
+        else:
+            future.set_result({"status": status, "payload": answer})
 
     async def send_c2d(self, device_id: str, payload: bytes, properties: dict | None = None) -> str:
         """Queues a cloud-to-device message and delivers it if the device is listening; returns its message id."""

@@ -26,6 +26,7 @@ from host_tools.emulator.dps import DpsEndpoint
 from host_tools.emulator.enrollment_file import EnrollmentStore, write_enrollments
 from host_tools.emulator.gateway import GatewayEndpoint
 from host_tools.emulator.hub import HubService
+from host_tools.emulator.limits import CONTROL_IDLE_TIMEOUT_S
 from host_tools.emulator.records import JsonlLog, Stats, write_json_atomic
 from host_tools.provisioning.emulator_pki import EmulatorPki, ensure_emulator_pki
 
@@ -58,6 +59,7 @@ class EmulatorServer:
         ip_addresses=(),
         gateway_certificate: tuple[str | os.PathLike, str | os.PathLike] | None = None,
         record_credentials: bool = False,
+        control_idle_timeout: float = CONTROL_IDLE_TIMEOUT_S,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,7 @@ class EmulatorServer:
         self.rate_limit = rate_limit
         self.gateway_certificate = gateway_certificate
         self.record_credentials = record_credentials
+        self.control_idle_timeout = control_idle_timeout
         self.pki: EmulatorPki | None = None
         self.ctx: EmulatorContext | None = None
         self.dps: DpsEndpoint | None = None
@@ -114,7 +117,7 @@ class EmulatorServer:
             self.prepare()
         self.ports["dps"] = await self.dps.listen(self.host, self.requested_ports["dps"])
         self.ports["gateway"] = await self.gateway.listen(self.host, self.requested_ports["gateway"])
-        self.control = ControlServer(self.gateway, secrets.token_urlsafe(16))
+        self.control = ControlServer(self.gateway, secrets.token_urlsafe(16), self.control_idle_timeout)
         control_port = await self.control.listen("127.0.0.1")
         self.info = {
             "dps": {"host": self.host, "port": self.ports["dps"], "hostname": self.dps_hostname},

@@ -101,6 +101,28 @@ def register_raw(
     return status, answer
 
 
+def control_exchange(port: int, data: bytes, timeout: float = 10, half_close: bool = False) -> bytes:
+    """Sends raw bytes to an emulator's control port and returns what comes back: up to the first newline, or
+    everything until the emulator closes (b"" if it answered nothing). `half_close` ends our side after sending."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the emulator may answer and stop reading before all was sent: its answer is still read below
+        answer = b""
+        while not answer.endswith(b"\n"):
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
 class ForwardingProxy:
     """An HTTP CONNECT proxy that sends every tunnel to one fixed address.
 

@@ -1,7 +1,13 @@
 """Bad input in bulk for the host tools (issue 14), like the firmware's tests/test_bad_input_bulk.py: generated
 provisioning files, enrollment files, group key files and command-line options, wrong types, huge, deep, not UTF-8
 and special files (/dev/zero, FIFOs, folders), through every command that reads them: `provision-file validate`,
-`provision-file show`, `provision-file create`, `fleet`, `emulator` and `run-unix`.
+`provision-file show`, `provision-file create`, `fleet`, `emulator` and `run-unix`; and (issues 19 and 21) the
+emulator's service commands `emulator send-c2d / twin / invoke-method` against a running emulator (unknown devices,
+sizes over IoT Hub's limits, invalid method names and properties), where the exit status must also be the documented
+one (1 refused by the hub, 2 bad command line, 3 no emulator), and the emulator must still serve afterwards.
+`test_control_port_answers_bad_requests_in_bulk` sends raw request lines to the control port (malformed JSON, every
+field with wrong types, missing or wrong token, oversize lines, no newline): every line gets a classified answer,
+nothing is logged with a traceback, and the emulator still serves.
 
 Every case runs the real click command in-process (click's CliRunner; an uncaught exception there is a traceback for
 a user) and must end with:
@@ -20,6 +26,7 @@ import base64
 import collections
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ from click.testing import CliRunner
 
 from host_tools.board.unix_port import REPO
 from host_tools.cli import main
+from host_tools.emulator import Emulator
+from host_tools.emulator.control import ServiceClient, ServiceError
 from host_tools.emulator.enrollment_file import demo_enrollments
 from tests.host_helpers import DEVICE_KEY, GROUP_KEY
 from tests.provisioning.generated_files import TEMPLATE, generated_files
@@ -52,6 +61,7 @@ class Case:
     expect_ok: bool = False
     env: dict = field(default_factory=dict)
     secrets: tuple = SECRETS  # what must not be printed (a case that puts a key in a shown field leaves it out)
+    exit_code: int | None = None  # the documented exit status a refusal must have, where the command documents one
 
 
 def _snapshot(folders: list[Path]) -> dict:
@@ -513,6 +523,110 @@ def enrollment_cases(root: Path) -> list[Case]:
     return cases
 
 
+SERVICE_DEVICE = "svc-dev"  # an individual enrollment of the service emulator
+UNKNOWN_DEVICES = [
+    "no-such-device",
+    "typo-device",
+    "SVC-DEV",  # device ids are case-sensitive
+    "svc-dev ",
+    "svc-dev\n",
+    "../svc-dev",
+    "d\u00e9vice",
+    "x" * 300,
+    "fleet-member",  # only a group enrollment would take it: not a device until it registers
+]
+
+
+def service_cases(root: Path, state: Path) -> list[Case]:
+    """The service commands against a running emulator (`state`): refused ones with the documented exit status and
+    the status in the one Error line; nothing in the state folder changed by a refusal."""
+    cases = []
+    base = ["--state-dir", str(state)]
+
+    def add(command, kind, args, names, exit_code, watch=True, ok=False):
+        cases.append(
+            Case(
+                f"emulator {command}",
+                kind,
+                ["emulator", command, *args, *base],
+                names,
+                [state] if watch and not ok else [],
+                expect_ok=ok,
+                exit_code=exit_code,
+            )
+        )
+
+    for device in UNKNOWN_DEVICES:
+        add("send-c2d", "unknown device", [device, "hello"], ["404"], 1)
+        add("twin", "unknown device", [device], ["404"], 1)
+        add("twin", "unknown device, set desired", [device, "--set-desired", '{"k": 1}'], ["404"], 1)
+        add("invoke-method", "unknown device", [device, "ping", "--timeout", "1"], ["404"], 1)
+    for command, args in (("send-c2d", ["hi"]), ("twin", []), ("invoke-method", ["ping"])):
+        add(command, "device id not UTF-8", ["\udcff", *args], ["400"], 1)  # a command-line argument
+    for size in (64 * 1024 + 1, 70 * 1024, 300 * 1024, 1024 * 1024):
+        add("send-c2d", "C2D body over 64 KB", [SERVICE_DEVICE, "x" * size], ["413"], 1)
+    for patch in (
+        {"blob": "y" * (40 * 1024)},
+        {"blob": "y" * (32 * 1024)},
+        {f"k{n}": "v" * 1000 for n in range(40)},
+        {"a": [1] * 5000},
+    ):
+        add("twin", "desired patch over 32 KB", [SERVICE_DEVICE, "--set-desired", json.dumps(patch)], ["413"], 1)
+    add("twin", "desired patch 11 deep", [SERVICE_DEVICE, "--set-desired", "{" + '"n": {' * 11 + "}" * 12], ["400"], 1)
+    for name, value in (
+        ("not JSON", "{"),
+        ("array", "[1]"),
+        ("null", "null"),
+        ("string", '"x"'),
+        ("NaN", '{"a": NaN}'),
+        ("deep", '{"a": ' * 5000 + "1" + "}" * 5000),
+        ("empty", ""),
+    ):
+        add("twin", f"--set-desired {name}", [SERVICE_DEVICE, "--set-desired", value], ["--set-desired"], 2)
+    for name in ("#", "a/b", "+", "", "reboot?now", "a#b", "$iothub/x", "a\nb", "\udcff"):
+        add("invoke-method", "invalid method name", [SERVICE_DEVICE, name, "--timeout", "1"], ["400"], 1)
+    add(
+        "invoke-method",
+        "payload over 128 KB",
+        [SERVICE_DEVICE, "ping", "--payload", json.dumps("p" * (128 * 1024)), "--timeout", "1"],
+        ["413"],
+        1,
+    )
+    for name, value in (("not JSON", "{"), ("NaN", "NaN"), ("deep", "[" * 5000 + "]" * 5000), ("empty", "")):
+        add("invoke-method", f"--payload {name}", [SERVICE_DEVICE, "ping", "--payload", value], ["--payload"], 2)
+    for value in ("0", "-1", "301", "nan", "inf", "x", ""):
+        add("invoke-method", "--timeout", [SERVICE_DEVICE, "ping", "--timeout", value], ["--timeout"], 2)
+    # a known device that is not online: the hub answers 404 instead of the device (records are written)
+    add("invoke-method", "device not online", [SERVICE_DEVICE, "ping", "--timeout", "1"], ["404"], 1, watch=False)
+    for prop in ("novalue", "=v", "", "=", "x" * 300):
+        add("send-c2d", "--property", [SERVICE_DEVICE, "hi", "--property", prop], ["--property"], 2)
+    add("send-c2d", "property not UTF-8", [SERVICE_DEVICE, "hi", "--property", "k=\udcff"], ["400"], 1)
+    nowhere = root / "no-emulator"
+    for command, args in (("send-c2d", [SERVICE_DEVICE, "hi"]), ("twin", [SERVICE_DEVICE])):
+        cases.append(
+            Case(
+                f"emulator {command}",
+                "no running emulator",
+                ["emulator", command, *args, "--state-dir", str(nowhere)],
+                [str(nowhere)],
+                exit_code=3,
+            )
+        )
+    # valid requests: served
+    add("send-c2d", "valid", [SERVICE_DEVICE, "x" * (64 * 1024), "--property", "k=v"], [], 0, ok=True)
+    add("send-c2d", "valid, not UTF-8", [SERVICE_DEVICE, "\udcff"], [], 0, ok=True)
+    add("twin", "valid", [SERVICE_DEVICE], [], 0, ok=True)
+    add(
+        "twin",
+        "valid, set desired",
+        [SERVICE_DEVICE, "--set-desired", '{"k": {"n": 1}, "$version": 9}'],
+        [],
+        0,
+        ok=True,
+    )
+    return cases
+
+
 def run_unix_cases(root: Path) -> list[Case]:
     cases = []
     for name, path in _special_paths(root / "special-run").items():
@@ -563,6 +677,8 @@ def _check(case: Case, result) -> str | None:
         return None if result.exit_code == 0 else f"a valid input was refused: {output[-300:]}"
     if result.exit_code == 0:
         return "exit status 0 for bad input"
+    if case.exit_code is not None and result.exit_code != case.exit_code:
+        return f"exit status {result.exit_code}, documented {case.exit_code}: {output[-300:]}"
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     if len(errors) != 1:
         return f"{len(errors)} Error: lines: {output[-400:]}"
@@ -575,7 +691,12 @@ def _check(case: Case, result) -> str | None:
     return None
 
 
-def test_host_tools_refuse_bad_input_in_bulk(tmp_path, monkeypatch):
+def _service_emulator(root: Path) -> Emulator:
+    document = demo_enrollments(devices=(SERVICE_DEVICE,), group_id="fleet")
+    return Emulator(root / "service-emulator", document, control_idle_timeout=0.5)
+
+
+def test_host_tools_refuse_bad_input_in_bulk(tmp_path, monkeypatch, caplog):
     import host_tools.emulator.cli as emulator_cli
 
     async def no_serving(server):  # a valid enrollment file would start serving: stop right after preparing
@@ -593,6 +714,9 @@ def test_host_tools_refuse_bad_input_in_bulk(tmp_path, monkeypatch):
         + enrollment_cases(tmp_path)
         + run_unix_cases(tmp_path)
     )
+    caplog.set_level(logging.INFO, logger="host_tools.emulator")
+    service_emulator = _service_emulator(tmp_path).start()
+    cases += service_cases(tmp_path, service_emulator.state_dir)
     runner = CliRunner()
     failures = []
     figures: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -609,6 +733,18 @@ def test_host_tools_refuse_bad_input_in_bulk(tmp_path, monkeypatch):
         if problem:
             failures.append({"command": case.command, "kind": case.kind, "args": case.args[:8], "problem": problem})
     elapsed = time.monotonic() - started
+    try:
+        service = ServiceClient.from_state_dir(service_emulator.state_dir)
+        still_serving = service.twin(SERVICE_DEVICE)["desired"].get("k") == {"n": 1}
+    except ServiceError as exc:
+        still_serving = f"no longer serving: {exc}"
+    finally:
+        service_emulator.stop()
+    if still_serving is not True:
+        failures.append({"command": "emulator", "kind": "afterwards", "args": [], "problem": str(still_serving)})
+    logged = [r.getMessage()[:200] for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    if logged:
+        failures.append({"command": "emulator", "kind": "log", "args": [], "problem": f"tracebacks logged: {logged}"})
     bad = sum(1 for c in cases if not c.expect_ok)
     kinds = collections.Counter((c.command, c.kind) for c in cases)
     report = {
@@ -627,4 +763,109 @@ def test_host_tools_refuse_bad_input_in_bulk(tmp_path, monkeypatch):
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "failures"}, indent=2))
     assert bad >= MINIMUM, f"only {bad} bad-input cases"
+    assert not failures, json.dumps(failures[:25], indent=2)
+
+
+# --- the control port, raw ----------------------------------------------------------------------------------------
+
+WRONG_VALUES = [None, True, 0, -1, 1.5, "", "x", "\u00e9", [], [1], {}, {"a": 1}, "n" * 300, [[["deep"]]]]
+CLASSIFIED = {400, 401, 403, 404, 408, 413}  # a refusal's status; 500 would be an emulator bug
+ARGS = {
+    "twin": {"device_id": SERVICE_DEVICE},
+    "set_desired": {"device_id": SERVICE_DEVICE, "patch": {"k": 1}},
+    "invoke_method": {"device_id": SERVICE_DEVICE, "name": "ping", "payload": {"a": 1}, "timeout": 0.2},
+    "send_c2d": {"device_id": SERVICE_DEVICE, "payload_b64": "aGk=", "properties": {"k": "v"}},
+    "publish_raw": {"device_id": SERVICE_DEVICE, "topic": "t", "payload": "x", "qos": 0},
+    "drop_connection": {"device_id": SERVICE_DEVICE},
+}
+
+
+def control_lines(token: str) -> list[tuple[str, bytes, set]]:
+    """(kind, raw request bytes, the statuses it may get; "ok" for a request that may be served)."""
+    anything = CLASSIFIED | {"ok"}
+    cases = []
+
+    def line(document) -> bytes:
+        return json.dumps(document).encode() + b"\n"
+
+    for op, args in ARGS.items():
+        cases.append((f"{op} valid", line({"token": token, "op": op, "args": args}), anything))
+        for name in args:
+            for value in WRONG_VALUES:
+                wrong = {**args, name: value}
+                cases.append((f"{op} {name}", line({"token": token, "op": op, "args": wrong}), anything))
+            missing = {k: v for k, v in args.items() if k != name}
+            cases.append((f"{op} without {name}", line({"token": token, "op": op, "args": missing}), anything))
+        cases.append((f"{op} without a token", line({"op": op, "args": args}), {401}))
+        cases.append((f"{op} wrong token", line({"token": token[:-1] + "?", "op": op, "args": args}), {401}))
+        for value in WRONG_VALUES:
+            cases.append((f"{op} token type", line({"token": value, "op": op, "args": args}), {401}))
+            if not isinstance(value, dict):
+                cases.append((f"{op} args type", line({"token": token, "op": op, "args": value}), {400}))
+    for value in WRONG_VALUES:
+        cases.append(("op type", line({"token": token, "op": value, "args": {}}), {400}))
+    for name, data in {
+        "not JSON": b"hello\n",
+        "truncated JSON": line({"token": token, "op": "twin"})[:-5] + b"\n",
+        "array": b"[1, 2]\n",
+        "string": b'"twin"\n',
+        "number": b"5\n",
+        "null": b"null\n",
+        "empty line": b"\n",
+        "NaN": b'{"token": NaN}\n',
+        "deep": b"[" * 100_000 + b"\n",
+        "not UTF-8": b'{"token": "\xff\xfe"}\n',
+        "NUL bytes": b"\x00" * 100 + b"\n",
+        "CRLF": line({"token": token, "op": "twin", "args": ARGS["twin"]})[:-1] + b"\r\n",
+    }.items():
+        cases.append((name, data, anything if name == "CRLF" else {400, 401}))
+    return cases
+
+
+def test_control_port_answers_bad_requests_in_bulk(tmp_path, caplog):
+    from host_tools.emulator.limits import CONTROL_MAX_LINE_BYTES
+    from host_tools.emulator.testing import control_exchange
+
+    caplog.set_level(logging.INFO, logger="host_tools.emulator")
+    failures = []
+    with _service_emulator(tmp_path) as emu:
+        control = emu.info["control"]
+        port, token = control["port"], control["token"]
+        cases = control_lines(token)
+        for kind, data, allowed in cases:
+            raw = control_exchange(port, data)
+            try:
+                answer = json.loads(raw)
+                status = "ok" if answer["ok"] is True and "result" in answer else answer["status"]
+                one_line = answer.get("ok") is True or "\n" not in str(answer["error"])
+            except (ValueError, KeyError, TypeError):
+                failures.append((kind, f"not an answer: {raw[:200]!r}"))
+                continue
+            if status not in allowed or not one_line:
+                failures.append((kind, f"answered {answer!r:.300}"))
+        # lines the connection cannot go on after: answered, then closed
+        for kind, data, status, half_close in (
+            ("oversize line", b'{"token": "' + b"x" * (CONTROL_MAX_LINE_BYTES + 10) + b'"}\n', 413, False),
+            ("oversize, no newline", b"[" * (CONTROL_MAX_LINE_BYTES + 10), 413, False),
+            ("no newline, then silence", b'{"token": "', 408, False),
+            ("nothing at all", b"", 408, False),
+            ("no newline, then end", json.dumps({"token": token, "op": "twin"}).encode(), 400, True),
+        ):
+            raw = control_exchange(port, data, half_close=half_close)
+            try:
+                if json.loads(raw)["status"] != status:
+                    failures.append((kind, f"answered {raw[:300]!r}"))
+            except (ValueError, KeyError, TypeError):
+                failures.append((kind, f"not an answer: {raw[:200]!r}"))
+        # still serving
+        served = json.loads(
+            control_exchange(port, json.dumps({"token": token, "op": "twin", "args": ARGS["twin"]}).encode() + b"\n")
+        )
+        if served.get("ok") is not True:
+            failures.append(("afterwards", f"no longer serving: {served}"))
+    logged = [r.getMessage()[:200] for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    if logged:
+        failures.append(("log", f"tracebacks logged: {logged[:5]}"))
+    print(json.dumps({"control_port_cases": len(cases) + 5, "failed": len(failures)}))
+    assert len(cases) > 300, len(cases)
     assert not failures, json.dumps(failures[:25], indent=2)
