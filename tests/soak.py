@@ -1,4 +1,4 @@
-"""The soak: one device process on the Unix port runs the run loop (azprov/runloop.py) against the emulator for
+"""The soak: one device process on the Unix port runs the supervisor as a board (azprov/supervisor.py) against the emulator for
 thousands of messages with time compressed: 5 s SAS tokens on a device clock running `time_scale` times fast (the
 stand-in `time` module), telemetry back to back, and the emulator dropping the device's connection every second
 (its control port's drop_connection, at whatever moment the device is in).

@@ -99,6 +99,19 @@ def test_group_enrollment_with_intermediate_end_to_end(emulator, device, group_c
     assert emu_dps_connections(emu) == dps_before
 
 
+def test_x509_device_provisions_as_a_board(emulator, device, group_ca, tmp_path):
+    # The path every board runs (run_loop): the configuration step loads the certificate and key too.
+    cert, key = pki.issue_device(group_ca, "x509-board", tmp_path)
+    emu = emulator(enrollment_doc(groups=[x509_group("factory", group_ca.root)]))
+    dev = x509_device(device, emu, "x509-board", cert, key, run_loop=True, telemetry_count=1)
+
+    result = dev.run()
+
+    _assert_provisioned_and_sent(result, emu, "x509-board")
+    assert result.event("run_loop_started") and not result.all("retry_scheduled")
+    assert len(result.all("watchdog_unavailable")) <= 1  # said once, not before every step
+
+
 def emu_dps_connections(emu) -> int:
     """CONNECTs the emulator's DPS accepted, from its log."""
     log = (emu.state_dir / "emulator.log").read_text()
