@@ -96,7 +96,9 @@ def decide(
     else:
         wait = backoff_ms(failures, settings["retry_base_ms"], settings["retry_max_s"], random)
         if retry_after_s:
-            wait = max(wait, retry_after_s * 1000)
+            # The service's wait, plus the backoff's random share: a fleet told "retry after 5 s" in one wave must
+            # not come back in one wave.
+            wait += retry_after_s * 1000
         wait = min(wait, cap_ms)
     if action == REREGISTER and not final:
         wait = min(wait, backoff_ms(1, settings["retry_base_ms"], settings["retry_max_s"], random))

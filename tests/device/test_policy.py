@@ -49,11 +49,12 @@ def test_transient_errors_are_not_final_and_restart_the_failed_step():
         assert not decision.final and decision.restart == "provision" and decision.action == policy.RETRY, kind
 
 
-def test_retry_after_is_honoured_within_the_cap():
-    assert _decide(errors.THROTTLED, 1, retry_after=20).wait_ms == 20000
+def test_retry_after_is_honoured_within_the_cap_with_the_backoff_on_top():
+    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.0).wait_ms == 20500
+    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.999).wait_ms == 20999
     assert _decide(errors.THROTTLED, 1, retry_after=600).wait_ms == 60000
     # A short retry-after does not shorten the backoff.
-    assert _decide(errors.THROTTLED, 4, retry_after=1, random=0.0).wait_ms == 4000
+    assert _decide(errors.THROTTLED, 4, retry_after=1, random=0.0).wait_ms == 5000
 
 
 def test_gateway_failures_restart_at_connect():
