@@ -283,15 +283,6 @@ class Store:
         if found != [entry.get("sha256") if isinstance(entry, dict) else None for entry in listed]:
             raise _corrupt("trust_bundle.pem holds other certificates than state.json lists")
 
-    def trust_bundle_pem(self):
-        try:
-            with open(self.pem_path, "rb") as f:
-                data = f.read()
-            check_utf8(data)
-            return data.decode()
-        except (OSError, UnicodeError):
-            raise _corrupt("trust_bundle.pem cannot be read as text")
-
     def incoming(self):
         """A sink for azprov.bundle.extract() (see Incoming)."""
         _remove(self.pem_path + _INCOMING)
