@@ -175,6 +175,13 @@ class Client:
         """Called by the gateway after every CONNACK: subscribe again, then read the twin."""
         self._generation += 1
         self._subscribed = []
+        # QoS 1 messages of the connection that is gone will come again: holding them would crowd out the answers
+        # this connection's requests wait for.
+        kept = []
+        for item in self._queue:
+            if item[2] is None:
+                kept.append(item)
+        self._queue = kept
         self._subscribe()
         if self._desired is not None:
             self._sync_twin()
@@ -186,7 +193,8 @@ class Client:
 
     def on_message(self, topic, body, pid):
         """Every PUBLISH the hub sends, from inside the connection's read: queued for poll()."""
-        if len(self._queue) >= _QUEUE_LIMIT:
+        if len(self._queue) >= _QUEUE_LIMIT and not bytes(topic).startswith(b"$iothub/twin/res/"):
+            # A twin answer is always taken: a request is waiting for it, and a backlog must not keep it out.
             log.warning("cloud_message_deferred", ("topic", bytes(topic).decode()), ("queued", len(self._queue)))
             return  # not acknowledged: a QoS 1 message comes again
         self._queue.append((topic, body, pid, self._generation))

@@ -233,3 +233,15 @@ def test_messages_that_arrive_during_a_twin_request_wait_for_serve():
     assert network.connection.acks == [3]
     assert [topic for topic, body in _responses(network)] == ["$iothub/methods/res/200/?$rid=m1"]
     assert client.report({"fw": "1.0"}) == 2
+
+
+def test_a_c2d_backlog_does_not_keep_the_twin_answer_out():
+    fake_hub = FakeHub()
+    fake_hub.ahead = [(C2D, b"backlog", 100 + i) for i in range(16)]  # held while offline, sent before the twin answer
+    client, gw, network = _client(fake_hub)
+    c2d = []
+    client.on_desired(lambda patch, version: None)
+    client.on_c2d(lambda body, properties: c2d.append(bytes(body)))
+    gw.connect()
+    client.serve(0)
+    assert len(c2d) == 16 and network.connection.acks == [100 + i for i in range(16)]
