@@ -36,6 +36,7 @@ class DeployFile:
     dest: str  # absolute path on the board, e.g. "/azprov/app.mpy"
     data: bytes
     source: str  # where it came from, for messages
+    secret: bool = False  # holds a key or password (provisioning.json, a private key): 0600 wherever the host writes it
 
     @property
     def sha256(self) -> str:
@@ -100,10 +101,10 @@ def provisioning_files(provisioning: Path) -> list[DeployFile]:
             dest = "/certs/" + path.name
         else:
             dest = "/" + posixpath.normpath(name.as_posix())
-        files.append(DeployFile(dest, path.read_bytes(), str(path)))
+        files.append(DeployFile(dest, path.read_bytes(), str(path), secret=field == "private_key_file"))
     if rewritten:
         text = (json.dumps(config, indent=2) + "\n").encode()
-    return [DeployFile(BOARD_PROVISIONING, text, str(provisioning))] + files
+    return [DeployFile(BOARD_PROVISIONING, text, str(provisioning), secret=True)] + files
 
 
 FROZEN_DIRS = ["/azprov", "/lib/umqtt"]  # what a custom firmware (boards/esp32/manifest.py) has frozen in

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import click
 
 from host_tools.board.unix_port import REPO
+from host_tools.emulator.enrollment_file import write_enrollments
 
 EMULATOR_START_TIMEOUT_S = 60
 
@@ -95,9 +95,7 @@ class EmulatorProcess:
 
     def update_enrollments(self, doc: dict) -> None:
         """Replaces the enrollment file; the running emulator picks the new one up on its next request."""
-        tmp = self.enrollments.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, self.enrollments)
+        write_enrollments(self.enrollments, doc)  # it holds keys: owner-only, a new file renamed into place
 
     def _records(self, path: Path) -> list[dict]:
         if not path.exists():

@@ -19,6 +19,7 @@ import click
 
 from host_tools.board import runtimes
 from host_tools.board.runtimes import RuntimeUnavailable
+from host_tools.secret_files import copy_secret, secure_folder, write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
@@ -55,8 +56,7 @@ def stage_device_root(
     """Lays out the device image in `root`: firmware (compiled .mpy or source), umqtt, the provisioning file and
     CA files. A dict `provisioning` is written as provisioning.json; a path is copied. Returns `root`.
     For a frozen `runtime` only main.py is copied: the firmware and umqtt are in the binary (`use_mpy` is moot)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = secure_folder(root)  # the flash holds secrets: a folder others cannot write to
     if runtimes.get(runtime).frozen:
         shutil.copy2(FIRMWARE_DIR / "main.py", root / "main.py")
         (root / RUNTIME_MARK).write_text(runtimes.get(runtime).name + "\n")  # run_device's default runtime here
@@ -76,10 +76,11 @@ def stage_device_root(
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+    # provisioning.json holds the device key and the Wi-Fi password: owner-only, like provision-file writes it.
     if isinstance(provisioning, dict):
-        (root / "provisioning.json").write_text(json.dumps(provisioning, indent=2) + "\n")
+        write_secret(root / "provisioning.json", json.dumps(provisioning, indent=2) + "\n")
     elif provisioning is not None:
-        shutil.copy2(provisioning, root / "provisioning.json")
+        copy_secret(provisioning, root / "provisioning.json")
     return root
 
 
@@ -208,8 +209,11 @@ def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsi
             if file.dest.lstrip("/") in cas:  # a --ca file of the same name wins
                 continue
             target = flash_dir / file.dest.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.data)
+            if file.secret:  # provisioning.json, the X.509 private key
+                write_secret(target, file.data)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(file.data)
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or flash_dir}: cannot be written ({exc.strerror})") from None
     proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)

@@ -17,6 +17,7 @@ from host_tools.provisioning.writing import (
     write_atomic,
     write_private,
 )
+from host_tools.secret_files import write_secret
 
 X509_FILE_LIMIT = 16 * 1024  # what the device reads into its heap (azprov.identity)
 
@@ -110,7 +111,7 @@ def judge_planned_identity(config: dict, plan: IdentityPlan, where: str, ca: Pat
 
 def write_identity(out_dir: Path, plan: IdentityPlan) -> None:
     as_file_error(out_dir / plan.cert_name, lambda: write_atomic(out_dir / plan.cert_name, plan.cert_bytes, 0o644))
-    as_file_error(out_dir / plan.key_name, lambda: write_atomic(out_dir / plan.key_name, plan.key_bytes, 0o600))
+    as_file_error(out_dir / plan.key_name, lambda: write_secret(out_dir / plan.key_name, plan.key_bytes))
 
 
 def create_x509_provisioning_file(
