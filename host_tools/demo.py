@@ -113,6 +113,8 @@ def demo(workdir: Path, source: bool, timeout: float):
             f"  device: flash folder {flash} ({'sources' if source else '.mpy build'}), "
             f"registration id {REGISTRATION_ID}, key not shown"
         )
+        # The gateway's record outlives the emulator (run/demo is reused): only what follows this mark is this run's.
+        mark = emulator.telemetry_mark()
         started = time.monotonic()
         proc = start_device(flash)
         labels = dict(STEPS)
@@ -137,7 +139,7 @@ def demo(workdir: Path, source: bool, timeout: float):
             proc.kill()
             status = -1
         elapsed = time.monotonic() - started
-        records = [r for r in emulator.telemetry() if r.get("device_id") == REGISTRATION_ID]
+        records = [r for r in emulator.telemetry(since=mark) if r.get("device_id") == REGISTRATION_ID]
 
     table = Table(title="azprov demo result")
     table.add_column("step")
