@@ -201,7 +201,10 @@ def judge_identity(config: dict, owner: str | Path, ca_file: Path | None = None)
     identity = importlib.import_module("azprov.identity")
     der = importlib.import_module("azprov.der")
     for field in ("certificate_file", "private_key_file"):
-        read_bounded(Path(config[field]), identity._MAX_FILE_BYTES, field.replace("_", " "))
+        try:
+            read_bounded(Path(config[field]), identity._MAX_FILE_BYTES, field.replace("_", " "))
+        except RuleError as exc:
+            raise RuleError(f"{owner}: {field}: {exc}") from None
     now = int(dt.datetime.now(dt.UTC).timestamp())
     try:
         certificates = identity.read_certificates(config["certificate_file"])

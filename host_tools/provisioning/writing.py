@@ -102,7 +102,7 @@ def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -
         try:
             content = read_bounded(ca_file, CA_FILE_LIMIT, "CA file")
         except RuleError as exc:
-            raise ProvisioningFileError(str(exc)) from None
+            raise ProvisioningFileError(f"dps_ca_file (--ca-file): {exc}") from None
         where = str(ca_file)
         try:
             name = ca_file.resolve().relative_to(out_dir.resolve()).as_posix()

@@ -63,9 +63,12 @@ def plan_identity(
             raise ProvisioningFileError("give --certificate-file with --private-key-file, or --group-ca with its key")
         try:
             cert_bytes = read_bounded(certificate_file, X509_FILE_LIMIT, "certificate file")
+        except RuleError as exc:
+            raise ProvisioningFileError(f"certificate_file (--certificate-file): {exc}") from None
+        try:
             key_bytes = read_bounded(private_key_file, X509_FILE_LIMIT, "private key file")
         except RuleError as exc:
-            raise ProvisioningFileError(str(exc)) from None
+            raise ProvisioningFileError(f"private_key_file (--private-key-file): {exc}") from None
         return IdentityPlan(
             f"certs/{Path(certificate_file).name}", f"certs/{Path(private_key_file).name}", cert_bytes, key_bytes
         )

@@ -211,3 +211,44 @@ def test_deploy_copies_certificate_and_key_like_the_ca_file(group, tmp_path):
         "/certs/dev-deploy-key.pem",
     }
     assert files["/certs/dev-deploy-key.pem"].data == (out.parent / "certs" / "dev-deploy-key.pem").read_bytes()
+
+
+def test_a_missing_file_is_named_by_its_field(group, tmp_path):
+    """Issue 21, item 9: an error for a missing certificate, key or CA file named the file but not the field
+    (certificate_file / private_key_file / dps_ca_file), in `create`, `validate` and `run-unix`."""
+    out = tmp_path / "dev" / "provisioning.json"
+    made = cli(
+        "provision-file", "create", "--out", str(out), "--registration-id", "dev-fields", "--id-scope", SCOPE,
+        "--attestation", "x509", "--group-ca", str(group.intermediate), "--group-ca-key", str(group.intermediate_key),
+        "--ca-file", str(group.root),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    config = json.loads(out.read_text())
+    absent = tmp_path / "absent.pem"
+    given = {
+        "certificate_file": out.parent / config["certificate_file"],
+        "private_key_file": out.parent / config["private_key_file"],
+    }
+    for field, option in (
+        ("certificate_file", "--certificate-file"),
+        ("private_key_file", "--private-key-file"),
+        ("dps_ca_file", "--ca-file"),
+    ):
+        files = {"--certificate-file": given["certificate_file"], "--private-key-file": given["private_key_file"]}
+        files["--ca-file"] = group.root
+        files[option] = absent
+        proc = cli(
+            "provision-file", "create", "--out", str(tmp_path / field / "provisioning.json"), "--id-scope", SCOPE,
+            "--registration-id", "dev-fields", "--attestation", "x509",
+            *[str(part) for pair in files.items() for part in pair],
+        )  # fmt: skip
+        assert proc.returncode == 1 and f"{field} ({option}): {absent}: " in proc.stderr, (field, proc.stderr)
+        assert "does not exist" in proc.stderr
+    for field, path in given.items():
+        kept = path.read_bytes()
+        path.unlink()
+        for command in (["provision-file", "validate", str(out)], ["run-unix", "--provisioning", str(out)]):
+            proc = cli(*command)
+            assert proc.returncode == 1, proc.stderr
+            assert f"{out}: {field}: {path}: " in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+        path.write_bytes(kept)
