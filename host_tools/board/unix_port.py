@@ -167,6 +167,12 @@ def start_device(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CA file to place in the flash under certs/ (repeatable).",
 )
+@click.option(
+    "--app",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your application (a .py file using azprov), run instead of the firmware's main.py (put in the flash "
+    "folder as main.py, as `deploy --app` puts it on a board).",
+)
 @click.option("--source", is_flag=True, help="Run the .py sources instead of the compiled .mpy build.")
 @click.option("--heapsize", help="MicroPython GC heap size, e.g. 24K.")
 @click.option(
@@ -183,7 +189,7 @@ def start_device(
     show_default=True,
     help="Seconds the device may run (printing or not) before it is stopped.",
 )
-def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, runtime: str, timeout: float):
+def run_unix(provisioning: Path, flash_dir: Path, ca_files, app, source: bool, heapsize, runtime: str, timeout: float):
     """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
     from host_tools.board.deploy import DeployError, provisioning_files
 
@@ -205,6 +211,8 @@ def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsi
     cas = {f"certs/{path.name}": path for path in ca_files}
     try:
         stage_device_root(flash_dir, None, use_mpy=not source, ca_files=cas, runtime=runtime)
+        if app is not None:
+            (flash_dir / "main.py").write_bytes(app.read_bytes())
         for file in files:
             if file.dest.lstrip("/") in cas:  # a --ca file of the same name wins
                 continue

@@ -115,3 +115,19 @@ def test_a_staged_device_root_holds_its_provisioning_file_owner_only(tmp_path):
     finally:
         os.umask(old)
     assert _mode(from_dict / "provisioning.json") == 0o600 and _mode(from_file / "provisioning.json") == 0o600
+
+
+def test_an_application_file_runs_instead_of_the_firmwares_main(tmp_path, provisioning):
+    """Issue 21, item 7: `run-unix --app my_app.py` runs your application (it imports azprov from the flash folder,
+    as on a board) instead of the firmware's main.py, with the provisioning file beside it."""
+    app = tmp_path / "my_app.py"
+    app.write_text(
+        "import json, sys\nimport azprov\nprint('my app', json.load(open('provisioning.json'))['id_scope'])\n"
+    )
+    result = CliRunner().invoke(
+        unix_port.run_unix,
+        ["--provisioning", str(provisioning), "--flash", str(tmp_path / "flash"), "--source", "--app", str(app)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "my app 0ne00AAAAAA" in result.output
+    assert (tmp_path / "flash" / "main.py").read_bytes() == app.read_bytes()
