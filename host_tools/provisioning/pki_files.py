@@ -55,6 +55,16 @@ def load_issued(cert_path: str | os.PathLike, key_path: str | os.PathLike) -> Is
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise PkiError(f"{key_path}: not an EC or RSA private key")
     if key.public_key().public_numbers() != certs[0].public_key().public_numbers():
+        later = [
+            i
+            for i, c in enumerate(certs[1:], 2)
+            if c.public_key().public_numbers() == key.public_key().public_numbers()
+        ]
+        if later:  # right files, wrong order: say which certificate is the key's
+            raise PkiError(
+                f"{cert_path}: the certificate of {key_path} is certificate {later[0]} of {len(certs)}; "
+                "it must come first, then the certificates that issued it"
+            )
         raise PkiError(f"{key_path}: does not belong to {cert_path}")
     return Issued(certs[0], key, chain=certs[1:])
 

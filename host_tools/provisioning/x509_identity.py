@@ -91,12 +91,61 @@ def plan_identity(
     )
 
 
+def order_problem(cert_bytes: bytes, key_bytes: bytes) -> str | None:
+    """'certificate_file: ...' when the certificate file is in the wrong order: the key belongs to a later
+    certificate than the first, or the first is a CA (basicConstraints CA:true) while a later one is not. The device
+    would only say the key does not belong to the first certificate; the host names the real fault. None when the
+    order is right, or when the files do not parse (the device's rules then say what is wrong)."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with warnings.catch_warnings():  # a diagnosis only: cryptography's deprecation notes do not matter here
+            warnings.simplefilter("ignore")
+            if b"-----BEGIN" in cert_bytes:
+                certificates = x509.load_pem_x509_certificates(cert_bytes)
+            else:
+                certificates = [x509.load_der_x509_certificate(cert_bytes)]
+            if b"-----BEGIN" in key_bytes:
+                key = serialization.load_pem_private_key(key_bytes, password=None)
+            else:
+                key = serialization.load_der_private_key(key_bytes, password=None)
+        public = key.public_key().public_numbers()
+        owners = [i for i, cert in enumerate(certificates) if cert.public_key().public_numbers() == public]
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+    def is_ca(cert) -> bool:
+        try:
+            return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            return False
+
+    count = len(certificates)
+    if owners and owners[0] > 0:
+        return (
+            f"certificate_file: the device certificate (the one private_key_file belongs to) is certificate "
+            f"{owners[0] + 1} of {count}; it must come first, then its intermediates"
+        )
+    if not owners and count > 1 and is_ca(certificates[0]) and not all(is_ca(c) for c in certificates[1:]):
+        return (
+            f"certificate_file: the first certificate ({certificates[0].subject.rfc4514_string()}) is a CA; "
+            "the device certificate must come first, then its intermediates"
+        )
+    return None
+
+
 def judge_planned_identity(config: dict, plan: IdentityPlan, where: str, ca: Path | None = None) -> dict:
     """Run the device's identity checks (and the host's chain checks) on planned files before anything is written."""
     import tempfile
 
     from host_tools.provisioning.device_rules import RuleError, judge_identity
 
+    problem = order_problem(plan.cert_bytes, plan.key_bytes)
+    if problem:
+        raise ProvisioningFileError(f"{where}: {problem} ({plan.cert_name})")
     with tempfile.TemporaryDirectory(prefix="azprov-identity-") as tmp:
         cert, key = Path(tmp) / "certificate", Path(tmp) / "key"
         cert.write_bytes(plan.cert_bytes)
