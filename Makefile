@@ -18,6 +18,7 @@ PORT ?=
 FIRMWARE ?=
 CHIP ?= esp32
 PROVISIONING ?=
+APP ?=
 
 # MicroPython built from source: mpy-cross and the Unix port, 32- and 64-bit, plain and with the firmware frozen in
 # (boards/unix/manifest.py). The source is the tarball MICROPYTHON_TARBALL names (checked by sha256), or without one a
@@ -56,7 +57,7 @@ help:
 	@echo "make runtimes - MicroPython from source: mpy-cross, Unix port 32/64-bit, plain and frozen (build/runtimes)"
 	@echo "               source: MICROPYTHON_TARBALL=path/to/micropython-src.tar.xz, else a git clone"
 	@echo "make flash PORT=/dev/ttyUSB0 FIRMWARE=esp32.bin [CHIP=esp32]"
-	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json"
+	@echo "make deploy PORT=/dev/ttyUSB0 PROVISIONING=provisioning.json [APP=my_app.py]"
 	@echo "make monitor PORT=/dev/ttyUSB0"
 
 $(STAMP): requirements.txt requirements.lock pyproject.toml
@@ -138,7 +139,7 @@ need-port:
 	@if [ -z "$(PORT)" ]; then echo "PORT is not set: e.g. make $(MAKECMDGOALS) PORT=/dev/ttyUSB0 (python -m serial.tools.list_ports lists the ports)" >&2; exit 2; fi
 
 deploy: need-port setup
-	$(PY) -m host_tools deploy --port "$(PORT)" $(if $(PROVISIONING),--provisioning "$(PROVISIONING)")
+	$(PY) -m host_tools deploy --port "$(PORT)" $(if $(PROVISIONING),--provisioning "$(PROVISIONING)") $(if $(APP),--app "$(APP)")
 
 monitor: need-port setup
 	$(PY) -m host_tools monitor --port "$(PORT)"

@@ -6,8 +6,6 @@ step happened."""
 from __future__ import annotations
 
 import base64
-import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ from rich.table import Table
 
 from host_tools.board.harness import EmulatorProcess, parse_device_line
 from host_tools.board.unix_port import REPO, stage_device_root, start_device
+from host_tools.emulator.enrollment_file import write_enrollments as write_enrollment_file
 
 DEMO_DIR = REPO / "run" / "demo"
 REGISTRATION_ID = "demo-device-001"
@@ -55,8 +54,7 @@ def write_enrollments(path: Path, device_key: str) -> None:
         ],
         "groups": [],
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    os.chmod(path, 0o600)
+    write_enrollment_file(path, doc)  # it holds the device key: owner-only
 
 
 def provisioning_document(info: dict, device_key: str, ca_name: str) -> dict:
@@ -115,6 +113,8 @@ def demo(workdir: Path, source: bool, timeout: float):
             f"  device: flash folder {flash} ({'sources' if source else '.mpy build'}), "
             f"registration id {REGISTRATION_ID}, key not shown"
         )
+        # The gateway's record outlives the emulator (run/demo is reused): only what follows this mark is this run's.
+        mark = emulator.telemetry_mark()
         started = time.monotonic()
         proc = start_device(flash)
         labels = dict(STEPS)
@@ -139,7 +139,7 @@ def demo(workdir: Path, source: bool, timeout: float):
             proc.kill()
             status = -1
         elapsed = time.monotonic() - started
-        records = [r for r in emulator.telemetry() if r.get("device_id") == REGISTRATION_ID]
+        records = [r for r in emulator.telemetry(since=mark) if r.get("device_id") == REGISTRATION_ID]
 
     table = Table(title="azprov demo result")
     table.add_column("step")

@@ -48,3 +48,41 @@ def test_demo_exit_status_and_result_table(tmp_path):
     enrollments = json.loads((tmp_path / "demo" / "enrollments.json").read_text())
     key = enrollments["individual"][0]["symmetric_key"]
     assert key not in output and "SharedAccessSignature" not in output
+
+
+# What the device prints in a run where every step happens, but no telemetry reaches the gateway.
+_STEPS_WITHOUT_TELEMETRY = """
+azprov INFO config_loaded registration_id=demo-device-001
+azprov INFO dps_connected host=localhost
+azprov INFO registered hub=demo-hub.azure-devices.net device_id=demo-device-001
+azprov INFO trust_bundle_stored certificates=1
+azprov INFO trust_bundle_cert sha256=00 subject=CN=root
+azprov INFO gateway_verified host=localhost
+azprov INFO telemetry_acknowledged device_id=demo-device-001 sequence=0
+"""
+
+
+def test_an_earlier_runs_telemetry_is_not_counted(tmp_path, monkeypatch):
+    """Issue 21, item 5: the gateway's record (telemetry.jsonl) is kept across runs in the same folder, so the
+    demo's cross-check counts only this run's messages. A device that claims every step but whose message never
+    reached the gateway fails the demo although an earlier run's message for the same device is in the record."""
+    from click.testing import CliRunner
+
+    from host_tools import demo
+
+    workdir = tmp_path / "demo"
+    record = workdir / "emulator" / "telemetry.jsonl"
+    record.parent.mkdir(parents=True)
+    stale = {"received_at": 1.0, "device_id": demo.REGISTRATION_ID, "hub": demo.HUB, "topic": "t", "payload": "{}"}
+    record.write_text(json.dumps(stale) + "\n")
+
+    def device_without_telemetry(root, **_):
+        code = f"print({_STEPS_WITHOUT_TELEMETRY!r})"
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=root)
+
+    monkeypatch.setattr(demo, "start_device", device_without_telemetry)
+    result = CliRunner().invoke(demo.demo, ["--workdir", str(workdir), "--source"], terminal_width=200)
+    rows = dict(m.groups() for m in map(ROW.match, result.output.splitlines()) if m)
+    assert rows.get("telemetry acknowledged") == "done", result.output  # the device's claim was seen
+    assert rows.get("telemetry recorded by the gateway") == "0", result.output
+    assert result.exit_code == 1 and "demo failed" in result.output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from host_tools.board import runtimes
 from host_tools.board.harness import parse_device_line
 from host_tools.board.unix_port import device_command, device_env, micropython_binary
+from host_tools.secret_files import copy_secret, write_secret
 
 ASSETS_DIR = Path(__file__).resolve().with_name("assets")
 SDK_CHILD = Path(__file__).resolve().with_name("sdk_child.py")
@@ -120,11 +120,7 @@ def bench_enrollments(decoy_bundle: Path, key: str, x509_ca: Path | None = None)
 
 def write_private_json(path: Path, doc: dict) -> Path:
     # Enrollment files and specs hold keys: owner-only, like the emulator writes its own.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    return path
+    return write_secret(path, json.dumps(doc, indent=2))
 
 
 @dataclass
@@ -179,7 +175,7 @@ class DeviceImage:
         shutil.copy2(self.emulator_info["pki"]["dps_root"], root / DPS_CA_NAME)
         if self.x509_files is not None:
             shutil.copy2(self.x509_files[0], root / "certs" / "device.pem")
-            shutil.copy2(self.x509_files[1], root / "certs" / "device-key.pem")
+            copy_secret(self.x509_files[1], root / "certs" / "device-key.pem")
         write_private_json(root / "provisioning.json", self.provisioning(**provisioning))
         if with_bench_scripts:
             for script in sorted(ASSETS_DIR.glob("*.py")):

@@ -36,6 +36,7 @@ class DeployFile:
     dest: str  # absolute path on the board, e.g. "/azprov/app.mpy"
     data: bytes
     source: str  # where it came from, for messages
+    secret: bool = False  # holds a key or password (provisioning.json, a private key): 0600 wherever the host writes it
 
     @property
     def sha256(self) -> str:
@@ -100,10 +101,10 @@ def provisioning_files(provisioning: Path) -> list[DeployFile]:
             dest = "/certs/" + path.name
         else:
             dest = "/" + posixpath.normpath(name.as_posix())
-        files.append(DeployFile(dest, path.read_bytes(), str(path)))
+        files.append(DeployFile(dest, path.read_bytes(), str(path), secret=field == "private_key_file"))
     if rewritten:
         text = (json.dumps(config, indent=2) + "\n").encode()
-    return [DeployFile(BOARD_PROVISIONING, text, str(provisioning))] + files
+    return [DeployFile(BOARD_PROVISIONING, text, str(provisioning), secret=True)] + files
 
 
 FROZEN_DIRS = ["/azprov", "/lib/umqtt"]  # what a custom firmware (boards/esp32/manifest.py) has frozen in
@@ -115,11 +116,17 @@ def plan_image(
     boot: Path | None = None,
     include_umqtt: bool = True,
     frozen: bool = False,
+    app: Path | None = None,
 ) -> list[DeployFile]:
-    """Every file the board should have. frozen: the firmware has azprov and umqtt built in, so only main.py."""
+    """Every file the board should have. frozen: the firmware has azprov and umqtt built in, so only main.py.
+    app: your application file, installed as /main.py instead of the firmware's (the board runs it at boot)."""
     files = build_files(build_dir, include_umqtt)
     if frozen:
         files = [f for f in files if f.dest == "/main.py"]
+    if app is not None:
+        if not Path(app).is_file():
+            raise DeployError(f"application file not found: {app}")
+        files = [DeployFile("/main.py", Path(app).read_bytes(), str(app)) if f.dest == "/main.py" else f for f in files]
     if provisioning is not None:
         files += provisioning_files(provisioning)
     if boot is not None:
@@ -364,6 +371,11 @@ def results_table(results: list[SyncResult], title: str):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also install this file as /boot.py (e.g. boards/esp32/boot.py).",
 )
+@click.option(
+    "--app",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your application (a .py file using azprov), installed as /main.py instead of the firmware's main.py.",
+)
 @click.option("--no-umqtt", is_flag=True, help="Skip lib/umqtt (firmware that has umqtt.simple frozen in).")
 @click.option(
     "--frozen",
@@ -373,7 +385,7 @@ def results_table(results: list[SyncResult], title: str):
 )
 @click.option("--no-prune", is_flag=True, help="Keep board files under azprov/ that the build does not have.")
 @click.option("--no-reset", is_flag=True, help="Do not soft-reset the board afterwards.")
-def deploy(port, provisioning, build_dir, target, boot, no_umqtt, frozen, no_prune, no_reset):
+def deploy(port, provisioning, build_dir, target, boot, app, no_umqtt, frozen, no_prune, no_reset):
     """Copy the build (and a provisioning file) to a board, only what changed, then soft-reset it."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -384,7 +396,7 @@ def deploy(port, provisioning, build_dir, target, boot, no_umqtt, frozen, no_pru
         if build_dir is None:
             build_dir = DEFAULT_OUT
             build_firmware(build_dir, target=target, umqtt_source=None if no_umqtt else UMQTT_SOURCE)
-        files = plan_image(build_dir, provisioning, boot, include_umqtt=not no_umqtt, frozen=frozen)
+        files = plan_image(build_dir, provisioning, boot, include_umqtt=not no_umqtt, frozen=frozen, app=app)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -53,6 +53,15 @@ def esptool_commands(
     return commands
 
 
+def check_firmware(firmware: Path) -> None:
+    """The image exists and is not empty (checked for --dry-run too: the commands printed must be runnable)."""
+    firmware = Path(firmware)
+    if not firmware.is_file():
+        raise FlashError(f"firmware file not found: {firmware} (download it from https://micropython.org/download/)")
+    if firmware.stat().st_size == 0:
+        raise FlashError(f"firmware file is empty: {firmware}")
+
+
 def check_inputs(port: str, firmware: Path) -> None:
     if not port:
         raise FlashError("no serial port given (--port, e.g. /dev/ttyUSB0)")
@@ -61,11 +70,7 @@ def check_inputs(port: str, firmware: Path) -> None:
             f"serial port {port} not found (is the board plugged in? "
             "`python -m serial.tools.list_ports` lists the ports)"
         )
-    firmware = Path(firmware)
-    if not firmware.is_file():
-        raise FlashError(f"firmware file not found: {firmware} (download it from https://micropython.org/download/)")
-    if firmware.stat().st_size == 0:
-        raise FlashError(f"firmware file is empty: {firmware}")
+    check_firmware(firmware)
 
 
 def run_esptool(args: list[str]) -> int:
@@ -89,7 +94,9 @@ def flash(port, chip, firmware, baud, no_erase, dry_run):
     """Erase an ESP32's flash and write MicroPython firmware at the chip's offset."""
     try:
         commands = esptool_commands(port, chip, firmware, baud, erase=not no_erase)
-        if not dry_run:
+        if dry_run:
+            check_firmware(firmware)  # the board need not be plugged in, but the image must be there
+        else:
             check_inputs(port, firmware)
     except FlashError as exc:
         raise click.ClickException(str(exc)) from None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from host_tools.board.unix_port import UnixPortError, micropython_binary
+from host_tools.secret_files import SECRET_MODE, secure_folder, write_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOARD_DIR = REPO_ROOT / "boards" / "unix"
@@ -81,8 +83,11 @@ class FlashImage:
         size = parse_size(size)
         if self.path.exists() and not overwrite:
             raise VirtualBoardError(f"{self.path}: already exists")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "wb") as f:
+        # A board's flash holds its provisioning file and keys: the image is owner-only (host_tools/secret_files.py).
+        secure_folder(self.path.parent)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
+        os.fchmod(fd, SECRET_MODE)
+        with os.fdopen(fd, "wb") as f:
             f.truncate(size)
         self._run(f"mkfs({str(self.path)!r}, {self.block_size})")
         return self
@@ -124,8 +129,7 @@ class FlashImage:
             if size < 0:
                 target.mkdir(parents=True, exist_ok=True)
             else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.read(name))
+                write_secret(target, self.read(name))  # provisioning.json and keys among them: owner-only
                 written.append(target)
         return written
 

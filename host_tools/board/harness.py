@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import click
 
 from host_tools.board.unix_port import REPO
+from host_tools.emulator.enrollment_file import write_enrollments
 
 EMULATOR_START_TIMEOUT_S = 60
 
@@ -95,18 +95,26 @@ class EmulatorProcess:
 
     def update_enrollments(self, doc: dict) -> None:
         """Replaces the enrollment file; the running emulator picks the new one up on its next request."""
-        tmp = self.enrollments.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, self.enrollments)
+        write_enrollments(self.enrollments, doc)  # it holds keys: owner-only, a new file renamed into place
 
-    def _records(self, path: Path) -> list[dict]:
+    def _records(self, path: Path, since: int = 0) -> list[dict]:
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        with open(path, "rb") as handle:
+            handle.seek(since)
+            text = handle.read().decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def telemetry(self) -> list[dict]:
-        """What the gateway acknowledged, one dict per message (docs/design.md)."""
-        return self._records(Path(self.info["telemetry"]))
+    def telemetry_mark(self) -> int:
+        """Where the telemetry record ends now: `telemetry(since=mark)` is then only what came after. The file is
+        kept across runs in the same state folder, so a run counts its own messages from its mark."""
+        path = Path(self.info["telemetry"])
+        return path.stat().st_size if path.exists() else 0
+
+    def telemetry(self, since: int = 0) -> list[dict]:
+        """What the gateway acknowledged, one dict per message (docs/design.md); from byte `since` of the record
+        (a telemetry_mark) on."""
+        return self._records(Path(self.info["telemetry"]), since)
 
     def credentials_received(self) -> list[dict]:
         """Every CONNECT user name and SAS token the emulator received (only with --record-credentials)."""

@@ -19,6 +19,7 @@ import click
 
 from host_tools.board import runtimes
 from host_tools.board.runtimes import RuntimeUnavailable
+from host_tools.secret_files import copy_secret, secure_folder, write_secret
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
@@ -55,8 +56,7 @@ def stage_device_root(
     """Lays out the device image in `root`: firmware (compiled .mpy or source), umqtt, the provisioning file and
     CA files. A dict `provisioning` is written as provisioning.json; a path is copied. Returns `root`.
     For a frozen `runtime` only main.py is copied: the firmware and umqtt are in the binary (`use_mpy` is moot)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = secure_folder(root)  # the flash holds secrets: a folder others cannot write to
     if runtimes.get(runtime).frozen:
         shutil.copy2(FIRMWARE_DIR / "main.py", root / "main.py")
         (root / RUNTIME_MARK).write_text(runtimes.get(runtime).name + "\n")  # run_device's default runtime here
@@ -76,10 +76,11 @@ def stage_device_root(
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
+    # provisioning.json holds the device key and the Wi-Fi password: owner-only, like provision-file writes it.
     if isinstance(provisioning, dict):
-        (root / "provisioning.json").write_text(json.dumps(provisioning, indent=2) + "\n")
+        write_secret(root / "provisioning.json", json.dumps(provisioning, indent=2) + "\n")
     elif provisioning is not None:
-        shutil.copy2(provisioning, root / "provisioning.json")
+        copy_secret(provisioning, root / "provisioning.json")
     return root
 
 
@@ -166,6 +167,12 @@ def start_device(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CA file to place in the flash under certs/ (repeatable).",
 )
+@click.option(
+    "--app",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your application (a .py file using azprov), run instead of the firmware's main.py (put in the flash "
+    "folder as main.py, as `deploy --app` puts it on a board).",
+)
 @click.option("--source", is_flag=True, help="Run the .py sources instead of the compiled .mpy build.")
 @click.option("--heapsize", help="MicroPython GC heap size, e.g. 24K.")
 @click.option(
@@ -182,7 +189,7 @@ def start_device(
     show_default=True,
     help="Seconds the device may run (printing or not) before it is stopped.",
 )
-def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsize, runtime: str, timeout: float):
+def run_unix(provisioning: Path, flash_dir: Path, ca_files, app, source: bool, heapsize, runtime: str, timeout: float):
     """Run the firmware on the MicroPython Unix port with a provisioning file and a flash folder."""
     from host_tools.board.deploy import DeployError, provisioning_files
 
@@ -204,12 +211,17 @@ def run_unix(provisioning: Path, flash_dir: Path, ca_files, source: bool, heapsi
     cas = {f"certs/{path.name}": path for path in ca_files}
     try:
         stage_device_root(flash_dir, None, use_mpy=not source, ca_files=cas, runtime=runtime)
+        if app is not None:
+            (flash_dir / "main.py").write_bytes(app.read_bytes())
         for file in files:
             if file.dest.lstrip("/") in cas:  # a --ca file of the same name wins
                 continue
             target = flash_dir / file.dest.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.data)
+            if file.secret:  # provisioning.json, the X.509 private key
+                write_secret(target, file.data)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(file.data)
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or flash_dir}: cannot be written ({exc.strerror})") from None
     proc = start_device(flash_dir, heapsize=heapsize, runtime=runtime)

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import stat
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from host_tools.emulator.enrollments import (
     Enrollments,
     parse_enrollments,
 )
+from host_tools.secret_files import write_secret
 
 log = logging.getLogger("host_tools.emulator.enrollments")  # the name the emulator's log has always used
 
@@ -133,15 +133,8 @@ def new_symmetric_key(size: int = 32) -> str:
 
 def write_enrollments(path: str | os.PathLike, document: dict) -> Path:
     """Write an enrollment document atomically (a new inode, so a running emulator notices it at once)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o600)  # it holds device and group keys
-    os.replace(tmp, path)
-    return path
+    # It holds device and group keys: owner-only (write_secret renames a new file into place).
+    return write_secret(path, json.dumps(document, indent=2) + "\n")
 
 
 def demo_enrollments(

@@ -13,15 +13,21 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
+from host_tools.secret_files import open_secret_log
+
 
 class JsonlLog:
     """Appends one JSON object per line, flushing each so a reader (or a crash) never sees half a record;
-    also keeps this run's records in memory for the Python API."""
+    also keeps this run's records in memory for the Python API. `secret`: the records hold credentials (the test
+    mode's record of SAS tokens), so the file is owner-only (host_tools/secret_files.py)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, secret: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        if secret:
+            self._handle = open_secret_log(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
         self._records: list[dict] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)

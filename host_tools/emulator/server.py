@@ -106,7 +106,7 @@ class EmulatorServer:
             rate_limit=self.rate_limit,
         )
         if self.record_credentials:
-            self.ctx.credentials_received = JsonlLog(self.state_dir / CREDENTIALS_RECEIVED)
+            self.ctx.credentials_received = JsonlLog(self.state_dir / CREDENTIALS_RECEIVED, secret=True)
         self.ctx.hub = HubService(self.state_dir)
         gateway_cert, gateway_key = self.gateway_certificate or (self.pki.gateway_server, self.pki.gateway_server_key)
         self.dps = DpsEndpoint(self.ctx, server_ssl_context(self.pki.dps_server, self.pki.dps_server_key))

@@ -138,17 +138,32 @@ def judge_bytes(data: bytes, where: str) -> dict:
     return judge_text(text, where)
 
 
+def load_der_certificate(der: bytes):
+    """cryptography's certificate from DER, as mbedTLS reads it: a serial number that is zero or negative (several
+    public roots in certifi's bundle have one, e.g. Go Daddy Root Certificate Authority - G2) is accepted without
+    cryptography's CryptographyDeprecationWarning, which the device would not give either. Any other warning, and
+    every error (ValueError), is passed on."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Parsed a serial number which wasn't positive", category=CryptographyDeprecationWarning
+        )
+        return x509.load_der_x509_certificate(der)
+
+
 def judge_ca_text(text: str, where: str) -> int:
     """The device's verdict on a CA file's text: how many certificates it loads, or RuleError."""
-    from cryptography import x509
-
     fw = firmware()
     count = 0
     try:
         for der in fw.pem.der_certificates(text):
             count += 1
             try:
-                x509.load_der_x509_certificate(der)  # what mbedTLS's load_verify_locations checks
+                load_der_certificate(der)  # what mbedTLS's load_verify_locations checks
             except ValueError:
                 raise fw.pem.PemError(f"certificate {count} is not a valid X.509 certificate") from None
     except fw.pem.PemError as exc:
@@ -180,14 +195,16 @@ def judge_identity(config: dict, owner: str | Path, ca_file: Path | None = None)
     Messages never hold key material."""
     import datetime as dt
 
-    from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
     fw = firmware()
     identity = importlib.import_module("azprov.identity")
     der = importlib.import_module("azprov.der")
     for field in ("certificate_file", "private_key_file"):
-        read_bounded(Path(config[field]), identity._MAX_FILE_BYTES, field.replace("_", " "))
+        try:
+            read_bounded(Path(config[field]), identity._MAX_FILE_BYTES, field.replace("_", " "))
+        except RuleError as exc:
+            raise RuleError(f"{owner}: {field}: {exc}") from None
     now = int(dt.datetime.now(dt.UTC).timestamp())
     try:
         certificates = identity.read_certificates(config["certificate_file"])
@@ -195,7 +212,7 @@ def judge_identity(config: dict, owner: str | Path, ca_file: Path | None = None)
         device = identity.check(certificates, key, config["registration_id"], now, 0)
     except fw.errors.ProvisioningError as exc:
         raise RuleError(f"{owner}: {exc.message}") from None
-    chain = [x509.load_der_x509_certificate(c) for c in certificates]
+    chain = [load_der_certificate(c) for c in certificates]
     if device["not_before"] > now:
         raise RuleError(f"{owner}: certificate_file: the device certificate is not valid before its not_before date")
     for child, parent in zip(chain, chain[1:]):
@@ -212,7 +229,7 @@ def judge_identity(config: dict, owner: str | Path, ca_file: Path | None = None)
             raise RuleError(f"{owner}: certificate_file: intermediate {info['common_name']!r} has expired")
     if ca_file is not None:
         try:
-            anchors = [x509.load_der_x509_certificate(c) for c in identity.read_certificates(str(ca_file), "--ca")]
+            anchors = [load_der_certificate(c) for c in identity.read_certificates(str(ca_file), "--ca")]
         except fw.errors.ProvisioningError as exc:
             raise RuleError(f"{owner}: {exc.message}") from None
         last = chain[-1]

@@ -26,6 +26,7 @@ from host_tools.provisioning.certificates import (
     unique_name,
     utc_now,
 )
+from host_tools.secret_files import write_secret
 
 # Reissue anything that would expire within this margin rather than hand out a nearly dead certificate.
 RENEW_MARGIN = dt.timedelta(days=7)
@@ -54,17 +55,30 @@ def load_issued(cert_path: str | os.PathLike, key_path: str | os.PathLike) -> Is
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise PkiError(f"{key_path}: not an EC or RSA private key")
     if key.public_key().public_numbers() != certs[0].public_key().public_numbers():
+        later = [
+            i
+            for i, c in enumerate(certs[1:], 2)
+            if c.public_key().public_numbers() == key.public_key().public_numbers()
+        ]
+        if later:  # right files, wrong order: say which certificate is the key's
+            raise PkiError(
+                f"{cert_path}: the certificate of {key_path} is certificate {later[0]} of {len(certs)}; "
+                "it must come first, then the certificates that issued it"
+            )
         raise PkiError(f"{key_path}: does not belong to {cert_path}")
     return Issued(certs[0], key, chain=certs[1:])
 
 
 def atomic_write(path: Path, data: bytes, private: bool = False) -> None:
+    if private:  # a private key: owner-only file in a folder others cannot write to
+        write_secret(path, data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o600 if private else 0o644)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -174,10 +174,24 @@ def validate_provisioning_file(path: Path, check_ca: bool = True, group_ca: Path
         try:
             judge_identity(device_config, path, group_ca)
         except RuleError as exc:
-            problems.append(str(exc))
+            problems.append(_certificate_order_problem(device_config, path) or str(exc))
     if problems:
         raise ProvisioningFileError("\n".join(problems))
     return config
+
+
+def _certificate_order_problem(config: dict, path: Path) -> str | None:
+    """After the device refused the identity: the host's own diagnosis when the certificate file is out of order
+    (the device's message would blame private_key_file), else None."""
+    from host_tools.provisioning.x509_identity import order_problem
+
+    try:
+        cert_bytes = Path(config["certificate_file"]).read_bytes()
+        key_bytes = Path(config["private_key_file"]).read_bytes()
+    except OSError:
+        return None
+    problem = order_problem(cert_bytes, key_bytes)
+    return f"{path}: {problem} ({config['certificate_file']})" if problem else None
 
 
 def redacted(config: dict) -> dict:

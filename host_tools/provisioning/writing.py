@@ -10,6 +10,7 @@ from pathlib import Path
 from host_tools.provisioning.device_keys import derive_device_key
 from host_tools.provisioning.dps_roots import public_dps_roots_pem
 from host_tools.provisioning.validation import ProvisioningFileError, check_config, file_text
+from host_tools.secret_files import write_secret
 
 GLOBAL_DPS_HOST = "global.azure-devices-provisioning.net"
 DEFAULT_CA_NAME = "certs/dps-root.pem"
@@ -55,7 +56,8 @@ class DeviceSettings:
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write through a temporary file and a rename: the path holds the old content or the new, never half."""
+    """Write through a temporary file and a rename: the path holds the old content or the new, never half.
+    For public files (certificates, indexes); a file that holds a secret goes through write_private."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -69,8 +71,8 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Readable by the owner only: the file holds a device key."""
-    write_atomic(path, text.encode("utf-8"), 0o600)
+    """Readable by the owner only (host_tools/secret_files.py): the file holds a device key."""
+    write_secret(path, text)
 
 
 @dataclass
@@ -100,7 +102,7 @@ def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -
         try:
             content = read_bounded(ca_file, CA_FILE_LIMIT, "CA file")
         except RuleError as exc:
-            raise ProvisioningFileError(str(exc)) from None
+            raise ProvisioningFileError(f"dps_ca_file (--ca-file): {exc}") from None
         where = str(ca_file)
         try:
             name = ca_file.resolve().relative_to(out_dir.resolve()).as_posix()

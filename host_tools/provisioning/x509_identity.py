@@ -17,6 +17,7 @@ from host_tools.provisioning.writing import (
     write_atomic,
     write_private,
 )
+from host_tools.secret_files import write_secret
 
 X509_FILE_LIMIT = 16 * 1024  # what the device reads into its heap (azprov.identity)
 
@@ -62,9 +63,12 @@ def plan_identity(
             raise ProvisioningFileError("give --certificate-file with --private-key-file, or --group-ca with its key")
         try:
             cert_bytes = read_bounded(certificate_file, X509_FILE_LIMIT, "certificate file")
+        except RuleError as exc:
+            raise ProvisioningFileError(f"certificate_file (--certificate-file): {exc}") from None
+        try:
             key_bytes = read_bounded(private_key_file, X509_FILE_LIMIT, "private key file")
         except RuleError as exc:
-            raise ProvisioningFileError(str(exc)) from None
+            raise ProvisioningFileError(f"private_key_file (--private-key-file): {exc}") from None
         return IdentityPlan(
             f"certs/{Path(certificate_file).name}", f"certs/{Path(private_key_file).name}", cert_bytes, key_bytes
         )
@@ -87,12 +91,61 @@ def plan_identity(
     )
 
 
+def order_problem(cert_bytes: bytes, key_bytes: bytes) -> str | None:
+    """'certificate_file: ...' when the certificate file is in the wrong order: the key belongs to a later
+    certificate than the first, or the first is a CA (basicConstraints CA:true) while a later one is not. The device
+    would only say the key does not belong to the first certificate; the host names the real fault. None when the
+    order is right, or when the files do not parse (the device's rules then say what is wrong)."""
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with warnings.catch_warnings():  # a diagnosis only: cryptography's deprecation notes do not matter here
+            warnings.simplefilter("ignore")
+            if b"-----BEGIN" in cert_bytes:
+                certificates = x509.load_pem_x509_certificates(cert_bytes)
+            else:
+                certificates = [x509.load_der_x509_certificate(cert_bytes)]
+            if b"-----BEGIN" in key_bytes:
+                key = serialization.load_pem_private_key(key_bytes, password=None)
+            else:
+                key = serialization.load_der_private_key(key_bytes, password=None)
+        public = key.public_key().public_numbers()
+        owners = [i for i, cert in enumerate(certificates) if cert.public_key().public_numbers() == public]
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+    def is_ca(cert) -> bool:
+        try:
+            return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            return False
+
+    count = len(certificates)
+    if owners and owners[0] > 0:
+        return (
+            f"certificate_file: the device certificate (the one private_key_file belongs to) is certificate "
+            f"{owners[0] + 1} of {count}; it must come first, then its intermediates"
+        )
+    if not owners and count > 1 and is_ca(certificates[0]) and not all(is_ca(c) for c in certificates[1:]):
+        return (
+            f"certificate_file: the first certificate ({certificates[0].subject.rfc4514_string()}) is a CA; "
+            "the device certificate must come first, then its intermediates"
+        )
+    return None
+
+
 def judge_planned_identity(config: dict, plan: IdentityPlan, where: str, ca: Path | None = None) -> dict:
     """Run the device's identity checks (and the host's chain checks) on planned files before anything is written."""
     import tempfile
 
     from host_tools.provisioning.device_rules import RuleError, judge_identity
 
+    problem = order_problem(plan.cert_bytes, plan.key_bytes)
+    if problem:
+        raise ProvisioningFileError(f"{where}: {problem} ({plan.cert_name})")
     with tempfile.TemporaryDirectory(prefix="azprov-identity-") as tmp:
         cert, key = Path(tmp) / "certificate", Path(tmp) / "key"
         cert.write_bytes(plan.cert_bytes)
@@ -110,7 +163,7 @@ def judge_planned_identity(config: dict, plan: IdentityPlan, where: str, ca: Pat
 
 def write_identity(out_dir: Path, plan: IdentityPlan) -> None:
     as_file_error(out_dir / plan.cert_name, lambda: write_atomic(out_dir / plan.cert_name, plan.cert_bytes, 0o644))
-    as_file_error(out_dir / plan.key_name, lambda: write_atomic(out_dir / plan.key_name, plan.key_bytes, 0o600))
+    as_file_error(out_dir / plan.key_name, lambda: write_secret(out_dir / plan.key_name, plan.key_bytes))
 
 
 def create_x509_provisioning_file(

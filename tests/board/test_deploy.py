@@ -115,3 +115,16 @@ def test_command_errors_are_messages(tmp_path, small_build):
     assert proc.returncode == 1 and "none.json: provisioning file does not exist" in proc.stderr
     proc = run_cli("deploy", "--port", "/dev/null", "--build", str(small_build))  # not a MicroPython board
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_application_file_is_installed_as_main_py(tmp_path, small_build, provisioning):
+    """Issue 21, item 7: `deploy --app my_app.py` puts your application on the board as /main.py (the board runs it
+    at boot) instead of the firmware's main.py; with --frozen too."""
+    app = tmp_path / "my_app.py"
+    app.write_text("import azprov\nprint('my app')\n")
+    for frozen in (False, True):
+        files = {f.dest: f for f in plan_image(small_build, provisioning, frozen=frozen, app=app)}
+        assert files["/main.py"].data == app.read_bytes() and files["/main.py"].source == str(app)
+        assert "/provisioning.json" in files
+    with pytest.raises(DeployError, match="application file not found"):
+        plan_image(small_build, app=tmp_path / "absent.py")

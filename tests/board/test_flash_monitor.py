@@ -2,6 +2,7 @@
 monitor: the console command and its checks."""
 
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -80,7 +81,9 @@ def test_command_runs_erase_then_write(tmp_path, no_esptool):
     assert "[1/2] esptool --chip esp32p4 --port /dev/null erase-flash" in result.output
 
 
-def test_dry_run_prints_without_running(tmp_path, no_esptool):
+def test_dry_run_prints_without_running(tmp_path, no_esptool, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("x.bin").write_bytes(b"\xe9" + bytes(15))
     result = CliRunner().invoke(
         flash_module.flash,
         ["--port", "/dev/ttyUSB0", "--chip", "esp32s3", "--firmware", "x.bin", "--no-erase", "--dry-run"],
@@ -90,6 +93,20 @@ def test_dry_run_prints_without_running(tmp_path, no_esptool):
         result.output.strip() == "[1/1] esptool --chip esp32s3 --port /dev/ttyUSB0 --baud 460800 write-flash 0x0 x.bin"
     )
     assert no_esptool == []
+
+
+@pytest.mark.parametrize("content", [None, b""], ids=["missing", "empty"])
+def test_dry_run_checks_the_firmware_file(tmp_path, no_esptool, content):
+    """Issue 21, item 9: --dry-run printed commands for an image that is not there; the board need not be."""
+    firmware = tmp_path / "ESP32_GENERIC.bin"
+    if content is not None:
+        firmware.write_bytes(content)
+    result = CliRunner().invoke(
+        flash_module.flash, ["--port", "/dev/ttyUSB0", "--firmware", str(firmware), "--dry-run"]
+    )
+    assert result.exit_code == 1 and str(firmware) in result.output
+    assert ("not found" if content is None else "is empty") in result.output
+    assert "esptool" not in result.output and no_esptool == []
 
 
 def test_esptool_failure_is_reported(tmp_path, monkeypatch):

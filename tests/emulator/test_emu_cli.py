@@ -132,3 +132,24 @@ def test_help_lists_the_faults():
     assert result.returncode == 0
     for word in ("--state-dir", "--enrollments", "--fault", "--rate-limit", "throttle_register", "mid_payload"):
         assert word in result.stdout
+
+
+def test_recorded_credentials_are_the_owners_only(make_emulator, state_dir, key):
+    """Issue 21, item 1: --record-credentials writes live SAS tokens (`sig=`): the file is 0600, also when an
+    earlier run left it readable by others (it was 0644)."""
+    import os
+    import stat
+
+    from host_tools.emulator.server import CREDENTIALS_RECEIVED
+
+    path = state_dir / CREDENTIALS_RECEIVED
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    os.chmod(path, 0o644)
+    emu = make_emulator(record_credentials=True)
+    with connect_dps(emu, "dev-1", key) as client:
+        assert register_raw(client, "dev-1")[0] == 200
+    emu.stop()
+    assert "sig=" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not state_dir.stat().st_mode & stat.S_IWOTH

@@ -316,3 +316,33 @@ def test_wifi_password_needs_the_network(tmp_path):
     assert proc.returncode == 1 and "--wifi-password needs --wifi-ssid" in proc.stderr
     assert "secret-password-1" not in proc.stdout + proc.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_public_roots_with_a_non_positive_serial_give_no_warning(tmp_path):
+    """Issue 21, item 9: a CA file with public roots from certifi whose serial number is not positive (the device's
+    mbedTLS takes them) made `create` and `validate` print cryptography's CryptographyDeprecationWarning."""
+    import warnings
+
+    import certifi
+    from cryptography import x509
+
+    wanted = "CN=Go Daddy Root Certificate Authority - G2,"  # serial 0 in certifi's bundle (pinned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pems = [
+            pem
+            for pem in pem_certificates(certifi.where())
+            if x509.load_pem_x509_certificate(pem).subject.rfc4514_string().startswith(wanted)
+        ]
+    assert pems, f"{wanted} is no longer in certifi's bundle: pick another root with a serial number of 0"
+    ca = tmp_path / "roots.pem"
+    ca.write_bytes(public_dps_roots()[0][1] + b"\n" + pems[0] + b"\n")
+    out = tmp_path / "dev" / "provisioning.json"
+    created = run_cli(
+        "provision-file", "create", "--out", str(out), "--id-scope", "0ne00AAAAAA", "--registration-id", "s1",
+        "--symmetric-key", DEVICE_KEY, "--ca-file", str(ca),
+    )  # fmt: skip
+    validated = run_cli("provision-file", "validate", str(out))
+    for proc in (created, validated):
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr and "serial number" not in proc.stderr, proc.stderr

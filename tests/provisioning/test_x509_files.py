@@ -211,3 +211,99 @@ def test_deploy_copies_certificate_and_key_like_the_ca_file(group, tmp_path):
         "/certs/dev-deploy-key.pem",
     }
     assert files["/certs/dev-deploy-key.pem"].data == (out.parent / "certs" / "dev-deploy-key.pem").read_bytes()
+
+
+def test_a_missing_file_is_named_by_its_field(group, tmp_path):
+    """Issue 21, item 9: an error for a missing certificate, key or CA file named the file but not the field
+    (certificate_file / private_key_file / dps_ca_file), in `create`, `validate` and `run-unix`."""
+    out = tmp_path / "dev" / "provisioning.json"
+    made = cli(
+        "provision-file", "create", "--out", str(out), "--registration-id", "dev-fields", "--id-scope", SCOPE,
+        "--attestation", "x509", "--group-ca", str(group.intermediate), "--group-ca-key", str(group.intermediate_key),
+        "--ca-file", str(group.root),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    config = json.loads(out.read_text())
+    absent = tmp_path / "absent.pem"
+    given = {
+        "certificate_file": out.parent / config["certificate_file"],
+        "private_key_file": out.parent / config["private_key_file"],
+    }
+    for field, option in (
+        ("certificate_file", "--certificate-file"),
+        ("private_key_file", "--private-key-file"),
+        ("dps_ca_file", "--ca-file"),
+    ):
+        files = {"--certificate-file": given["certificate_file"], "--private-key-file": given["private_key_file"]}
+        files["--ca-file"] = group.root
+        files[option] = absent
+        proc = cli(
+            "provision-file", "create", "--out", str(tmp_path / field / "provisioning.json"), "--id-scope", SCOPE,
+            "--registration-id", "dev-fields", "--attestation", "x509",
+            *[str(part) for pair in files.items() for part in pair],
+        )  # fmt: skip
+        assert proc.returncode == 1 and f"{field} ({option}): {absent}: " in proc.stderr, (field, proc.stderr)
+        assert "does not exist" in proc.stderr
+    for field, path in given.items():
+        kept = path.read_bytes()
+        path.unlink()
+        for command in (["provision-file", "validate", str(out)], ["run-unix", "--provisioning", str(out)]):
+            proc = cli(*command)
+            assert proc.returncode == 1, proc.stderr
+            assert f"{out}: {field}: {path}: " in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+        path.write_bytes(kept)
+
+
+def test_a_certificate_file_with_the_intermediate_first_is_named_as_such(group, tmp_path):
+    """Issue 21, item 3 (host side): a certificate file with the intermediate before the device certificate was
+    reported as "private_key_file: does not belong to the device certificate"; `create`, `validate` and `run-unix`
+    now name certificate_file and say the device certificate must come first."""
+    from host_tools.provisioning.x509_identity import plan_identity
+
+    identity = plan_identity("dev-order", group_ca=group.intermediate, group_ca_key=group.intermediate_key)
+    device_pem, intermediate_pem = x509.load_pem_x509_certificates(identity.cert_bytes)
+    swapped = tmp_path / "swapped.pem"
+    swapped.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (intermediate_pem, device_pem)))
+    key = tmp_path / "dev-order-key.pem"
+    key.write_bytes(identity.key_bytes)
+    other = plan_identity("dev-other", group_ca=group.intermediate, group_ca_key=group.intermediate_key)
+    other_device = x509.load_pem_x509_certificates(other.cert_bytes)[0]
+    ca_first = tmp_path / "ca-first.pem"  # a CA first, then a device certificate that is not this key's
+    ca_first.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (intermediate_pem, other_device)))
+    for cert_file, words in ((swapped, "is certificate 2 of 2; it must come first"), (ca_first, "is a CA")):
+        out = tmp_path / cert_file.stem / "provisioning.json"
+        proc = cli(
+            "provision-file", "create", "--out", str(out), "--registration-id", "dev-order", "--id-scope", SCOPE,
+            "--attestation", "x509", "--certificate-file", str(cert_file), "--private-key-file", str(key),
+            "--ca-file", str(group.root),
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert "certificate_file: the" in proc.stderr and words in proc.stderr, proc.stderr
+        assert "must come first" in proc.stderr
+        assert "private_key_file" not in proc.stderr.replace("the one private_key_file belongs to", "")
+    # A file written in the right order, then its certificate file swapped behind the tools' back.
+    out = tmp_path / "dev" / "provisioning.json"
+    right = tmp_path / "right.pem"
+    right.write_bytes(identity.cert_bytes)
+    made = cli(
+        "provision-file", "create", "--out", str(out), "--registration-id", "dev-order", "--id-scope", SCOPE,
+        "--attestation", "x509", "--certificate-file", str(right), "--private-key-file", str(key),
+        "--ca-file", str(group.root),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (out.parent / json.loads(out.read_text())["certificate_file"]).write_bytes(swapped.read_bytes())
+    for command in (["provision-file", "validate", str(out)], ["run-unix", "--provisioning", str(out)]):
+        proc = cli(*command)
+        assert proc.returncode == 1 and f"{out}: certificate_file: the device certificate" in proc.stderr, proc.stderr
+        assert "must come first" in proc.stderr
+
+
+def test_a_group_ca_file_in_the_wrong_order_is_named_as_such(group, tmp_path):
+    """Issue 21, item 3 (host side, the host's own check): a --group-ca file with its root before the intermediate
+    whose key is given was "key does not belong"; now the file and the order are named."""
+    root = x509.load_pem_x509_certificate(group.root.read_bytes())
+    intermediate = x509.load_pem_x509_certificates(group.intermediate.read_bytes())[0]
+    swapped = tmp_path / "swapped-ca.pem"
+    swapped.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (root, intermediate)))
+    with pytest.raises(pki.PkiError, match="is certificate 2 of 2; it must come first"):
+        pki.load_issued(swapped, group.intermediate_key)
