@@ -44,12 +44,13 @@ UNIX_MAKE = $(MPY_GIT_ENV) $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MIC
 	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
 	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
 
-.PHONY: help setup system-deps build run lint test bench soak mutants flash deploy monitor clean distclean runtimes need-port
+.PHONY: help setup system-deps build run lint test reliability bench soak mutants flash deploy monitor clean distclean runtimes need-port
 
 help:
 	@echo "make run     - emulator + firmware on the MicroPython Unix port, end to end"
 	@echo "make test    - the whole test suite (lint first)"
 	@echo "make lint    - ruff: lint rules and formatting of host_tools/, tests/, firmware/ and boards/"
+	@echo "make reliability - every case of the bulk bad-input tests and every power-cut kill point (make test: a sample)"
 	@echo "make soak    - the long run-loop soak: 10,000 messages, 500 renewals, 200 drops, heap sampled (minutes)"
 	@echo "make bench   - heap, footprint, speed and fleet measurements"
 	@echo "make mutants - promise mutants (each must be killed by its tests) and the core's mutation score"
@@ -119,6 +120,12 @@ lint: $(STAMP)
 
 test: setup system-deps lint runtimes
 	$(PY) -m pytest
+
+# The firmware's reliability tests with every case: bad input in bulk (more than 10,000 DPS answers, 1,000
+# provisioning files, 1,000 stored-file sets) and every power-cut kill point (littlefs and FAT). `make test` runs a
+# sample of each (AZPROV_FULL unset: tests/host_helpers.py FULL_RUNS); figures in build/reliability/.
+reliability: setup system-deps runtimes
+	AZPROV_FULL=1 $(PY) -m pytest tests/test_bad_input_bulk.py tests/test_power_cut.py
 
 # The long soak (tests/soak.py): 10,000 messages, 500 token renewals, 200 dropped connections in one device process
 # on the 32-bit build, free heap sampled throughout; figures in build/reliability/soak.json. A short one is in `test`.

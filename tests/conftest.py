@@ -17,6 +17,12 @@ from host_tools.board import runtimes
 from host_tools.board.harness import EmulatorProcess
 from host_tools.board.unix_port import stage_device_root
 from tests.helpers import Device, provisioning_for
+from tests.parallel import (  # noqa: F401 (hooks for parallel runs: tests/parallel.py)
+    pytest_collection_modifyitems,
+    pytest_sessionstart,
+    pytest_xdist_auto_num_workers,
+    pytest_xdist_make_scheduler,
+)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ GROUP_KEY = "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg="
 VECTOR_REGISTRATION_ID = "sign this message"
 VECTOR_DERIVED_KEY = "8NJRMT83CcplGrAGaUVIUM/md5914KpWVNngSVoF9/M="
 DEVICE_KEY = base64.b64encode(bytes(range(32))).decode()
+# The reliability tests (bad input in bulk, power cuts) run a sample of their cases in `make test` and every case in
+# `make reliability`, which sets AZPROV_FULL=1.
+FULL_RUNS = os.environ.get("AZPROV_FULL", "") == "1"
 
 
 def mpremote(port: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:

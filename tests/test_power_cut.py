@@ -10,17 +10,18 @@ the test then SIGKILLs the process in the middle of the write.
 2. The enrollment moves to trust bundle B (other certificates, new id and etag); one boot with force_reprovision
    and a trace of every program operation measures the byte range Store.save writes (between the `registered` and
    `trust_bundle_stored` log lines).
-3. For each of at least 200 cut points spread over that range (every program operation's first byte, its second
-   and its last, plus an even grid): snapshot -> boot with force_reprovision cut at N -> SIGKILL -> power on again
+3. For each cut point over that range (every program operation's first byte, its second and its last, plus an
+   even grid: at least 200 points in `make reliability`, AZPROV_FULL=1; in `make test` the same per-operation points
+   with a coarser grid, at least 60): snapshot -> boot with force_reprovision cut at N -> SIGKILL -> power on again
    with the normal provisioning file (a cached boot). The raw files the cut left (read by a fresh mount before the
    firmware runs) must be exactly the old state, exactly the new one, or the new state.json with the new PEM still
    staged (the documented roll-forward); the restarted device must use its stored assignment without registering
    again, end with exactly the old or new state on flash, verify the gateway with that bundle and get its telemetry
    acknowledged.
 4. The roll-forward itself is cut too: from the first cut that left the new state.json with the PEM still staged,
-   the next boot (which renames the staged PEM into place) is cut at every few bytes it programs, then the device
-   boots once more and must come up with the complete new state.
-The figures go to build/reliability/power_cut.json.
+   the next boot (which renames the staged PEM into place) is cut at every few bytes it programs (about 25 points;
+   9 in `make test`), then the device boots once more and must come up with the complete new state.
+The figures go to build/reliability/power_cut.json (power_cut_sample.json in `make test`).
 """
 
 from __future__ import annotations
@@ -42,20 +43,24 @@ from host_tools.board.unix_port import REPO, micropython_binary, stage_device_ro
 from host_tools.board.virtual_board import FlashImage
 from host_tools.provisioning import pki
 from tests.helpers import enrollment_doc, individual, new_key, provisioning_for
+from tests.host_helpers import FULL_RUNS
 
 pytestmark = pytest.mark.slow
 
 BOOT = Path(__file__).resolve().parent / "powercut" / "pc_boot.py"
+_SAMPLE = "" if FULL_RUNS else "_sample"
 REPORTS = {
-    "lfs2": REPO / "build" / "reliability" / "power_cut.json",
-    "fat": REPO / "build" / "reliability" / "power_cut_fat.json",
+    "lfs2": REPO / "build" / "reliability" / f"power_cut{_SAMPLE}.json",
+    "fat": REPO / "build" / "reliability" / f"power_cut_fat{_SAMPLE}.json",
 }
 # 512 KiB either way: 4 KiB littlefs blocks (the image, firmware included, fills about a third), 512-byte FAT sectors.
 IMAGE_BLOCKS = {"lfs2": 128, "fat": 1024}
 # littlefs (an ESP32's flash) and FAT (an SD card, or a board formatted FAT): both are in the Unix port's os module.
 FILE_SYSTEMS = ("lfs2", "fat")
-MIN_KILL_POINTS = 200
-GRID_POINTS = 300
+# Every program operation's boundaries are cut in both runs; the even grid between them is what `make test` thins.
+MIN_KILL_POINTS = 200 if FULL_RUNS else 60
+GRID_POINTS = 300 if FULL_RUNS else 30
+ROLL_FORWARD_POINTS = 24 if FULL_RUNS else 8
 WORKERS = 2
 RUN_TIMEOUT_S = 60
 REPROVISION_FILE = "provisioning-reprovision.json"
@@ -390,7 +395,7 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path, fs):
         shutil.copy2(staged, probe)
         roll_bytes = int(power_on(probe, fs=fs).end.split("programmed=")[1])
         assert roll_bytes > 0
-        roll_points = sorted(set(range(0, roll_bytes, max(1, roll_bytes // 24))) | {roll_bytes - 1})
+        roll_points = sorted(set(range(0, roll_bytes, max(1, roll_bytes // ROLL_FORWARD_POINTS))) | {roll_bytes - 1})
         image = tmp_path / "roll-forward.img"
         for cut in roll_points:
             shutil.copy2(staged, image)
@@ -447,6 +452,7 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path, fs):
         "file_system": fs,
         "image_blocks": IMAGE_BLOCKS[fs],
         "workers": WORKERS,
+        "sample": not FULL_RUNS,
         "duration_s": round(time.monotonic() - started, 1),
         "failure_details": [[r["cut"], r["failure"]] for r in failures][:50],
         "points": [[r["cut"], r.get("raw") or r.get("failure")] for r in records],

@@ -9,6 +9,7 @@ import pytest
 from tests.soak import Targets, run_soak, table
 
 
+@pytest.mark.slow
 @pytest.mark.runtimes("unix32-frozen")
 def test_short_soak(runtime, tmp_path):
     result = run_soak(Targets(messages=1200, renewals=40, drops=20), runtime, workdir=tmp_path)

@@ -8,6 +8,8 @@ frozen build is the closest thing to an ESP32 that runs on this machine (see doc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES_DIR = REPO / "build" / "runtimes"
+BUILD_LOCK = REPO / "build" / ".runtimes.lock"
 FROZEN_INPUTS = (REPO / "boards" / "unix" / "manifest.py", REPO / "firmware" / "azprov")
 
 
@@ -41,15 +44,35 @@ class Runtime:
         if not self.source_built:
             return _wheel_binary()
         path = REPO / self.make_target
-        if build and (not path.exists() or (self.frozen and _newer_than(path, FROZEN_INPUTS))):
-            print(f"[runtimes] building {self.name} (make {self.make_target})", file=sys.stderr, flush=True)
-            proc = subprocess.run(["make", "-s", "-C", str(REPO), self.make_target], capture_output=True, text=True)
-            if proc.returncode != 0:
-                detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                raise RuntimeUnavailable(f"could not build runtime {self.name}: {' / '.join(detail)}")
+        if build and self._stale(path):
+            # Parallel test workers (pytest-xdist) may all ask at once: one builds, the others wait and find it built.
+            with file_lock(BUILD_LOCK):
+                if self._stale(path):
+                    print(f"[runtimes] building {self.name} (make {self.make_target})", file=sys.stderr, flush=True)
+                    proc = subprocess.run(
+                        ["make", "-s", "-C", str(REPO), self.make_target], capture_output=True, text=True
+                    )
+                    if proc.returncode != 0:
+                        detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                        raise RuntimeUnavailable(f"could not build runtime {self.name}: {' / '.join(detail)}")
         if not path.exists():
             raise RuntimeUnavailable(f"runtime {self.name}: {path} is missing (run `make runtimes`)")
         return str(path)
+
+    def _stale(self, path: Path) -> bool:
+        return not path.exists() or (self.frozen and _newer_than(path, FROZEN_INPUTS))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock across processes (parallel test workers, a second pytest), held on the file `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _wheel_binary() -> str:

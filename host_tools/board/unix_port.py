@@ -64,8 +64,11 @@ def stage_device_root(
         from host_tools.board.build import build_firmware
 
         build_dir = Path(build_dir or REPO / "build" / "mpy")
-        build_firmware(out=build_dir, target="unix", firmware_dir=FIRMWARE_DIR, umqtt_source=UMQTT_SOURCE)
-        _copy_tree(build_dir, root, (".mpy", ".py"))
+        # build/mpy is shared by every device staged from this checkout, in parallel test workers too: one process
+        # at a time compiles into it and copies out of it.
+        with runtimes.file_lock(build_dir.with_name(build_dir.name + ".lock")):
+            build_firmware(out=build_dir, target="unix", firmware_dir=FIRMWARE_DIR, umqtt_source=UMQTT_SOURCE)
+            _copy_tree(build_dir, root, (".mpy", ".py"))
     else:
         _copy_tree(FIRMWARE_DIR, root, (".py",))
         if not UMQTT_SOURCE.exists():

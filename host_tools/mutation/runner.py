@@ -145,7 +145,9 @@ def _runtime_filter() -> list[str]:
 
 
 def run_tests(tests: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # AZPROV_FULL=1: a mutant meets the full reliability tests (every power-cut kill point, every bulk case), not the
+    # sample `make test` runs (tests/host_helpers.py). addopts cleared: one pytest process, no workers.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", AZPROV_FULL="1")
     env.pop("PYTEST_ADDOPTS", None)
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts="]
     command += _runtime_filter() + list(tests)

@@ -46,7 +46,7 @@ REQUIRED_NUMBERS = (
     "heap_floor_x509_wheel_mpy_bytes",
 )
 
-pytestmark = pytest.mark.timeout(400)  # a hang guard only
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # the timeout: a hang guard only
 
 
 def _is_number(value) -> bool:

@@ -1285,13 +1285,23 @@ STORED_CATEGORIES = {
 }
 
 
-def generate() -> dict[str, list[Case]]:
-    """Every case, by input class: {"dps": [...], "provisioning": [...], "stored": [...]}."""
+# A sample (scale < 1) keeps every category, with at least this many draws each.
+SAMPLE_MIN_PER_CATEGORY = 20
+
+
+def scaled(count: int, scale: float) -> int:
+    """Draws of a category whose full run makes `count`, in a run of the given scale."""
+    return count if scale >= 1 else min(count, max(SAMPLE_MIN_PER_CATEGORY, round(count * scale)))
+
+
+def generate(scale: float = 1.0) -> dict[str, list[Case]]:
+    """Every case, by input class: {"dps": [...], "provisioning": [...], "stored": [...]}. `scale` below 1 draws
+    that share of each category (every category still drawn)."""
     out = {}
     for kind, categories in (("dps", DPS_CATEGORIES), ("provisioning", PROV_CATEGORIES), ("stored", STORED_CATEGORIES)):
         cases, seen = [], set()
         for strategy, count in categories.values():
-            for case in collect(strategy, count):
+            for case in collect(strategy, scaled(count, scale)):
                 key = (case.category, tuple(case.items))
                 if key not in seen:  # hypothesis may draw the same example twice
                     seen.add(key)
@@ -1300,8 +1310,9 @@ def generate() -> dict[str, list[Case]]:
     return out
 
 
-def main(out: str) -> None:
-    """Writes every case (plain tuples: class, kind, category, items, expect) to `out` as a pickle.
+def main(out: str, scale: float = 1.0) -> None:
+    """Writes every case (plain tuples: class, kind, category, items, expect) to `out` as a pickle; `scale` as in
+    generate().
 
     The test runs this in a process of its own: hypothesis mixes constants it finds in the loaded project modules
     into what it draws, so generating inside a pytest session would make the cases depend on which other test
@@ -1309,7 +1320,7 @@ def main(out: str) -> None:
     import pickle
     import sys
 
-    cases = {kind: [(c.kind, c.category, c.items, c.expect) for c in items] for kind, items in generate().items()}
+    cases = {kind: [(c.kind, c.category, c.items, c.expect) for c in items] for kind, items in generate(scale).items()}
     with open(out, "wb") as f:
         pickle.dump(cases, f)
     print({kind: len(items) for kind, items in cases.items()}, file=sys.stderr)
@@ -1318,4 +1329,4 @@ def main(out: str) -> None:
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1])
+    main(sys.argv[1], *map(float, sys.argv[2:3]))

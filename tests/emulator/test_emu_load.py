@@ -79,6 +79,7 @@ def _abuse(info: dict, ca: str, stop: threading.Event, held: list, errors: list)
         errors.append(repr(exc))
 
 
+@pytest.mark.slow
 def test_legitimate_devices_register_while_abusers_attack_and_memory_comes_back(tmp_path):
     keys = {f"legit-{n:03d}": new_key() for n in range(LEGITIMATE + 5)}
     doc = enrollment_doc([individual(rid, key) for rid, key in keys.items()])

@@ -43,7 +43,7 @@ from host_tools.emulator.enrollment_file import demo_enrollments
 from tests.host_helpers import DEVICE_KEY, GROUP_KEY
 from tests.provisioning.generated_files import TEMPLATE, generated_files
 
-pytestmark = [pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 REPORT = REPO / "build" / "reliability" / "host_bad_input.json"
 MINIMUM = 1000
 WIFI_PASSWORD = "wifi-secret-pw"
