@@ -381,7 +381,7 @@ class BenchRun:
                 "fleet_attempts_histogram": result["attempts_histogram"],
                 "fleet_register_attempts": result["register_attempts"],
                 "fleet_throttled_answers": result["throttled_answers"],
-                "fleet_reconnects": result["reconnects"],
+                "fleet_retries_scheduled": result["retries_scheduled"],
                 "fleet_attempts_per_second": result["attempts_per_second"],
                 "fleet_retry_attempts_per_second": retries,
                 "fleet_peak_attempts_per_s": max(result["attempts_per_second"], default=0),
@@ -393,7 +393,7 @@ class BenchRun:
                 # Share of one core while the fleet ran: near 1.0 would mean CPU-bound rather than rate-bound.
                 "fleet_driver_cpu_share": round(result["driver_cpu_s"] / seconds, 3) if seconds else None,
                 "fleet_emulator_cpu_share": round(result["emulator_cpu_s"] / seconds, 3) if seconds else None,
-                "fleet_shell_constants_from_firmware": result["shell_constants_from_firmware"],
+                "fleet_shell_constants": result["shell_constants"],
             }
         )
         if result["emulator"]["assigned"] != result["assigned"]:

@@ -75,7 +75,7 @@ def run_child_measured(
 class CpuPair:
     firmware_cpu_s: float
     sdk_cpu_s: float
-    firmware_wall_ms: float  # measured inside the device around Session.register()
+    firmware_wall_ms: float  # measured inside the device around the supervisor's steps up to provision
     firmware_process_wall_s: float
     sdk_process_wall_s: float
     order: str

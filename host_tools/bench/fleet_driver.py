@@ -8,15 +8,18 @@ identical to the device:
 
 - imported from the firmware's sources at run time (a stub `micropython` module provides `const`, as in
   tests/device/conftest.py): `azprov.config.parse` (each device's provisioning file and its defaults: registration
-  deadline, SAS lifetime), `azprov.sas` (the device's DPS token), `azprov.dps` (user name, topics, bodies and the `Registration`
-  state machine, given `random=random.random` so its retry delays carry the firmware's jitter) and
-  `azprov.provision` (the client version a `Session` announces and the shell's constants: I/O timeout,
-  keep-alive, reconnect limit);
+  deadline, SAS lifetime, retry base and cap), `azprov.sas` (the device's DPS token), `azprov.dps` (user name,
+  topics, bodies and the `Registration` state machine: start, resume, on_message), `azprov.policy.decide` (every
+  wait: after a failure, and before a poll through its PENDING decision) and `azprov.provision` (the client
+  version a `Provisioner` announces, the I/O timeout and keep-alive);
 - the driver's own: the per-device keys, derived from the group key on the host as for any group enrollment;
-  a minimal MQTT 3.1.1 client over asyncio + ssl (CERT_REQUIRED and the host-name check
-  against the DPS root, like the firmware's transport), and a loop that mirrors `azprov.provision.Session.register`:
-  sleep the delay the state machine asks for (a delay past the deadline is a timeout), publish at QoS 1, feed each
-  answer to `on_message`, stop at its decision, reconnect and resume a dropped connection a bounded number of times.
+  a minimal MQTT 3.1.1 client over asyncio + ssl (CERT_REQUIRED and the host-name check against the DPS root,
+  like the firmware's transport), and a loop that mirrors the supervisor's provision step in a one-shot run
+  (`azprov.supervisor.Supervisor.failed` around `azprov.provision.Provisioner.attempt`): one connection per
+  attempt, within what is left of `registration_timeout_s`; after any ProvisioningError, `policy.decide(kind,
+  failures, retry_after, cfg, random, elapsed_ms, "provision")`; stop at `final` or `over_budget`, else sleep
+  `wait_ms` and resume the registration (poll the accepted operation or register again) on a new connection.
+  The only difference from a device is that the sleeps are `asyncio.sleep`, so 1,000 devices share one thread.
 
 Each device has its own TLS connection; the driver only ever connects to a loopback address.
 
@@ -45,9 +48,8 @@ import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Used only when the firmware no longer defines the shell constant of the same name (the lead may rename them
-# while shrinking the firmware); the result says which values came from the firmware.
-_SHELL_FALLBACKS = {"_IO_TIMEOUT_MS": 15000, "_KEEPALIVE_S": 60, "_MAX_RECONNECTS": 5}
+# The shell's constants the driver's connections use, read from azprov.provision (a rename fails loudly).
+_SHELL_CONSTANTS = ("_IO_TIMEOUT_MS", "_KEEPALIVE_S")
 # Extra time the whole fleet gets beyond one device's registration deadline before stragglers are cancelled:
 # a connect attempt and a last answer may each take one I/O timeout.
 _IO_TIMEOUTS_OF_SLACK = 3
@@ -60,20 +62,18 @@ def load_firmware(firmware_dir: Path) -> types.SimpleNamespace:
     if "micropython" not in sys.modules:
         sys.modules["micropython"] = types.SimpleNamespace(const=lambda value: value)
     sys.path.insert(0, str(firmware_dir))
-    from azprov import config, dps, errors, provision, sas  # noqa: PLC0415 (needs the path set above)
+    from azprov import config, dps, errors, policy, provision, sas  # noqa: PLC0415 (needs the path set above)
     from azprov.clock import require_set_clock  # noqa: PLC0415
 
-    constants = {name: getattr(provision, name, fallback) for name, fallback in _SHELL_FALLBACKS.items()}
-    from_firmware = sorted(name for name in _SHELL_FALLBACKS if hasattr(provision, name))
     return types.SimpleNamespace(
         config=config,
         dps=dps,
         errors=errors,
+        policy=policy,
         provision=provision,
         sas=sas,
         require_set_clock=require_set_clock,
-        constants=constants,
-        constants_from_firmware=from_firmware,
+        constants={name: getattr(provision, name) for name in _SHELL_CONSTANTS},
     )
 
 
@@ -235,7 +235,7 @@ class DeviceRecord:
     polls: int = 0
     throttled: int = 0  # 429 answers
     connections: int = 0
-    reconnects: int = 0
+    retries: int = 0  # waits the retry policy scheduled (each followed by a new connection)
     outcome: str = "pending"  # assigned | failed
     kind: str | None = None  # the firmware's error kind when failed
     finished_s: float | None = None
@@ -269,17 +269,6 @@ class FleetRun:
         }
         return self.fw.config.parse(json.dumps(document), "provisioning.json")
 
-    async def _sleep_within(self, seconds: float, deadline: float) -> None:
-        # As azprov.provision._sleep_within: a wait that would end past the deadline is a timeout right away.
-        if seconds <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        if seconds >= deadline - loop.time():
-            raise self.fw.errors.ProvisioningError(
-                self.fw.errors.TIMEOUT, "retry past the registration deadline", retry_after=int(seconds)
-            )
-        await asyncio.sleep(seconds)
-
     def _transport_error(self, exc: BaseException, context: str):
         errors = self.fw.errors
         if isinstance(exc, errors.ProvisioningError):
@@ -297,7 +286,9 @@ class FleetRun:
             return errors.ProvisioningError(errors.TIMEOUT, f"{context}: no answer in time")
         return errors.ProvisioningError(errors.NETWORK, f"{context}: connection failed ({type(exc).__name__})")
 
-    async def _connect(self, cfg: dict, session, record: DeviceRecord, deadline: float) -> MqttConnection:
+    async def _connect(self, cfg: dict, client_version: str, record: DeviceRecord, deadline: float) -> MqttConnection:
+        """As azprov.provision.Provisioner._connect: a fresh SAS token, connect within min(I/O timeout, what is
+        left of the attempt's budget), subscribe to the responses."""
         fw, spec = self.fw, self.spec
         loop = asyncio.get_running_loop()
         expiry = fw.require_set_clock() + cfg["sas_ttl_s"]
@@ -311,7 +302,7 @@ class FleetRun:
                 cfg["dps_host"],
                 self.context,
                 cfg["registration_id"],
-                fw.dps.username(cfg["id_scope"], cfg["registration_id"], session.client_version),
+                fw.dps.username(cfg["id_scope"], cfg["registration_id"], client_version),
                 password,
                 fw.constants["_KEEPALIVE_S"],
                 timeout_s,
@@ -325,75 +316,102 @@ class FleetRun:
             raise self._transport_error(exc, "DPS subscribe") from None
         return conn
 
-    async def _exchange(self, conn: MqttConnection, reg, request, record: DeviceRecord, deadline: float):
-        """One request, then answers until the state machine decides (None: registration done)."""
+    async def _attempt(self, cfg: dict, client_version: str, reg, record: DeviceRecord, budget_s: float) -> None:
+        """One attempt of the provision step, as azprov.provision.Provisioner._register: one connection, the
+        registration's next request (start, or resume after an earlier attempt), polls while DPS is assigning
+        (each waiting the policy's PENDING decision), until the assignment or a ProvisioningError."""
         fw = self.fw
         loop = asyncio.get_running_loop()
-        delay, topic, body = request
-        await self._sleep_within(delay, deadline)
-        if "iotdps-register" in topic:
-            record.attempts += 1
-            self.attempt_times.append((self.now(), record.attempts))
-        else:
-            record.polls += 1
+        deadline = loop.time() + budget_s
+        request = reg.start() if reg.rid is None else reg.resume()
+        conn = await self._connect(cfg, client_version, record, deadline)
         try:
-            conn.publish(topic, body, 1)
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise fw.errors.ProvisioningError(fw.errors.TIMEOUT, "no DPS answer before the deadline")
-                answer_topic, answer = await conn.next_publish(remaining)
-                parsed = fw.dps.parse_topic(answer_topic)
-                if parsed is not None and parsed[0] == 429:
-                    record.throttled += 1
+                delay, topic, body = request
+                if delay != 0:
+                    wait_ms = fw.policy.decide(fw.policy.PENDING, 0, delay, cfg, 0, 0).wait_ms
+                    if wait_ms / 1000 >= deadline - loop.time():
+                        raise fw.errors.ProvisioningError(
+                            fw.errors.TIMEOUT, "DPS asked to wait %d ms, past the registration deadline" % wait_ms
+                        )
+                    await asyncio.sleep(wait_ms / 1000)
+                if "iotdps-register" in topic:
+                    record.attempts += 1
+                    self.attempt_times.append((self.now(), record.attempts))
+                else:
+                    record.polls += 1
                 try:
-                    next_request = reg.on_message(answer_topic, answer)
-                except fw.errors.ProvisioningError as exc:
-                    exc.answered = True  # the service's answer, judged final by the state machine
+                    conn.publish(topic, body, 1)
+                    request = await self._await_decision(conn, reg, record, deadline)
+                except fw.errors.ProvisioningError:
                     raise
-                if reg.done:
-                    return None
-                if next_request is not None:
-                    return next_request
-        except fw.errors.ProvisioningError:
-            raise
-        except Exception as exc:
-            raise self._transport_error(exc, "DPS") from None
+                except Exception as exc:
+                    raise self._transport_error(exc, "DPS") from None
+                if request is None:
+                    return
+        finally:
+            await conn.disconnect()
+
+    async def _await_decision(self, conn: MqttConnection, reg, record: DeviceRecord, deadline: float):
+        """Answers until the state machine decides: None when assigned, else the next request."""
+        fw = self.fw
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise fw.errors.ProvisioningError(fw.errors.TIMEOUT, "no DPS answer before the registration deadline")
+            answer_topic, answer = await conn.next_publish(remaining)
+            parsed = fw.dps.parse_topic(answer_topic)
+            if parsed is not None and parsed[0] == 429:
+                record.throttled += 1
+            next_request = reg.on_message(answer_topic, answer)
+            if reg.done:
+                return None
+            if next_request is not None:
+                return next_request
 
     async def device(self, index: int) -> None:
+        """One device's provision step in a one-shot run, as azprov.supervisor.Supervisor drives it: attempts
+        within what is left of registration_timeout_s, the retry policy's decision after each failure."""
         fw, spec = self.fw, self.spec
         registration_id = self.registration_id(index)
         record = DeviceRecord(registration_id)
         self.records.append(record)
         key = device_key(spec["group_key"], registration_id)
         cfg = self._provisioning(registration_id, key)
-        session = fw.provision.Session(cfg)  # for the client version the firmware announces; no I/O
+        # The Provisioner is built for what it announces (its client version) and nothing else: no I/O here.
+        client_version = fw.provision.Provisioner(cfg, None, None).client_version
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg["registration_timeout_s"]
-        reg = fw.dps.Registration(registration_id, cfg["payload"], random=random.random)
-        request = reg.start()
-        conn = None
+        since = loop.time()  # the device's last useful work: power-on
+        timeout_s = cfg["registration_timeout_s"]
+        failures = 0
+        reg = None  # kept across attempts, as Provisioner.registration
         try:
             while True:
+                if reg is None:
+                    reg = fw.dps.Registration(registration_id, cfg["payload"])
+                budget_s = max(0.001, timeout_s - (loop.time() - since))  # Supervisor._registration_budget_ms
                 try:
-                    if conn is None:
-                        conn = await self._connect(cfg, session, record, deadline)
-                    request = await self._exchange(conn, reg, request, record, deadline)
-                    if request is None:
-                        record.outcome = "assigned"
-                        return
+                    await self._attempt(cfg, client_version, reg, record, budget_s)
+                    record.outcome = "assigned"
+                    return
                 except fw.errors.ProvisioningError as exc:
-                    # Same rule as the firmware's shell: only a lost or silent connection is retried here.
-                    if exc.answered or not exc.transient or exc.retry_after is not None:
+                    if exc.status is not None and not exc.transient:
+                        reg = None  # a final answer: a later attempt registers anew (Provisioner.attempt)
+                    failures += 1
+                    decision = fw.policy.decide(
+                        exc.kind,
+                        failures,
+                        exc.retry_after,
+                        cfg,
+                        random.random(),
+                        int((loop.time() - since) * 1000),
+                        "provision",
+                    )
+                    if decision.final or decision.over_budget:  # the one-shot stop rule
                         raise
-                    if deadline - loop.time() <= 0 or record.reconnects >= fw.constants["_MAX_RECONNECTS"]:
-                        raise
-                    record.reconnects += 1
-                    if conn is not None:
-                        conn.abort()
-                    conn = None
-                    request = reg.resume()
-                    await self._sleep_within(min(record.reconnects, 3), deadline)
+                    record.retries += 1
+                    await asyncio.sleep(decision.wait_ms / 1000)
         except fw.errors.ProvisioningError as exc:
             record.outcome, record.kind = "failed", exc.kind
         except asyncio.CancelledError:
@@ -401,8 +419,6 @@ class FleetRun:
             raise
         finally:
             record.finished_s = self.now()
-            if conn is not None:
-                await conn.disconnect()
 
     async def _report_progress(self, total: int) -> None:
         interval = self.spec.get("progress_interval_s", 0.5)
@@ -470,14 +486,13 @@ def summarize(run: FleetRun, cpu_s: float) -> dict:
         "throttled_answers": sum(r.throttled for r in records),
         "polls": sum(r.polls for r in records),
         "connections": sum(r.connections for r in records),
-        "reconnects": sum(r.reconnects for r in records),
+        "retries_scheduled": sum(r.retries for r in records),
         "max_attempts": max((r.attempts for r in records), default=0),
         "attempts_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
         "attempts_per_second": per_second,
         "retry_attempts_per_second": retries_per_second,
         "driver_cpu_s": round(cpu_s, 3),
         "shell_constants": run.fw.constants,
-        "shell_constants_from_firmware": run.fw.constants_from_firmware,
     }
 
 
