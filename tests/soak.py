@@ -166,6 +166,9 @@ def run_soak(targets: Targets, runtime: str = "unix32-frozen", workdir: Path | N
             retry_base_ms=20,
             retry_max_s=1,
             reset_after_failures=0,
+            # The gateway here drops the connection on purpose, not because the device moved: the soak measures one
+            # registration's lifetime, so failures in a row never send it back to DPS.
+            max_gateway_failures=0,
             watchdog_timeout_s=60,
         )
         stage_device_root(
