@@ -180,6 +180,13 @@ def test_restarts_from_the_failed_step_after_a_backoff():
     assert sup.clock.sleeps == [750, 1500]
 
 
+def test_retry_after_from_the_service_is_waited():
+    # 20 s asked for, far past the first backoff step (0.75 s); 600 s is cut to retry_max_s.
+    sup = Scripted({"provision": [_error(errors.THROTTLED, retry_after=20), _error(errors.THROTTLED, retry_after=600)]})
+    assert sup.ready()
+    assert sup.clock.sleeps == [20000, 60000]
+
+
 def test_errors_that_need_a_person_wait_at_the_cap_on_a_board():
     sup = Scripted({"provision": [_error(errors.DISABLED), _error(errors.NOT_FOUND)]})
     assert sup.ready()
@@ -228,17 +235,19 @@ def test_an_operation_is_retried_until_it_succeeds():
 
 
 def test_useful_work_starts_the_failure_count_again():
-    sup = Scripted({})
-    outcomes = [_network(), _network(), None, _network(), None]
+    # No max_gateway_failures: a re-registration would cut the wait to the first step whatever the count.
+    sup = Scripted({}, config={"max_gateway_failures": 0})
+    outcomes = [_network(), _network(), _network(), None, _network(), None]
 
     def op():
         outcome = outcomes.pop(0)
         if outcome is not None:
             raise outcome
 
-    sup.attempt(op)  # two failures, then success
+    sup.attempt(op)  # three failures, then success
     sup.attempt(op)  # one failure after the success: the first step of the backoff again
-    assert sup.clock.sleeps == [750, 1500, 750]
+    assert sup.clock.sleeps == [750, 1500, 3000, 750]
+    assert sup.failures == sup.boot_failures == sup.gateway_failures == 0
 
 
 def test_a_refused_cached_assignment_registers_again():
@@ -335,44 +344,76 @@ def test_the_watchdog_is_started_once():
     assert calls == [30]
 
 
-def test_run_sends_the_count_and_counts_the_sequence():
-    sent = []
+class _Enough(BaseException):
+    # Not an Exception: the supervisor retries those.
+    pass
 
-    class App:
-        interval_s = 0
 
-        def before_send(self):
-            pass
+class _App:
+    """The application run() drives: records each message's sequence; `stop_after` messages end the test."""
 
-        def send(self, payload):
-            sent.append(json.loads(payload)["sequence"])
+    interval_s = 0
 
-        def wait(self, ms):
-            pass
+    def __init__(self, stop_after=None):
+        self.sent = []
+        self.stop_after = stop_after
 
-    class Gateway(FakeGateway):
-        device_id = "d"
-        connections = 1
-        renewals = 0
+    def before_send(self):
+        pass
 
-        def renew_if_due(self):
-            return False
+    def send(self, payload):
+        self.sent.append(json.loads(payload)["sequence"])
+        if self.stop_after is not None and len(self.sent) >= self.stop_after:
+            raise _Enough()
 
-    class Store:
-        writes = 0
+    def wait(self, ms):
+        pass
 
-    sup = Scripted({})
-    sup.gateway_class = Gateway
-    sup.store = Store()
+
+class _RunGateway(FakeGateway):
+    device_id = "d"
+    connections = 1
+    renewals = 0
+
+    def renew_if_due(self):
+        return False
+
+
+class _Store:
+    writes = 0
+
+
+def _run(sup, app):
+    sup.gateway_class = _RunGateway
+    sup.store = _Store()
     saved = supervisor.telemetry_payload
-    supervisor.telemetry_payload = lambda cfg, sequence: json.dumps(
-        {"sequence": sequence}
-    )  # CPython has no gc.mem_free
+    # CPython has no gc.mem_free
+    supervisor.telemetry_payload = lambda cfg, sequence: json.dumps({"sequence": sequence})
     try:
-        assert sup.run(App()) == 0
+        return sup.run(app)
     finally:
         supervisor.telemetry_payload = saved
-    assert sent == [0, 1]
+
+
+def test_run_sends_the_count_and_counts_the_sequence():
+    app = _App()
+    assert _run(Scripted({}), app) == 0
+    assert app.sent == [0, 1]
+
+
+def test_a_board_given_no_telemetry_count_keeps_sending():
+    app = _App(stop_after=5)
+    try:
+        _run(Scripted({}, config={"telemetry_count": None}), app)
+    except _Enough:
+        pass
+    else:
+        raise AssertionError("a board without telemetry_count stopped after %d messages" % len(app.sent))
+    assert app.sent == [0, 1, 2, 3, 4]
+    # A one-shot run given the same file sends one message.
+    app = _App()
+    assert _run(Scripted({}, stop=supervisor.ONE_SHOT, config={"telemetry_count": None}), app) == 0
+    assert app.sent == [0]
 
 
 def test_selected_by_default_on_boards_only():
