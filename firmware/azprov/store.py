@@ -122,8 +122,10 @@ def _serialise(state):
         text = json.dumps(state)
         # Reading it back the way load() will is the check (not equality: float text need not round-trip bit for
         # bit). A "\ud800" escape in the service's JSON becomes a lone surrogate that load() would refuse.
-        check_utf8(text.encode())
-        ok = len(text) <= _MAX_STATE_BYTES and json.loads(text) is not None
+        data = text.encode()
+        check_utf8(data)
+        # In bytes, as load() bounds it: "é" is one character but two bytes.
+        ok = len(data) <= _MAX_STATE_BYTES and json.loads(text) is not None
     except (ValueError, TypeError, RuntimeError):  # RuntimeError: nesting deeper than the stack allows
         ok = False
     if not ok:
