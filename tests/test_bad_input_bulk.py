@@ -1,12 +1,13 @@
 """Bad input in bulk, on the MicroPython Unix port: more than 10,000 malformed DPS responses, more than 1,000
 malformed provisioning files and more than 1,000 malformed sets of stored files, each made by hypothesis from a valid
-template (tests/bulk/generate.py) and fed through the real firmware modules by tests/bulk/driver.py.
+template (tests/bulk/generate.py) and fed through the real firmware modules by tests/bulk/driver.py, on each tested
+runtime (the PyPI wheel and the 32-bit Unix port with the firmware frozen in: ids [wheel] and [unix32-frozen]).
 
 Every case must end in a correct result or a classified error (a ProvisioningError whose kind is one of the
 documented kinds), never in another exception, a broken promise (a rejected input that changed the stored state, an
 accepted one that left files disagreeing) or a hang. Where the right answer is certain (a truncated JSON answer is a
 malformed response, an untouched template is accepted ...) the answer is checked too. The figures, and every failure
-with a sample of its input, go to build/reliability/bad_input.json.
+with a sample of its input, go to build/reliability/bad_input.json (bad_input-<runtime>.json for the other runtimes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.board import runtimes
 from host_tools.board.unix_port import REPO, device_env, micropython_binary, stage_device_root
 from tests.bulk import generate as gen
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.slow
 DRIVER = Path(__file__).resolve().parent / "bulk" / "driver.py"
 REPORT = REPO / "build" / "reliability" / "bad_input.json"
 WORKERS = 2
-DRIVER_TIMEOUT_S = 240
+DRIVER_TIMEOUT_S = 600  # a hang guard: on a loaded 2-core machine each driver takes over 200 s
 MINIMUM = {"dps": 10_000, "provisioning": 1_000, "stored": 1_000}
 PREFIX = {"dps": "D", "provisioning": "P", "stored": "S"}
 DOCUMENTED_KINDS = {
@@ -67,10 +69,14 @@ def _sample(items: list[bytes], head: int = 160, tail: int = 240) -> list[str]:
     return out
 
 
-def _run_driver(root: Path, work: Path, case_file: Path) -> tuple[str, bool, float]:
+def _report_path(runtime: str) -> Path:
+    return REPORT if runtime == runtimes.DEFAULT else REPORT.with_name(f"bad_input-{runtime}.json")
+
+
+def _run_driver(runtime: str, root: Path, work: Path, case_file: Path) -> tuple[str, bool, float]:
     started = time.monotonic()
     proc = subprocess.Popen(
-        [micropython_binary(), str(DRIVER), str(work), str(case_file)],
+        [micropython_binary(runtime), str(DRIVER), str(work), str(case_file)],
         cwd=root,
         env=device_env(),
         stdout=subprocess.PIPE,
@@ -106,10 +112,10 @@ def _parse(output: str) -> tuple[dict[str, dict], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def bulk(tmp_path_factory):
+def generated(tmp_path_factory) -> tuple[dict[str, tuple[str, gen.Case]], float]:
+    """{case id: (class, case)} made once for every runtime, and the seconds it took."""
     started = time.monotonic()
-    root = tmp_path_factory.mktemp("bulk-device")
-    pickled = root.parent / "bulk-cases.pickle"
+    pickled = tmp_path_factory.mktemp("bulk-cases") / "bulk-cases.pickle"
     made = subprocess.run(
         [sys.executable, "-m", "tests.bulk.generate", str(pickled)],
         cwd=REPO,
@@ -119,15 +125,22 @@ def bulk(tmp_path_factory):
     )
     assert made.returncode == 0, made.stderr[-4000:]
     with open(pickled, "rb") as f:
-        generated = {kind: [gen.Case(*fields) for fields in items] for kind, items in pickle.load(f).items()}
-    generation_s = time.monotonic() - started
-
+        by_class = {kind: [gen.Case(*fields) for fields in items] for kind, items in pickle.load(f).items()}
     cases: dict[str, tuple[str, gen.Case]] = {}
-    for kind, items in generated.items():
+    for kind, items in by_class.items():
         for index, case in enumerate(items):
             cases[f"{PREFIX[kind]}{index:05d}"] = (kind, case)
+    return cases, time.monotonic() - started
 
-    stage_device_root(root, use_mpy=True, build_dir=root.parent / "bulk-mpy")
+
+@pytest.fixture(scope="module", params=runtimes.TESTED)
+def bulk(request, generated, tmp_path_factory):
+    runtime = request.param
+    cases, generation_s = generated
+    micropython_binary(runtime)  # built (or rebuilt after a firmware change) before the clock starts
+    started = time.monotonic()
+    root = tmp_path_factory.mktemp("bulk-device")
+    stage_device_root(root, use_mpy=True, build_dir=root.parent / "bulk-mpy", runtime=runtime)
     ids = list(cases)
     batches = [ids[i::WORKERS] for i in range(WORKERS)]  # each worker gets all three classes
     procs = []
@@ -152,7 +165,7 @@ def bulk(tmp_path_factory):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        runs = list(pool.map(lambda p: _run_driver(root, p[0], p[1]), procs))
+        runs = list(pool.map(lambda p: _run_driver(runtime, root, p[0], p[1]), procs))
 
     results, stray, hangs = {}, [], []
     driver_seconds = [round(seconds, 1) for _, _, seconds in runs]
@@ -173,11 +186,13 @@ def bulk(tmp_path_factory):
                 }
             )
 
-    report = _report(cases, results, stray, hangs, generation_s, time.monotonic() - started)
+    report = _report(cases, results, stray, hangs, generation_s, generation_s + time.monotonic() - started)
     report["driver_s"] = driver_seconds
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps(report, indent=1) + "\n")
-    return {"cases": cases, "results": results, "stray": stray, "hangs": hangs, "report": report}
+    report["runtime"] = runtime
+    path = _report_path(runtime)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return {"cases": cases, "results": results, "stray": stray, "hangs": hangs, "report": report, "path": path}
 
 
 def _outcome(result: dict) -> str:
@@ -285,7 +300,7 @@ def _check(bulk, kind: str) -> None:
     if distinct:
         lines = [
             "%d %s cases failed, %d distinct problems (details in %s):"
-            % (figures["problems"], kind, len(distinct), REPORT)
+            % (figures["problems"], kind, len(distinct), bulk["path"])
         ]
         for entry in distinct[:12]:
             example = entry["example"]
