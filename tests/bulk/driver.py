@@ -5,13 +5,23 @@
 # WORKDIR holds provisioning.json (valid; its storage_dir is where DPS cases commit) and ca.pem. CASEFILE is a
 # sequence of records, each a header line `CASE <kind> <id> <category> <nparts>` followed by nparts items written as
 # `<length>\n<bytes>`:
-#   D  DPS responses: topic, body, topic, body ... fed to a fresh azprov.dps.Registration after start(); on an
-#      assignment the real azprov.app.provision() runs (bundle.parse, Store.save, Store.load) on a store that holds a
-#      valid committed state, then everything the gateway leg does before opening a socket.
+#   D  DPS responses: topic, body, topic, body ... are what DPS answers, one message for each request the device
+#      publishes. Only the network is a stand-in: transport.connect is replaced by ScriptedDps, whose connections
+#      hand each answer to the Provisioner's message callback as transport.Connection does (the body whole, or from
+#      2 KB on as a transport.PayloadStream the bundle streams out of). The rest is the firmware's: the supervisor's
+#      provision step (supervisor.Supervisor with the one-shot stop rule and a fake clock, registering although a
+#      valid state is stored, as force_reprovision does) runs provision.Provisioner.attempt(): dps.Registration,
+#      the trust bundle streamed into store.incoming(), bundle.parse, Store.save, Store.load. A 429/5xx (or any
+#      failure worth retrying) goes through Supervisor.failed() and policy.decide(), and the next attempt resumes
+#      the registration on a new connection with the case's next answer. An assignment must commit exactly what DPS
+#      sent; it then goes through everything the gateway leg does before its socket (Supervisor._open_gateway(),
+#      trust loaded into an SSL context, user name, topic, SAS). When the answers run out before the registration
+#      ends, the case is `request` (the device asked again) or `ignored` (nothing the device acted on).
 #   P  provisioning files: the bytes are written to a file and read with azprov.config.load(), then everything the
 #      DPS leg does with the result before opening a socket.
 #   S  stored files: name, content, name, content ... written into an empty storage folder, then Store.load() and
-#      what a cached boot does with the result before opening a socket.
+#      what a cached boot does with the result before opening a socket (provision.cached_state(),
+#      Supervisor._open_gateway()).
 #
 # One line per case:
 #   OK <id> <category> <outcome>
@@ -23,23 +33,18 @@ import binascii
 import gc
 import hashlib
 import io
+import json
 import os
 import sys
-import time
 
-_HERE = sys.path[0]
-sys.path[:] = ["", ".frozen", "lib", _HERE]
+sys.path[:] = ["", ".frozen", "lib"]
 
-import stub_provision  # noqa: E402
-
-import azprov.provision as real_provision  # noqa: E402
-from azprov import app, config, dps, errors, gateway, log, sas, store, transport  # noqa: E402
+from azprov import config, dps, gateway, log, pem, provision, sas, store, supervisor, transport  # noqa: E402
 from azprov.errors import ProvisioningError  # noqa: E402
 
-stub_provision.read_text = real_provision.read_text
-sys.modules["azprov.provision"] = stub_provision
-
-_FILES = ("state.json", "trust_bundle.pem", "trust_bundle.pem.new", "state.json.tmp")
+_PEM = "trust_bundle.pem"
+_STAGED = "trust_bundle.pem.new"
+_INCOMING = "trust_bundle.pem.in"
 _EXPIRY = 2000000000
 
 
@@ -92,20 +97,175 @@ def _crash(cid, category, stage, exc):
         print("  | " + line)
 
 
-def _pre_gateway(cfg, st, state):
-    """What a boot does with a state before the gateway socket: trust texts, TLS context, user name, topic, SAS."""
-    gw = app._gateway(cfg, st, state)
+class FakeClock:
+    """Milliseconds that pass only when the firmware sleeps (a retry-after costs nothing); Unix time follows them
+    from a set clock; the jitter is fixed."""
+
+    def __init__(self):
+        self.now = 0
+
+    def ticks_ms(self):
+        return self.now
+
+    def ticks_add(self, ticks, delta):
+        return ticks + delta
+
+    def ticks_diff(self, end, start):
+        return end - start
+
+    def sleep_ms(self, ms):
+        self.now += ms
+
+    def unix_time(self):
+        return 1800000000 + self.now // 1000
+
+    def require_set(self):
+        return self.unix_time()
+
+    def random(self):
+        return 0.5
+
+
+class _NoMachine:
+    pass  # no reset cause, RTC memory, reset or deep sleep
+
+
+def _supervisor(cfg, st):
+    """A one-shot supervisor past its config, link and clock steps (no Link: the Wi-Fi counts as up)."""
+    sup = supervisor.Supervisor("provisioning.json", supervisor.ONE_SHOT, FakeClock(), _NoMachine(), cfg)
+    sup.config = cfg
+    sup.store = st
+    return sup
+
+
+def _pre_gateway(sup):
+    """What a boot does with sup.state before the gateway socket: trust texts, TLS context, user name, topic, SAS."""
+    gw = sup._open_gateway()
     gw.tls_context()
     gateway.username(gw.hub, gw.device_id)
     gateway.telemetry_topic(gw.device_id, gateway.JSON_PROPERTIES)
-    sas.hub_token(gw.hub, gw.device_id, cfg["symmetric_key"], _EXPIRY)
-
-
-def _half():
-    return 0.5
+    sas.hub_token(gw.hub, gw.device_id, sup.config["symmetric_key"], _EXPIRY)
 
 
 # --- DPS responses -----------------------------------------------------------------------------------------------
+
+
+class Exhausted(Exception):
+    """The case's answers ran out while the device waited for the next one."""
+
+
+class _Rest:
+    """The socket under a transport.PayloadStream: the rest of one answer."""
+
+    def __init__(self, data):
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def fill(self, view):
+        end = self._pos + len(view)
+        if end > len(self._data):
+            raise OSError(104)
+        view[:] = self._data[self._pos : end]
+        self._pos = end
+
+
+class ScriptedDps:
+    """Stands in for transport.connect on the DPS leg: its connections answer each publish with the case's next
+    message. `asked` tells whether the device published since the last answer; `last` is the last answer's body."""
+
+    def __init__(self):
+        self.load([])
+
+    def load(self, items):
+        self.items = items
+        self.next = 0
+        self.asked = False
+        self.last = None
+        self.open = 0
+
+    def connect(self, client_id, host, port, user, password, ctx, timeout_ms, **options):
+        if options.get("context") != "DPS" or options.get("on_message") is None:
+            raise Bad("a connection other than the DPS leg's: %r" % (options,))
+        self.open += 1
+        return ScriptedConnection(self, options["on_message"])
+
+
+class ScriptedConnection:
+    """transport.Connection's interface. A message is handed over as Connection.read_packet does: the topic read
+    whole as bytes, a body below `stream_over` whole (a bytearray), a larger one as a PayloadStream still in the
+    socket; a whole read from 1 KB on must fit the free heap (transport.packet_fits, as DeadlineSocket.read with
+    max_packet None). Unlike Connection.receive, an exception is not turned into a classified error here: a bug
+    in the message callback (the bundle Extractor) shows as a CRASH instead of a malformed_response."""
+
+    def __init__(self, script, on_message):
+        self._script = script
+        self.on_message = on_message
+        self.stream_over = None
+        self.open = True
+        self._subscribed = False
+
+    def subscribe(self, topic_filter):
+        if topic_filter != dps.RESPONSE_FILTER:
+            raise Bad("subscribed to %r" % (topic_filter,))
+        self._subscribed = True
+
+    def publish(self, topic, body, what=None):
+        if not self.open or not self._subscribed:
+            raise Bad("published on a connection that is closed or not subscribed")
+        if not isinstance(topic, str) or not topic.startswith("$dps/registrations/"):
+            raise Bad("request topic %r" % (topic,))
+        if not isinstance(body, bytes):
+            raise Bad("request body is not bytes")
+        self._script.asked = True
+
+    def receive(self, wait_ms):
+        script = self._script
+        if not self.open:
+            raise Bad("received on a closed connection")
+        if script.next >= len(script.items):
+            raise Exhausted()
+        topic, body = script.items[script.next], script.items[script.next + 1]
+        script.next += 2
+        script.asked = False
+        script.last = body
+        if len(topic) >= 1024:
+            _fits(len(topic))
+        if self.stream_over is not None and len(body) >= self.stream_over:
+            stream = transport.PayloadStream(_Rest(body), len(body))
+            self.on_message(topic, stream, None)
+            if stream.remaining:
+                stream.skip()
+        else:
+            if len(body) >= 1024:
+                _fits(len(body))
+            self.on_message(topic, bytearray(body) if body else b"", None)
+        return True
+
+    def close(self):
+        if self.open:
+            self.open = False
+            self._script.open -= 1
+
+    def disconnect(self):
+        self.close()
+
+
+def _fits(n):
+    error = transport.packet_fits(n)
+    if error is not None:
+        raise error
+
+
+def _register(sup):
+    """The supervisor's provision step until it succeeds or the one-shot stop rule ends the run (as ready() drives
+    it): the committed state, or the ProvisioningError the run ends with."""
+    while True:
+        try:
+            sup._provision()
+            return sup.state
+        except ProvisioningError as exc:
+            sup.failed(exc, "provision")  # raises when the stop rule says so
+            sup._wait_for_retry(None)
 
 
 class DpsBench:
@@ -116,8 +276,8 @@ class DpsBench:
         # The committed state every case starts from, written by the firmware itself.
         from azprov import bundle
 
-        pem = real_provision.read_text(cfg["dps_ca_file"], "ca")
-        first = pem[: pem.index("-----END CERTIFICATE-----") + 25] + "\n"
+        text = store.read_text(cfg["dps_ca_file"], "ca")
+        first = text[: text.index("-----END CERTIFICATE-----") + 25] + "\n"
         base = bundle.parse({"id": "base-bundle", "etag": "base-etag", "certificates": [{"certificate": first}]})
         assignment = {
             "registration_id": cfg["registration_id"],
@@ -130,6 +290,8 @@ class DpsBench:
         self.baseline = {name: _read(self.folder + "/" + name) for name in os.listdir(self.folder)}
         self.baseline_snapshot = snapshot(self.folder)
         self.dirty = False
+        self.dps = ScriptedDps()
+        transport.connect = self.dps.connect
 
     def restore(self):
         empty_folder(self.folder)
@@ -141,44 +303,30 @@ class DpsBench:
         if self.dirty:
             self.restore()
         before = self.baseline_snapshot
-        stage = "transport"
+        script = self.dps
+        script.load(items)
+        stage = "provision"
         try:
-            for item in items:
-                if len(item) > transport.DEFAULT_MAX_PACKET:  # DeadlineSocket.read refuses it before umqtt sees it
-                    raise ProvisioningError(
-                        errors.MALFORMED_RESPONSE,
-                        "a %d-byte packet exceeds the %d-byte limit" % (len(item), transport.DEFAULT_MAX_PACKET),
-                    )
-            stage = "dps"
-            reg = dps.Registration(self.cfg["registration_id"], self.cfg["payload"], random=_half)
-            reg.start()
-            request = None
-            for i in range(0, len(items), 2):
-                request = reg.on_message(items[i], items[i + 1])
-                if reg.done:
-                    break
-                if request is not None:
-                    stage = "shell"
-                    self.check_request(request, items[i])
-                    stage = "dps"
-            if not reg.done:
-                if snapshot(self.folder) != before:
-                    raise Bad("the store changed without an assignment")
-                print("OK %s %s %s" % (cid, category, "request" if request is not None else "ignored"))
-                return
-            stage = "provision"
-            stub_provision.Session.result = reg.result
-            # app.provision() imports azprov.provision afresh each time (and drops it again after the DPS leg).
-            sys.modules["azprov.provision"] = stub_provision
-            registered = stub_provision.Session.calls
-            self.dirty = True
-            state = app.provision(self.cfg, store.Store(self.folder))
+            sup = _supervisor(self.cfg, store.Store(self.folder))
+            sup.reregister = True  # as force_reprovision: register although a valid state is stored
+            try:
+                state = _register(sup)
+            except Exhausted:
+                state = None
             stage = "check"
-            if stub_provision.Session.calls != registered + 1:
-                raise Bad("app.provision did not take the registration from the stand-in session")
-            self.check_state(state, reg.result)
+            if script.open:
+                self.dirty = True
+                raise Bad("a DPS connection was left open")
+            if state is None:  # the answers ran out
+                if snapshot(self.folder) != before:
+                    self.dirty = True
+                    raise Bad("the store changed without an assignment")
+                print("OK %s %s %s" % (cid, category, "request" if script.asked else "ignored"))
+                return
+            self.dirty = True
+            self.check_state(state, script.last)
             stage = "gateway"
-            _pre_gateway(self.cfg, store.Store(self.folder), state)
+            _pre_gateway(sup)
             print("OK %s %s stored" % (cid, category))
         except ProvisioningError as exc:
             if snapshot(self.folder) != before:
@@ -187,6 +335,8 @@ class DpsBench:
                     "BAD %s %s %s rejected (%s: %s) but the stored state changed"
                     % (cid, category, stage, exc.kind, _one_line(exc.message))
                 )
+            elif script.open:
+                print("BAD %s %s %s rejected (%s) with a DPS connection left open" % (cid, category, stage, exc.kind))
             else:
                 print("ERR %s %s %s %s" % (cid, category, exc.kind, stage))
         except Bad as exc:
@@ -196,44 +346,43 @@ class DpsBench:
             self.dirty = True
             _crash(cid, category, stage, exc)
 
-    def check_request(self, request, topic):
-        """The next request is well formed and the shell can act on it (log it, wait or give up on time)."""
-        if not isinstance(request, tuple) or len(request) != 3:
-            raise Bad("request is not (delay, topic, body)")
-        delay, req_topic, body = request
-        if not isinstance(delay, (int, float)) or not delay >= 0:
-            raise Bad("request delay %r" % (delay,))
-        if not isinstance(req_topic, str) or not req_topic.startswith("$dps/registrations/"):
-            raise Bad("request topic %r" % (req_topic,))
-        if not isinstance(body, bytes):
-            raise Bad("request body is not bytes")
-        log.info("dps_status", ("status", dps.parse_topic(topic)[0]), ("next_in_s", delay))
-        try:
-            # With no time left, any wait must end in the shell's classified timeout, whatever the delay.
-            real_provision._sleep_within(delay, time.ticks_ms())
-        except ProvisioningError as exc:
-            if exc.kind != errors.TIMEOUT:
-                raise Bad("waiting %r gave %s" % (delay, exc.kind)) from None
-
-    def check_state(self, state, result):
-        """What app.provision committed is what DPS sent, and the files agree with it."""
+    def check_state(self, state, body):
+        """What was committed is what the answer that ended the registration says (assignment, payload, bundle and
+        each of its certificates), and the files agree with it."""
         if state is None:
             raise Bad("nothing committed")
-        assignment = state["assignment"]
-        if assignment["assigned_hub"] != result["assignedHub"] or assignment["device_id"] != result["deviceId"]:
-            raise Bad("committed assignment differs from the result")
+        result = json.loads(body)["registrationState"]
+        expected = {
+            "registration_id": self.cfg["registration_id"],
+            "assigned_hub": result["assignedHub"],
+            "device_id": result["deviceId"],
+            "substatus": result.get("substatus"),
+            # As state.json holds it (a float's text need not give back the same bits).
+            "payload": json.loads(json.dumps(result.get("payload"))),
+        }
+        if state["assignment"] != expected:
+            raise Bad("committed assignment differs from the answer")
+        sent = result.get("trustBundle")
         tb = state["trust_bundle"]
         names = snapshot(self.folder)
-        if tb is None:
-            if result.get("trustBundle") is not None:
-                raise Bad("trust bundle lost")
-            if "trust_bundle.pem" in names or "trust_bundle.pem.new" in names:
+        if _STAGED in names or _INCOMING in names:
+            raise Bad("a staged or incoming PEM left behind")
+        if sent is None:
+            if tb is not None:
+                raise Bad("a bundle committed for an answer without one")
+            if _PEM in names:
                 raise Bad("PEM left behind for a null bundle")
-        else:
-            if tb["etag"] != result["trustBundle"]["etag"]:
-                raise Bad("committed etag differs")
-            if names.get("trust_bundle.pem") != tb["pem_sha256"] or "trust_bundle.pem.new" in names:
-                raise Bad("trust_bundle.pem does not match state.json")
+            return
+        if tb is None:
+            raise Bad("trust bundle lost")
+        if tb["etag"] != sent["etag"] or tb["id"] != sent["id"]:
+            raise Bad("committed id or etag differs")
+        if names.get(_PEM) != tb["pem_sha256"]:
+            raise Bad("trust_bundle.pem does not match state.json")
+        want = [der for entry in sent["certificates"] for der in pem.der_certificates(entry["certificate"])]
+        got = list(pem.der_certificates(pem.PemFile(self.folder + "/" + _PEM)))
+        if got != want or len(tb["certificates"]) != len(want):
+            raise Bad("trust_bundle.pem does not hold the certificates DPS sent")
 
 
 # --- provisioning files --------------------------------------------------------------------------------------------
@@ -282,8 +431,7 @@ def run_provisioning(cid, category, items, folder):
         check_config(cfg)
         # What the DPS leg does with the file before its socket: register body, user name, SAS token.
         stage = "dps-prepare"
-        reg = dps.Registration(cfg["registration_id"], cfg["payload"], random=_half)
-        reg.start()
+        dps.Registration(cfg["registration_id"], cfg["payload"]).start()
         dps.username(cfg["id_scope"], cfg["registration_id"], "azprov/bulk")
         sas.dps_token(cfg["id_scope"], cfg["registration_id"], cfg["symmetric_key"], _EXPIRY)
         print("OK %s %s config" % (cid, category))
@@ -296,9 +444,6 @@ def run_provisioning(cid, category, items, folder):
 
 
 # --- stored files --------------------------------------------------------------------------------------------------
-
-_PEM = "trust_bundle.pem"
-_STAGED = "trust_bundle.pem.new"
 
 
 def _finishing_only(before, after, null_bundle=False):
@@ -324,8 +469,8 @@ class Recommit:
     def __init__(self, cfg):
         from azprov import bundle
 
-        pem = real_provision.read_text(cfg["dps_ca_file"], "ca")
-        blocks = [b + "-----END CERTIFICATE-----\n" for b in pem.split("-----END CERTIFICATE-----\n") if b.strip()]
+        text = store.read_text(cfg["dps_ca_file"], "ca")
+        blocks = [b + "-----END CERTIFICATE-----\n" for b in text.split("-----END CERTIFICATE-----\n") if b.strip()]
         self.bundle = bundle.parse(
             {"id": "bulk-bundle", "etag": "recommit-etag", "certificates": [{"certificate": b} for b in blocks[:2]]}
         )
@@ -399,11 +544,13 @@ def _stored_verdict(cid, category, items, cfg):
         elif after.get("trust_bundle.pem") != tb["pem_sha256"]:
             raise Bad("loaded a state whose PEM does not match")
         stage = "cached"
-        cached = app._cached_state(cfg, st)
+        cached = provision.cached_state(cfg, st)
         if cached is None:
             return "OK %s %s other-registration" % (cid, category)
         stage = "gateway"
-        _pre_gateway(cfg, st, cached)
+        sup = _supervisor(cfg, st)
+        sup.state = cached
+        _pre_gateway(sup)
         return "OK %s %s loaded" % (cid, category)
     except ProvisioningError as exc:
         # A rejection leaves the files as they were, except that the commit may have been finished first (the
