@@ -11,11 +11,8 @@ Every case must end in a correct result or a classified error (a ProvisioningErr
 documented kinds), never in another exception, a broken promise (a rejected input that changed the stored state, an
 accepted one that left files disagreeing) or a hang. Where the right answer is certain (a truncated JSON answer is a
 malformed response, an untouched template is accepted ...) the answer is checked too. The figures, and every failure
-<<<<<<< HEAD
-with a sample of its input, go to build/reliability/bad_input.json (the sample's to bad_input_sample.json).
-=======
-with a sample of its input, go to build/reliability/bad_input.json (bad_input-<runtime>.json for the other runtimes).
->>>>>>> help-e
+with a sample of its input, go to build/reliability/bad_input.json (the sample's to bad_input_sample.json; other
+runtimes than the default add their name).
 """
 
 from __future__ import annotations
@@ -41,13 +38,8 @@ DRIVER = Path(__file__).resolve().parent / "bulk" / "driver.py"
 SCALE = 1.0 if FULL_RUNS else 0.2  # the share of each category's cases drawn (tests/bulk/generate.py)
 REPORT = REPO / "build" / "reliability" / ("bad_input.json" if FULL_RUNS else "bad_input_sample.json")
 WORKERS = 2
-<<<<<<< HEAD
-DRIVER_TIMEOUT_S = 240
 MINIMUM = {kind: int(count * SCALE) for kind, count in {"dps": 10_000, "provisioning": 1_000, "stored": 1_000}.items()}
-=======
 DRIVER_TIMEOUT_S = 600  # a hang guard: on a loaded 2-core machine each driver takes over 200 s
-MINIMUM = {"dps": 10_000, "provisioning": 1_000, "stored": 1_000}
->>>>>>> help-e
 PREFIX = {"dps": "D", "provisioning": "P", "stored": "S"}
 DOCUMENTED_KINDS = {
     "configuration",
