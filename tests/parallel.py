@@ -3,7 +3,7 @@
 Most tests wait on child processes (MicroPython, the emulator, Mosquitto), so more workers than cores pay: `auto`
 is twice the cores. tests/conftest.py imports these hooks.
 
-- The MicroPython runtimes built from source are brought up to date once, by the controller, before any worker
+- The MicroPython runtimes the `device` fixture uses are brought up to date once, by the controller, before any worker
   starts (a worker would otherwise find a stale frozen build and run `make`; host_tools/board/runtimes.py also
   holds a lock around that build).
 - Tests that share an expensive set-up run on one worker (`--dist loadgroup`, groups from group_of()): each device
@@ -61,7 +61,8 @@ def pytest_sessionstart(session):
     config = session.config
     if hasattr(config, "workerinput") or not _distributed(config):
         return
-    for runtime in runtimes.RUNTIMES.values():
+    for name in runtimes.TESTED:  # the `device` fixture's runtimes; another one is built by the test that asks
+        runtime = runtimes.get(name)
         if runtime.source_built:
             try:
                 runtime.binary()

@@ -1,5 +1,7 @@
 """`make bench` end to end in --quick mode (tiny fleet, one CPU pair, coarse heap search): every figure is
-measured and written as a number, the chart is a PNG, and no key reaches the output.
+measured and written as a number, the chart is a PNG, and no key reaches the output. The heap floor search runs at
+a 64 KiB resolution and the fleet check with two devices (this test asks for numbers, not fine ones); `make bench`
+runs the full measurement.
 
 Not a performance test: no figure is compared with its target here (timed assertions are not tests)."""
 
@@ -78,6 +80,10 @@ def test_quick_bench_writes_every_figure(tmp_path):
             "--quick",
             "--fleet-devices",
             "12",
+            "--heap-step",
+            "65536",
+            "--check-devices",
+            "2",
             "--out",
             str(out),
             "--workdir",

@@ -3,6 +3,8 @@ several-root trust bundle, the profile a folder keeps for the emulator, and a de
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from click.testing import CliRunner
 from cryptography.x509 import DNSName
@@ -69,8 +71,9 @@ def test_pki_command_profile_option(tmp_path):
     assert refused.exit_code != 0 and "x" in refused.output
 
 
-def test_device_provisions_through_azure_shaped_chains(emulator, device, tmp_path):
-    ensure_emulator_pki(tmp_path / "emulator" / "pki", profile="azure")  # the emulator's state dir, made beforehand
+def test_device_provisions_through_azure_shaped_chains(emulator, device, tmp_path, azure_pki):
+    # The emulator's state dir, made beforehand: a copy of the module's Azure-shaped PKI (its RSA keys are slow to make).
+    shutil.copytree(azure_pki.folder, tmp_path / "emulator" / "pki")
     key = new_key()
     emu = emulator(enrollment_doc([individual("azure-shaped", key)], bundle=("pki:trust-bundle",)))
     assert key_kind(load_certificates(emu.info["pki"]["gateway_server"])[0].public_key()) == "rsa2048"
