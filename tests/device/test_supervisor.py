@@ -3,6 +3,8 @@
 # again, resets or deep-sleeps, and the stop rule of each kind of run.
 import json
 
+from shell_fakes import FakeClock
+
 from azprov import errors, supervisor, watchdog
 from azprov.errors import ProvisioningError
 
@@ -21,37 +23,6 @@ CONFIG = {
 
 class Stop(Exception):
     pass
-
-
-class FakeClock:
-    """Milliseconds that pass only when someone sleeps; Unix time follows them; the random number is fixed."""
-
-    def __init__(self, fraction=0.5):
-        self.now = 0
-        self.fraction = fraction
-        self.sleeps = []
-
-    def ticks_ms(self):
-        return self.now
-
-    def ticks_add(self, ticks, delta):
-        return ticks + delta
-
-    def ticks_diff(self, end, start):
-        return end - start
-
-    def sleep_ms(self, ms):
-        self.sleeps.append(ms)
-        self.now += ms
-
-    def unix_time(self):
-        return 1800000000 + self.now // 1000
-
-    def require_set(self):
-        return self.unix_time()
-
-    def random(self):
-        return self.fraction
 
 
 class FakeMachine:
