@@ -36,6 +36,11 @@ def require_set_clock():
     return now
 
 
+def iso_utc(unix):
+    """Unix seconds as ISO 8601 UTC ("2026-12-02T05:37:00Z"), on either epoch."""
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % tuple(time.gmtime(unix - _EPOCH_OFFSET)[:6])
+
+
 def _urandom_fraction():
     import os
 

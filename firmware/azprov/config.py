@@ -27,6 +27,9 @@ _FIELDS = {
     "certificate_file": (str, None),  # x509: the device certificate, then any intermediates (PEM or DER)
     "private_key_file": (str, None),  # x509: its unencrypted key (PEM or DER; EC P-256 or RSA 2048)
     "certificate_expiry_warning_days": (int, 30),
+    # DPS certificate issuance (preview, api-version 2025-07-01-preview): the device makes a P-384 key and a CSR,
+    # and authenticates to the gateway with the certificate DPS has issued for it (azprov.csr).
+    "certificate_issuance": (bool, False),
     "dps_ca_file": (str, _REQUIRED),
     "payload": (None, None),
     "gateway_host": (str, None),

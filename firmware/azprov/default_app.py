@@ -22,6 +22,7 @@ class DefaultApp:
         self._interval_s = None  # set by the desired property; until then the provisioning file's
         self.pending = {}  # reported properties still to send (acknowledgements of desired ones)
         self.reported_info = False
+        self.reported_certificate = None  # the not_after of the issued certificate last reported
         client.on_desired(self.on_desired)
         client.on_method("ping", self.ping)
         client.on_c2d(self.on_c2d)
@@ -66,6 +67,22 @@ class DefaultApp:
             client.report({"azprov": info})
             self.reported_info = True
             log.info("reported", ("name", "azprov"))
+        state = client.supervisor.state
+        issued = state.get("identity") if state else None
+        if issued is not None and issued["not_after"] != self.reported_certificate:
+            # As the certificate issuance preview asks devices to report what they authenticate with.
+            from azprov.clock import iso_utc
+
+            client.report(
+                {
+                    "certificate": {
+                        "validFrom": iso_utc(issued["not_before"]),
+                        "validUntil": iso_utc(issued["not_after"]),
+                    }
+                }
+            )
+            self.reported_certificate = issued["not_after"]
+            log.info("reported", ("name", "certificate"))
         if self.pending:
             patch = self.pending
             self.pending = {}

@@ -10,6 +10,9 @@ from azprov.encoding import check_utf8, url_encode
 from azprov.errors import ProvisioningError
 
 API_VERSION = "2021-11-01-preview"
+# With certificate issuance: the request carries a CSR, the result an issuedCertificateChain.
+API_VERSION_ISSUANCE = "2025-07-01-preview"
+_MAX_ISSUED_CHAIN = const(4)  # leaf and issuing CA(s); the C SDK keeps three
 RESPONSE_FILTER = "$dps/registrations/res/#"
 _RESPONSE_PREFIX = "$dps/registrations/res/"
 _REGISTER_TOPIC = "$dps/registrations/PUT/iotdps-register/?$rid="
@@ -20,15 +23,35 @@ _POLL_TOPIC = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid="
 DEFAULT_MAX_POLLS = const(60)
 
 
-def username(id_scope, registration_id, client_version=None):
-    name = "%s/registrations/%s/api-version=%s" % (id_scope, registration_id, API_VERSION)
+def username(id_scope, registration_id, client_version=None, api_version=API_VERSION):
+    name = "%s/registrations/%s/api-version=%s" % (id_scope, registration_id, api_version)
     if client_version:
         name += "&ClientVersion=" + url_encode(client_version)  # as the SDKs send it: "/" becomes %2F
     return name
 
 
-def register_body(registration_id, payload=None):
-    return json.dumps({"registrationId": registration_id, "payload": payload}).encode()
+def register_body(registration_id, payload=None, csr=None):
+    """The register request; `csr` (base64 DER PKCS#10) asks DPS to issue an operational certificate."""
+    body = {"registrationId": registration_id, "payload": payload}
+    if csr is not None:
+        body["csr"] = csr
+    return json.dumps(body).encode()
+
+
+def issued_chain(state):
+    """registrationState.issuedCertificateChain: a list of base64 DER certificates, leaf first, or None when DPS
+    issued none (absent or null). Anything else is a malformed answer."""
+    chain = state.get("issuedCertificateChain")
+    if chain is None:
+        return None
+    if not isinstance(chain, list) or not 0 < len(chain) <= _MAX_ISSUED_CHAIN:
+        raise ProvisioningError(
+            errors.MALFORMED_RESPONSE, "issuedCertificateChain is not a list of 1 to 4 certificates"
+        )
+    for item in chain:
+        if not isinstance(item, str) or not item:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "issuedCertificateChain holds a non-string entry")
+    return chain
 
 
 def parse_topic(topic):
@@ -129,13 +152,14 @@ class Registration:
     next request as (delay_s, topic, body), delay_s None for the policy's default wait; when `done` is true, `result` holds the registrationState (a dict) with
     `operation_id`. Final errors are raised as ProvisioningError. A request is (delay_s, topic, body)."""
 
-    def __init__(self, registration_id, payload=None, max_polls=DEFAULT_MAX_POLLS, bundle_sink=None):
+    def __init__(self, registration_id, payload=None, max_polls=DEFAULT_MAX_POLLS, bundle_sink=None, csr=None):
         self.registration_id = registration_id
         # Given a sink (azprov.store.Incoming), a 200 answer's trust bundle certificates are streamed into it before
         # the body is parsed (azprov.bundle.extract); `streamed` then holds their sha256 values.
         self.bundle_sink = bundle_sink
         self.streamed = []
         self.payload = payload
+        self.csr = csr  # base64 DER CSR sent with every register request (certificate issuance), or None
         self.max_polls = max_polls
         self._next_rid = 0
         self.rid = None
@@ -149,7 +173,7 @@ class Registration:
         self._next_rid += 1
         self.rid = str(self._next_rid)
         if operation_id is None:
-            request = (delay_s, _REGISTER_TOPIC + self.rid, register_body(self.registration_id, self.payload))
+            request = (delay_s, _REGISTER_TOPIC + self.rid, register_body(self.registration_id, self.payload, self.csr))
         else:
             request = (delay_s, "%s%s&operationId=%s" % (_POLL_TOPIC, self.rid, operation_id), b"")
         self._last = operation_id
@@ -213,6 +237,7 @@ class Registration:
             _string_field(state, "assignedHub", where)
             _string_field(state, "deviceId", where)
             _string_field(state, "substatus", where, required=False)
+            issued_chain(state)
             self.done = True
             self.result = state
             return None

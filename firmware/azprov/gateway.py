@@ -36,7 +36,7 @@ class Gateway:
     connection alive; it never waits to retry and never registers again: a failure is raised, classified, with the
     connection closed, and the supervisor (azprov.supervisor) decides what comes next."""
 
-    def __init__(self, config, assignment, ca_pem_texts, trust_source="trust_bundle.pem", clock=None):
+    def __init__(self, config, assignment, ca_pem_texts, trust_source="trust_bundle.pem", clock=None, identity=None):
         if clock is None:
             from azprov.clock import Clock
 
@@ -48,7 +48,12 @@ class Gateway:
         self.host = config["gateway_host"] or self.hub
         self.port = config["gateway_port"] if config["gateway_host"] else 8883
         self._ca_pem_texts = ca_pem_texts
-        self.x509 = config["attestation"] == "x509"
+        # The client certificate for mutual TLS: the operational one DPS issued ((DER chain, DER key)), else the
+        # X.509 attestation's own; with either there is no SAS token.
+        if identity is None and config["attestation"] == "x509":
+            identity = (config["client_certificates"], config["client_key"])
+        self._identity = identity
+        self.x509 = identity is not None
         self._trust_source = trust_source
         self._ctx = None
         self.connection = None  # an azprov.transport.Connection while connected
@@ -74,10 +79,8 @@ class Gateway:
             # provisioning file's CA file is the user's configuration.
             kind = errors.STORAGE if self._trust_source == "trust_bundle.pem" else errors.CONFIGURATION
             self._ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
-            if self.x509:
-                transport.use_client_certificate(
-                    self._ctx, self.config["client_certificates"], self.config["client_key"]
-                )
+            if self._identity is not None:
+                transport.use_client_certificate(self._ctx, self._identity[0], self._identity[1])
             log.debug("gateway_trust_loaded", ("certificates", count))
         return self._ctx
 

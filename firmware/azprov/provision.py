@@ -33,6 +33,7 @@ class Provisioner:
         self._ctx = None
         self._inbox = []
         self._sink = None
+        self._key = None  # the P-384 private scalar whose CSR the registration in progress carries (issuance)
 
     # --- one connection
 
@@ -81,7 +82,7 @@ class Provisioner:
             cfg["registration_id"],
             cfg["dps_host"],
             cfg["dps_port"],
-            dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version),
+            dps.username(cfg["id_scope"], cfg["registration_id"], self.client_version, self._api_version()),
             password,
             self._ctx,
             timeout,
@@ -92,8 +93,65 @@ class Provisioner:
         )
         connection.stream_over = _STREAM_OVER
         connection.subscribe(dps.RESPONSE_FILTER)
-        log.info("dps_connected", ("host", cfg["dps_host"]), ("api_version", dps.API_VERSION))
+        log.info("dps_connected", ("host", cfg["dps_host"]), ("api_version", self._api_version()))
         return connection
+
+    def _api_version(self):
+        return dps.API_VERSION_ISSUANCE if self.config["certificate_issuance"] else dps.API_VERSION
+
+    def _new_csr(self):
+        """A new key pair and its CSR (base64 DER), for a registration that asks DPS for an operational certificate.
+        Every registration gets a new key: renewal never reuses one."""
+        from azprov import csr
+        from azprov.encoding import b64encode
+
+        self._key = csr.new_key()
+        request = csr.csr_der(self._key, self.config["registration_id"])
+        log.info("csr_created", ("curve", "P-384"), ("bytes", len(request)))
+        return b64encode(request)
+
+    def _issued_identity(self, registration):
+        """The operational identity for state.json from the registration result: the key this registration's CSR
+        was made with and the chain DPS issued for it (checked: CN and public key are the device's)."""
+        from azprov import csr, der
+        from azprov.encoding import b64decode, b64encode
+
+        chain = dps.issued_chain(registration)
+        if chain is None:
+            self.registration = None
+            raise ProvisioningError(
+                errors.ASSIGNMENT_FAILED,
+                "certificate_issuance: DPS issued no certificate (no issuedCertificateChain): the enrollment has no "
+                "certificate policy",
+            )
+        try:
+            leaf = der.certificate(b64decode(chain[0]))
+        except ValueError as exc:
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, "issuedCertificateChain[0]: %s" % exc)
+        if (
+            leaf["public_key"] != csr.public_key_bytes(self._key)
+            or leaf["common_name"] != self.config["registration_id"]
+        ):
+            self.registration = None
+            raise ProvisioningError(
+                errors.MALFORMED_RESPONSE, "issuedCertificateChain[0] is not a certificate for this device's CSR"
+            )
+        identity = {
+            "key": b64encode(csr.private_key_der(self._key)),
+            "chain": chain,
+            "not_before": leaf["not_before"],
+            "not_after": leaf["not_after"],
+            "subject": leaf["common_name"],
+            "issuer": leaf["issuer_common_name"],
+        }
+        log.info(
+            "certificate_issued",
+            ("subject", leaf["common_name"]),
+            ("issuer", leaf["issuer_common_name"] or "-"),
+            ("not_after", leaf["not_after_text"]),
+            ("certificates", len(chain)),
+        )
+        return identity
 
     def _remaining(self, deadline):
         return self.clock.ticks_diff(deadline, self.clock.ticks_ms())
@@ -104,7 +162,10 @@ class Provisioner:
         deadline = self.clock.ticks_add(self.clock.ticks_ms(), budget_ms)
         reg = self.registration
         if reg is None:
-            reg = self.registration = dps.Registration(cfg["registration_id"], cfg["payload"], bundle_sink=self._sink)
+            request_csr = self._new_csr() if cfg["certificate_issuance"] else None
+            reg = self.registration = dps.Registration(
+                cfg["registration_id"], cfg["payload"], bundle_sink=self._sink, csr=request_csr
+            )
             request = reg.start()
         else:
             reg.bundle_sink = self._sink
@@ -163,6 +224,7 @@ class Provisioner:
             registration = self._register(budget_ms)
             streamed = self.registration.streamed
             pem_sha256 = self._sink.finish() if streamed else None
+            identity = self._issued_identity(registration) if self.config["certificate_issuance"] else None
         except BaseException as exc:
             self._sink.close()
             store.discard_incoming()
@@ -172,6 +234,7 @@ class Provisioner:
         finally:
             self._sink = None
         self.registration = None
+        self._key = None
         log.info(
             "registered",
             ("hub", registration["assignedHub"]),
@@ -193,7 +256,8 @@ class Provisioner:
         }
         del registration
         gc.collect()
-        written = store.save(assignment, parsed)
+        written = store.save(assignment, parsed, identity)
+        identity = None
         if assignment["payload"] is not None:  # after save(), which has checked that it serialises
             log.info("returned_payload", ("json", json.dumps(assignment["payload"])))
         if parsed is None:

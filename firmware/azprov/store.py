@@ -113,6 +113,17 @@ def _check_state(state):
             or not isinstance(bundle.get("certificates"), list)
         ):
             raise _corrupt("trust_bundle metadata is incomplete")
+    identity = state.get("identity")
+    if identity is not None:
+        if (
+            not isinstance(identity, dict)
+            or not isinstance(identity.get("key"), str)
+            or not isinstance(identity.get("chain"), list)
+            or not identity["chain"]
+            or not isinstance(identity.get("not_before"), int)
+            or not isinstance(identity.get("not_after"), int)
+        ):
+            raise _corrupt("the issued identity is incomplete")
 
 
 def _serialise(state):
@@ -295,20 +306,24 @@ class Store:
         self._streaming = False
         _remove(self.pem_path + _INCOMING)
 
-    def save(self, assignment, bundle):
-        """Commits an assignment and a parsed bundle (azprov.bundle.parse; None removes the stored bundle).
-        Returns False, writing nothing, when the stored state already says the same. A bundle whose `pem` is None
-        was streamed by extract() into an Incoming sink: its file is what gets staged."""
+    def save(self, assignment, bundle, identity=None):
+        """Commits an assignment, a parsed bundle (azprov.bundle.parse; None removes the stored bundle) and an
+        operational identity DPS issued (None: none). The identity (key and chain) lives inside state.json, so one
+        atomic replace commits it with the assignment: after a power cut the device has the old identity or the new
+        one, never a mix. Returns False, writing nothing, when the stored state already says the same. A bundle
+        whose `pem` is None was streamed by extract() into an Incoming sink: its file is what gets staged."""
         try:
-            return self._save(assignment, bundle)
+            return self._save(assignment, bundle, identity)
         finally:
             self.discard_incoming()
 
-    def _save(self, assignment, bundle):
+    def _save(self, assignment, bundle, identity):
         meta = None
         if bundle is not None:
             meta = {key: bundle[key] for key in ("id", "etag", "pem_sha256", "certificates")}
         state = {"version": FORMAT_VERSION, "assignment": assignment, "trust_bundle": meta}
+        if identity is not None:
+            state["identity"] = identity
         text = _serialise(state)
         try:
             current = self.load()

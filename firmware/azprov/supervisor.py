@@ -188,9 +188,12 @@ class Supervisor:
         instead of waiting longer than that for a retry the policy scheduled."""
         while True:
             if self.index == _SERVE:
-                if self.gateway is not None and self.gateway.connected:
+                if self._renewal_due():
+                    self._renew_identity()
+                elif self.gateway is not None and self.gateway.connected:
                     return True
-                self.index = _CONNECT
+                else:
+                    self.index = _CONNECT
             if not self._wait_for_retry(budget_ms):
                 return False
             name = STEPS[self.index]
@@ -393,7 +396,9 @@ class Supervisor:
                     ("device_id", state["assignment"]["device_id"]),
                 )
                 self.state = state
-                return
+                if not self._renewal_due():
+                    return
+                self.reregister = True  # no issued certificate yet, or one due for renewal: a new CSR
         if self.state is not None and not self.reregister:
             return
         if self.provisioner is None:
@@ -412,6 +417,30 @@ class Supervisor:
         self.reregister = False
         self.provisioner = provisioner = None
         release("provision", "dps", "bundle")
+
+    # --- the operational certificate DPS issued (certificate_issuance)
+
+    def _renewal_due(self):
+        """True when the issued certificate has lived 80 % of its validity (or has expired): time for a new key pair
+        and a new CSR. Also when issuance is on and the stored state has no issued certificate."""
+        if self.config is None or not self.config.get("certificate_issuance") or self.state is None:
+            return False
+        issued = self.state.get("identity")
+        if issued is None:
+            return True
+        start, end = issued["not_before"], issued["not_after"]
+        now = self.clock.unix_time()
+        if now >= end:
+            log.warning("operational_certificate_expired", ("not_after", end))
+            return True
+        return now >= start + (end - start) * 80 // 100
+
+    def _renew_identity(self):
+        issued = self.state.get("identity")
+        log.info("certificate_renewal", ("not_after", issued["not_after"] if issued else "-"))
+        self.reregister = True
+        self._close_gateway()
+        self.index = STEPS.index("provision")
 
     def _registration_budget_ms(self):
         """How long this registration attempt may take: registration_timeout_s, and for a one-shot run no more than
@@ -446,7 +475,13 @@ class Supervisor:
             from azprov.store import read_text
 
             trust, source = (read_text(cfg["dps_ca_file"], "dps_ca_file"),), "dps_ca_file"
-        gateway = Gateway(cfg, state["assignment"], trust, source, self.clock)
+        identity = None
+        issued = state.get("identity")
+        if issued is not None:
+            from azprov.encoding import b64decode
+
+            identity = ([b64decode(c) for c in issued["chain"]], b64decode(issued["key"]))
+        gateway = Gateway(cfg, state["assignment"], trust, source, self.clock, identity)
         gateway.listener = self.listener
         return gateway
 
