@@ -173,10 +173,15 @@ def _integer(value):
     return _tlv(0x02, data[start:])
 
 
-def _point_bits(d):
-    # BIT STRING (no unused bits) of the uncompressed point 04 || x || y.
+def public_key_bytes(d):
+    """The uncompressed public point 04 || x || y, as a certificate's SubjectPublicKeyInfo carries it."""
     x, y = public_point(d)
-    return _tlv(0x03, b"\x00\x04" + x.to_bytes(_BYTES, "big") + y.to_bytes(_BYTES, "big"))
+    return b"\x04" + x.to_bytes(_BYTES, "big") + y.to_bytes(_BYTES, "big")
+
+
+def _point_bits(d):
+    # BIT STRING (no unused bits) of the uncompressed point.
+    return _tlv(0x03, b"\x00" + public_key_bytes(d))
 
 
 def csr_der(d, common_name):
