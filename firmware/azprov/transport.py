@@ -16,7 +16,7 @@ from micropython import const
 
 from azprov import errors, watchdog
 from azprov.errors import ProvisioningError
-from azprov.pem import der_certificates
+from azprov.pem import PemError, der_certificates
 
 _POLL_SLICE_MS = const(50)
 _FEED_SLICE_MS = const(1000)  # the longest poll between two watchdog feeds (its timeout is at least 20 s)
@@ -60,7 +60,8 @@ def too_large(n, free=None, streamed=False):
 
 
 def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
-    """A client context that trusts exactly the certificates in `pem_texts` (each loaded as DER, one by one) and
+    """A client context that trusts exactly the certificates in `pem_texts` (PEM text or lines, or a DER
+    certificate's bytes: see azprov.pem.der_certificates; each certificate loaded as DER, one by one) and
     requires a valid chain and a matching host name. Returns (context, number_of_certificates). Certificates
     that cannot be loaded give a `kind` error naming `source` (the file they came from)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -71,7 +72,11 @@ def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
             for der in der_certificates(text):
                 ctx.load_verify_locations(cadata=der)
                 count += 1
-    except (ValueError, OSError) as exc:  # PemError is a ValueError; mbedTLS raises ValueError("invalid cert")
+    except (PemError, UnicodeError) as exc:  # not PEM text, or a certificate in it is broken
+        raise ProvisioningError(
+            kind, "%s: %s (a PEM file of certificates, or one DER certificate, is expected)" % (source, exc)
+        )
+    except (ValueError, OSError) as exc:  # mbedTLS raises ValueError("invalid cert")
         raise ProvisioningError(kind, "%s: certificate %d cannot be loaded: %s" % (source, count + 1, exc))
     if not count:
         raise ProvisioningError(kind, "%s: no CA certificate to verify the server with" % source)
