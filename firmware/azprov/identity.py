@@ -19,8 +19,8 @@ def _read(path, field):
 
     try:
         data = read_bounded(path, _MAX_FILE_BYTES)
-    except OSError:
-        raise _bad(field, "%s cannot be read" % path)
+    except OSError as exc:
+        raise _bad(field, "%s %s" % (path, "does not exist" if exc.args and exc.args[0] == 2 else "cannot be read"))
     if data is None:
         raise _bad(field, "%s is larger than %d bytes" % (path, _MAX_FILE_BYTES))
     if not data:

@@ -102,6 +102,9 @@ def test_each_bad_file_is_a_configuration_error_naming_the_field():
         exc = _refused(function, *args)
         assert exc.kind == errors.CONFIGURATION, (expected, exc.kind)
         assert expected in exc.message, (expected, exc.message)
+    # A missing file: the field first, then the file (issue 21: "names the file but not the field").
+    assert _refused(identity.read_certificates, "missing.crt").message == "certificate_file: missing.crt does not exist"
+    assert _refused(identity.read_private_key, "missing.key").message == "private_key_file: missing.key does not exist"
 
 
 def test_cn_mismatch_names_both_and_expiry_is_judged_with_a_set_clock():
