@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from host_tools.provisioning import pki
 from host_tools.provisioning.device_keys import derive_device_key
-from tests.helpers import HUB, assert_no_secret, enrollment_doc, individual, new_key
+from tests.helpers import HUB, assert_no_secret, enrollment_doc, free_port, individual, new_key
 
 FAST = ("--fault", "retry_after=0")
 
@@ -287,3 +287,22 @@ def test_group_enrollment_with_host_derived_key(emulator, device):
     assert sent["request_payload"] == {"firmware": "1.2.3"}
     assert group_key not in dev.root.joinpath("provisioning.json").read_text()
     assert_no_secret(result.output, group_key, device_key)
+
+
+# --- network failures --------------------------------------------------------------------------------------------
+
+
+def test_network_failures_are_named_in_words(emulator, device):
+    """Issue 21, item 9: a host name that does not resolve and a port nothing listens on were reported as
+    "connection failed ([addrinfo error -2])" and "connection failed (111)"."""
+    key = new_key()
+    emu = emulator(enrollment_doc([individual("net-dev", key)]), "--fault", "retry_after=0")
+    dev = device(emu, "net-dev", key, dps_host="no-such-host.invalid", registration_timeout_s=5)
+    result = dev.run(timeout=60)
+    assert result.status == 1 and result.error["kind"] == "network", result.output
+    message = result.error["message"]
+    assert message.startswith("DPS: host name not found (-") and message.endswith(")"), message
+    dev.write_provisioning(dps_host="localhost", dps_port=free_port())
+    result = dev.run(timeout=60)
+    assert result.status == 1 and result.error["kind"] == "network", result.output
+    assert result.error["message"] == "DPS: connection refused (111)", result.output

@@ -14,11 +14,14 @@ _UTC_TIME = const(0x17)
 _GENERALIZED_TIME = const(0x18)
 _CONTEXT_0 = const(0xA0)
 _CONTEXT_1 = const(0xA1)
+_CONTEXT_3 = const(0xA3)
+_BOOLEAN = const(0x01)
 
 OID_COMMON_NAME = b"\x55\x04\x03"
 OID_EC_PUBLIC_KEY = b"\x2a\x86\x48\xce\x3d\x02\x01"
 OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"
 OID_RSA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01"
+OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"
 
 
 def tlv(data, pos, end=None):
@@ -144,10 +147,25 @@ def _public_key(data, spki):
     return "other", None, b""
 
 
+def _is_ca(data, extensions):
+    # extensions [3] EXPLICIT SEQUENCE OF Extension { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING };
+    # basicConstraints' value: SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLenConstraint INTEGER OPTIONAL }.
+    outer = _expect(tlv(data, extensions[1], extensions[2]), _SEQUENCE, "malformed extensions")
+    for _, start, end in children(data, outer[1], outer[2]):
+        parts = children(data, start, end)
+        if bytes(data[parts[0][1] : parts[0][2]]) != OID_BASIC_CONSTRAINTS:
+            continue
+        value = _expect(parts[-1], _OCTET_STRING, "malformed basicConstraints")
+        inner = _expect(tlv(data, value[1], value[2]), _SEQUENCE, "malformed basicConstraints")
+        flags = children(data, inner[1], inner[2])
+        return bool(flags) and flags[0][0] == _BOOLEAN and data[flags[0][1]] != 0
+    return False
+
+
 def certificate(der):
     """What the device checks in a DER certificate: a dict with common_name, issuer_common_name, not_before,
     not_after (unix seconds), not_after_text, key_type ("ec", "rsa" or "other"), curve (EC curve OID), public_key
-    (EC point or RSA modulus) and key_bits. ValueError when it is not a certificate."""
+    (EC point or RSA modulus), key_bits and ca (basicConstraints cA). ValueError when it is not a certificate."""
     try:
         outer = _expect(tlv(der, 0), _SEQUENCE, "not a certificate")
         tbs = _expect(children(der, outer[1], outer[2])[0], _SEQUENCE, "no tbsCertificate")
@@ -171,6 +189,7 @@ def certificate(der):
             "key_type": key_type,
             "curve": curve,
             "public_key": public_key,
+            "ca": any(f[0] == _CONTEXT_3 and _is_ca(der, f) for f in fields[6:]),
         }
     except (IndexError, UnicodeError) as exc:
         raise ValueError("malformed certificate (%s)" % type(exc).__name__)

@@ -19,8 +19,8 @@ def _read(path, field):
 
     try:
         data = read_bounded(path, _MAX_FILE_BYTES)
-    except OSError:
-        raise _bad(field, "%s cannot be read" % path)
+    except OSError as exc:
+        raise _bad(field, "%s %s" % (path, "does not exist" if exc.args and exc.args[0] == 2 else "cannot be read"))
     if data is None:
         raise _bad(field, "%s is larger than %d bytes" % (path, _MAX_FILE_BYTES))
     if not data:
@@ -118,7 +118,9 @@ def check(certificates, key, registration_id, now=None, warn_days=30):
     if device["key_type"] != kind or (
         key_info["public_key"] is not None and key_info["public_key"] != device["public_key"]
     ):
-        raise _bad("private_key_file", "does not belong to the device certificate in certificate_file")
+        raise _order_problem(infos, key_info) or _bad(
+            "private_key_file", "does not belong to the device certificate in certificate_file"
+        )
     if device["common_name"] != registration_id:
         raise _bad(
             "registration_id",
@@ -134,6 +136,29 @@ def check(certificates, key, registration_id, now=None, warn_days=30):
         if left < warn_days * _DAY_S:
             log.warning("certificate_expiring", ("not_after", device["not_after_text"]), ("days_left", left // _DAY_S))
     return device
+
+
+def _order_problem(infos, key_info):
+    """The certificate_file error when the file is out of order (the key belongs to a later certificate than the
+    first, or the first is a CA while a later one is not), else None: the same verdict as the host's
+    host_tools/provisioning/x509_identity.order_problem."""
+    count = len(infos)
+    public = key_info["public_key"]
+    for index in range(1, count):
+        info = infos[index]
+        if public is not None and info["key_type"] == key_info["key_type"] and info["public_key"] == public:
+            return _bad(
+                "certificate_file",
+                "the device certificate (the one private_key_file belongs to) is certificate %d of %d; it must come "
+                "first, then its intermediates" % (index + 1, count),
+            )
+    if count > 1 and infos[0]["ca"] and not all(info["ca"] for info in infos[1:]):
+        return _bad(
+            "certificate_file",
+            "the first certificate (CN=%s) is a CA; the device certificate must come first, then its intermediates"
+            % infos[0]["common_name"],
+        )
+    return None
 
 
 def _describe(info):

@@ -1,10 +1,19 @@
 # PEM certificates: normalise, split, and convert to DER. MicroPython's TLS needs DER, one certificate per
 # load_verify_locations() call (a concatenation silently loads only the first). Text outside BEGIN/END blocks is
 # explanatory text and ignored (RFC 7468 section 2): CA bundles carry "# <name>" or "subject=" lines between blocks.
+from micropython import const
+
 from azprov.encoding import b64decode
 
 _BEGIN = "-----BEGIN CERTIFICATE-----"
 _END = "-----END CERTIFICATE-----"
+# The largest CA file (dps_ca_file) the device takes. A PEM file is read line by line while the TLS context loads it
+# (one certificate in heap at a time), so the file's size costs no heap; what each certificate keeps is what limits
+# it: the figure is measured on the 32-bit frozen build at the 100 KB heap an ESP32 has (boards/esp32/README.md).
+# `provision-file validate` and `create` use the same figure.
+MAX_CA_FILE_BYTES = const(65536)
+# A DER file holds one certificate, loaded from one buffer: it costs its size in heap.
+MAX_DER_FILE_BYTES = const(16384)
 
 
 class PemError(ValueError):
@@ -63,6 +72,62 @@ def split(text):
         raise PemError("no certificate found")
 
 
-def der_certificates(text):
-    for _, der in split(text):
+def is_der(head):
+    """True when a file starting with the bytes `head` is DER: a SEQUENCE with a multi-byte length. No text file
+    starts so ("0" followed by a byte of 0x81 or more is not UTF-8)."""
+    return len(head) >= 2 and head[0] == 0x30 and head[1] in (0x81, 0x82, 0x83)
+
+
+def _single_der(data):
+    # The file must be exactly one element: its header (tag, length of the length, length) and its contents.
+    size = data[1] & 0x7F
+    body = 0
+    for byte in data[2 : 2 + size]:
+        body = (body << 8) | byte
+    if len(data) < 64 or 2 + size + body != len(data):
+        raise PemError("not a PEM file, nor a single DER certificate")
+    return data
+
+
+def der_certificates(source):
+    """The DER certificates of a CA file's contents: PEM text (a str or lines such as a PemFile), or the bytes of a
+    DER file holding one certificate (loaded as it is)."""
+    if isinstance(source, (bytes, bytearray)):
+        yield _single_der(source)
+        return
+    for _, der in split(source):
         yield der
+
+
+def open_ca_file(path, field="dps_ca_file"):
+    """A CA file named by the provisioning file, as a source for der_certificates() and transport.tls_context(): a
+    PemFile (read while the context loads it) or the bytes of a DER certificate. Its size is checked before any
+    of it is read; a CONFIGURATION error naming `field` otherwise."""
+    import os
+
+    from azprov import errors
+    from azprov.errors import ProvisioningError
+
+    try:
+        size = os.stat(path)[6]
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as exc:
+        missing = exc.args and exc.args[0] == 2  # ENOENT
+        raise ProvisioningError(
+            errors.CONFIGURATION, "%s: %s %s" % (field, path, "does not exist" if missing else "cannot be read")
+        )
+    if size > MAX_CA_FILE_BYTES:
+        raise ProvisioningError(
+            errors.CONFIGURATION, "%s: %s is larger than %d bytes" % (field, path, MAX_CA_FILE_BYTES)
+        )
+    if not is_der(head):
+        return PemFile(path)
+    if size > MAX_DER_FILE_BYTES:
+        raise ProvisioningError(
+            errors.CONFIGURATION,
+            "%s: %s is a DER file larger than %d bytes (one certificate is expected)"
+            % (field, path, MAX_DER_FILE_BYTES),
+        )
+    with open(path, "rb") as f:
+        return f.read()

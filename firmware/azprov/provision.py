@@ -10,7 +10,7 @@ from micropython import const
 
 from azprov import __version__, dps, errors, log, policy, sas, transport
 from azprov.errors import ProvisioningError
-from azprov.store import read_text
+from azprov.pem import open_ca_file
 
 _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(60)
@@ -67,7 +67,7 @@ class Provisioner:
         cfg = self.config
         x509 = cfg["attestation"] == "x509"
         if self._ctx is None:
-            self._ctx, _ = transport.tls_context((read_text(cfg["dps_ca_file"], "dps_ca_file"),))
+            self._ctx, _ = transport.tls_context((open_ca_file(cfg["dps_ca_file"]),))
             if x509:
                 transport.use_client_certificate(self._ctx, cfg["client_certificates"], cfg["client_key"])
         if x509:

@@ -472,9 +472,9 @@ class Supervisor:
         else:
             if cfg["gateway_host"]:
                 log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
-            from azprov.store import read_text
+            from azprov.pem import open_ca_file
 
-            trust, source = (read_text(cfg["dps_ca_file"], "dps_ca_file"),), "dps_ca_file"
+            trust, source = (open_ca_file(cfg["dps_ca_file"]),), "dps_ca_file"
         identity = None
         issued = state.get("identity")
         if issued is not None:

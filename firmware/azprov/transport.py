@@ -16,9 +16,10 @@ from micropython import const
 
 from azprov import errors, watchdog
 from azprov.errors import ProvisioningError
-from azprov.pem import der_certificates
+from azprov.pem import PemError, der_certificates
 
 _POLL_SLICE_MS = const(50)
+_FEED_SLICE_MS = const(1000)  # the longest poll between two watchdog feeds (its timeout is at least 20 s)
 _COLLECT_BEFORE_BYTES = const(1024)
 _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
@@ -59,7 +60,8 @@ def too_large(n, free=None, streamed=False):
 
 
 def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
-    """A client context that trusts exactly the certificates in `pem_texts` (each loaded as DER, one by one) and
+    """A client context that trusts exactly the certificates in `pem_texts` (PEM text or lines, or a DER
+    certificate's bytes: see azprov.pem.der_certificates; each certificate loaded as DER, one by one) and
     requires a valid chain and a matching host name. Returns (context, number_of_certificates). Certificates
     that cannot be loaded give a `kind` error naming `source` (the file they came from)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -70,7 +72,11 @@ def tls_context(pem_texts, source="dps_ca_file", kind=errors.CONFIGURATION):
             for der in der_certificates(text):
                 ctx.load_verify_locations(cadata=der)
                 count += 1
-    except (ValueError, OSError) as exc:  # PemError is a ValueError; mbedTLS raises ValueError("invalid cert")
+    except (PemError, UnicodeError) as exc:  # not PEM text, or a certificate in it is broken
+        raise ProvisioningError(
+            kind, "%s: %s (a PEM file of certificates, or one DER certificate, is expected)" % (source, exc)
+        )
+    except (ValueError, OSError) as exc:  # mbedTLS raises ValueError("invalid cert")
         raise ProvisioningError(kind, "%s: certificate %d cannot be loaded: %s" % (source, count + 1, exc))
     if not count:
         raise ProvisioningError(kind, "%s: no CA certificate to verify the server with" % source)
@@ -145,8 +151,17 @@ class DeadlineSocket:
         self._blocking = flag
 
     def wait_readable(self, timeout_ms):
+        """True when data arrived within `timeout_ms`; the watchdog is fed before each slice of the wait."""
         self.flush()
-        return bool(self._poll.poll(timeout_ms))
+        self._poll.modify(self._tls, select.POLLIN)
+        end = time.ticks_add(time.ticks_ms(), timeout_ms)
+        while True:
+            watchdog.feed()
+            remaining = max(0, time.ticks_diff(end, time.ticks_ms()))
+            if self._poll.poll(min(remaining, _FEED_SLICE_MS)):
+                return True
+            if not remaining:
+                return False
 
     def _wait(self, deadline, events):
         remaining = time.ticks_diff(deadline, time.ticks_ms())
@@ -338,6 +353,39 @@ class _LegacySsl:
         return context.wrap_socket(sock, server_hostname=server_hostname)
 
 
+# errno values as the ports raise them: Linux (the Unix port) and newlib (ESP-IDF, where lwIP's errors land).
+_LINUX_ERRNO = {
+    101: "network unreachable",
+    103: "connection aborted",
+    104: "connection reset",
+    111: "connection refused",
+    113: "host unreachable",
+}
+_NEWLIB_ERRNO = {
+    104: "connection reset",
+    111: "connection refused",
+    113: "connection aborted",
+    114: "network unreachable",
+    118: "host unreachable",
+}
+
+
+def _network_words(code):
+    """(what a user reads, the code) for an OSError's first argument. A failed name lookup is a negative code
+    (CPython's gaierror -2/-3, an ESP32's -202) or, on the Unix port, the text "[addrinfo error -2]"."""
+    if isinstance(code, str):
+        if "addrinfo" not in code:
+            return "connection failed", code
+        code = code.strip("[]").split()[-1]
+        return "host name not found", code
+    if code == -1:
+        return "connection closed by the peer", code
+    if isinstance(code, int) and (-11 <= code <= -2 or -210 <= code <= -200):  # getaddrinfo's EAI_* (glibc, lwIP)
+        return "host name not found", code
+    table = _NEWLIB_ERRNO if sys.platform == "esp32" else _LINUX_ERRNO
+    return table.get(code, "connection failed"), code
+
+
 def classify(exc, context):
     """The ProvisioningError for an exception raised by socket, TLS or umqtt code while doing `context`."""
     if isinstance(exc, ProvisioningError):
@@ -346,7 +394,8 @@ def classify(exc, context):
         code = exc.args[0] if exc.args else None
         if code == 110 or code == 116:  # ETIMEDOUT (Linux errno / lwIP errno)
             return ProvisioningError(errors.TIMEOUT, "%s: no answer in time" % context)
-        return ProvisioningError(errors.NETWORK, "%s: connection failed (%s)" % (context, code))
+        words, code = _network_words(code)
+        return ProvisioningError(errors.NETWORK, "%s: %s (%s)" % (context, words, code))
     if isinstance(exc, ValueError):
         # mbedTLS reports verification failures as ValueError with its own text (wrong CA, host name mismatch).
         return ProvisioningError(errors.TLS_VERIFICATION, "%s: server certificate rejected: %s" % (context, exc))

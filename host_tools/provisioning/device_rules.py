@@ -27,7 +27,6 @@ import types
 from pathlib import Path
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
-CA_FILE_LIMIT = 64 * 1024  # the public DPS roots take about 5 KB; a device reads the whole file into its heap
 
 
 class RuleError(ValueError):
@@ -70,6 +69,11 @@ def firmware() -> types.SimpleNamespace:
 
 def max_file_bytes() -> int:
     return firmware().config._MAX_FILE_BYTES
+
+
+def ca_file_limit() -> int:
+    """The largest CA file the device takes (azprov.pem.MAX_CA_FILE_BYTES, measured on the 32-bit frozen build)."""
+    return firmware().pem.MAX_CA_FILE_BYTES
 
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
@@ -171,18 +175,39 @@ def judge_ca_text(text: str, where: str) -> int:
     return count
 
 
-def judge_ca_file(path: Path, field: str = "dps_ca_file", owner: str | Path | None = None) -> int:
-    prefix = f"{owner}: {field}: " if owner is not None else ""
-    try:
-        data = read_bounded(path, CA_FILE_LIMIT, "CA file")
-    except RuleError as exc:
-        raise RuleError(prefix + str(exc)) from None
+_CA_FORMS = "a PEM file of certificates, or one DER certificate, is expected"
+
+
+def judge_ca_bytes(data: bytes, where: str) -> int:
+    """The device's verdict on a CA file's bytes (azprov.pem.open_ca_file's forms): PEM text, or a DER file holding
+    one certificate. How many certificates it loads, or RuleError."""
+    fw = firmware()
+    if fw.pem.is_der(data[:2]):
+        if len(data) > fw.pem.MAX_DER_FILE_BYTES:
+            raise RuleError(
+                f"{where}: is a DER file larger than {fw.pem.MAX_DER_FILE_BYTES} bytes (one certificate is expected)"
+            )
+        try:
+            (der,) = fw.pem.der_certificates(data)
+        except fw.pem.PemError as exc:
+            raise RuleError(f"{where}: {exc} ({_CA_FORMS})") from None
+        try:
+            load_der_certificate(der)
+        except ValueError:
+            raise RuleError(f"{where}: certificate 1 is not a valid X.509 certificate") from None
+        return 1
     try:
         text = data.decode("utf-8")
     except UnicodeError:
-        raise RuleError(f"{prefix}{path}: CA file is not UTF-8") from None
+        raise RuleError(f"{where}: CA file is neither UTF-8 text nor DER ({_CA_FORMS})") from None
+    return judge_ca_text(text, where)
+
+
+def judge_ca_file(path: Path, field: str = "dps_ca_file", owner: str | Path | None = None) -> int:
+    prefix = f"{owner}: {field}: " if owner is not None else ""
     try:
-        return judge_ca_text(text, str(path))
+        data = read_bounded(path, ca_file_limit(), "CA file")
+        return judge_ca_bytes(data, str(path))
     except RuleError as exc:
         raise RuleError(prefix + str(exc)) from None
 

@@ -91,7 +91,7 @@ def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -
     No ca_file: the public DPS roots from certifi go to certs/dps-root.pem. A ca_file already under out_dir is named
     in place; one elsewhere is copied to certs/<its name>. An existing different file is replaced only with
     `overwrite`."""
-    from host_tools.provisioning.device_rules import CA_FILE_LIMIT, RuleError, judge_ca_text, read_bounded
+    from host_tools.provisioning.device_rules import RuleError, ca_file_limit, judge_ca_bytes, read_bounded
 
     out_dir = Path(out_dir)
     if ca_file is None:
@@ -100,7 +100,7 @@ def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -
     else:
         ca_file = Path(ca_file)
         try:
-            content = read_bounded(ca_file, CA_FILE_LIMIT, "CA file")
+            content = read_bounded(ca_file, ca_file_limit(), "CA file")
         except RuleError as exc:
             raise ProvisioningFileError(f"dps_ca_file (--ca-file): {exc}") from None
         where = str(ca_file)
@@ -110,11 +110,7 @@ def plan_ca_file(out_dir: Path, ca_file: Path | None, overwrite: bool = False) -
         except ValueError:
             name, in_place = f"certs/{ca_file.name}", False
     try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProvisioningFileError(f"{where}: CA file is not UTF-8") from None
-    try:
-        judge_ca_text(text, where)
+        judge_ca_bytes(content, where)
     except RuleError as exc:
         raise ProvisioningFileError(f"{exc} (the device would refuse it)") from None
     target = out_dir / name

@@ -102,6 +102,9 @@ def test_each_bad_file_is_a_configuration_error_naming_the_field():
         exc = _refused(function, *args)
         assert exc.kind == errors.CONFIGURATION, (expected, exc.kind)
         assert expected in exc.message, (expected, exc.message)
+    # A missing file: the field first, then the file (issue 21: "names the file but not the field").
+    assert _refused(identity.read_certificates, "missing.crt").message == "certificate_file: missing.crt does not exist"
+    assert _refused(identity.read_private_key, "missing.key").message == "private_key_file: missing.key does not exist"
 
 
 def test_cn_mismatch_names_both_and_expiry_is_judged_with_a_set_clock():
@@ -139,3 +142,28 @@ def test_connect_without_password():
     out = transport.drop_empty_password(long_packet)
     size = len(body) - 2
     assert bytes(out[:3]) == b"\x10" + bytes((size & 0x7F | 0x80, size >> 7)) and out[10] == 0x82
+
+
+def test_a_certificate_file_in_the_wrong_order_names_certificate_file():
+    # Issue 21, item 3: the intermediate (here the CA) first was reported as "private_key_file: does not belong".
+    assert der.certificate(_der("ROOT_DER"))["ca"] and not der.certificate(_der("EC_CERT_DER"))["ca"]
+    swapped = [_der("ROOT_DER"), _der("EC_CERT_DER")]
+    exc = _refused(identity.check, swapped, _der("EC_SEC1_DER"), "dev-ec", NOW)
+    assert exc.kind == errors.CONFIGURATION
+    assert exc.message == (
+        "certificate_file: the device certificate (the one private_key_file belongs to) is certificate 2 of 2; "
+        "it must come first, then its intermediates"
+    ), exc.message
+    # A PKCS#8 key read from a PEM file, the same verdict.
+    key = identity.read_private_key(_write("device.key", _pem("PRIVATE KEY", _der("EC_PKCS8_DER"))))
+    certificates = identity.read_certificates(_write("swapped.pem", "".join(_pem("CERTIFICATE", c) for c in swapped)))
+    assert "is certificate 2 of 2" in _refused(identity.check, certificates, key, "dev-ec", NOW).message
+    # A CA first, then a device certificate this key does not belong to: the CA is named.
+    ca_first = _refused(identity.check, [_der("ROOT_DER"), _der("RSA_CERT_DER")], _der("EC_SEC1_DER"), "dev-ec", NOW)
+    assert ca_first.message == (
+        "certificate_file: the first certificate (CN=fixture x509 root) is a CA; the device certificate must come "
+        "first, then its intermediates"
+    ), ca_first.message
+    # The right order with a key of another device is still the key's fault.
+    other = _refused(identity.check, [_der("EC_CERT_DER"), _der("ROOT_DER")], _der("OTHER_EC_SEC1_DER"), "dev-ec", NOW)
+    assert other.message.startswith("private_key_file: does not belong"), other.message

@@ -6,7 +6,7 @@ import sys
 
 from azprov import config, transport
 from azprov.errors import ProvisioningError
-from azprov.store import read_text
+from azprov.pem import open_ca_file
 
 for line in open(sys.argv[1]):
     path = line.strip()
@@ -14,7 +14,7 @@ for line in open(sys.argv[1]):
         continue
     try:
         cfg = config.load(path)
-        transport.tls_context((read_text(cfg["dps_ca_file"], "dps_ca_file"),))
+        transport.tls_context((open_ca_file(cfg["dps_ca_file"]),))
         print("OK", path)
     except ProvisioningError as exc:
         print("REFUSED", path, exc.kind, exc.message.replace("\n", " "))

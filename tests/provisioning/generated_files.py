@@ -8,10 +8,12 @@ nesting, encodings, JSON the two decoders read differently, and CA files with co
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.provisioning.device_rules import firmware
 from host_tools.provisioning.dps_roots import public_dps_roots_pem
 from host_tools.provisioning.validation import load_schema
 from tests.host_helpers import DEVICE_KEY
@@ -186,4 +188,15 @@ def generated_files() -> list[GeneratedFile]:
         ca=("-----BEGIN CERTIFICATE-----\n" + "\n".join(broken) + "\n-----END CERTIFICATE-----\n").encode(),
     )
     add("ca-private-key-block", document, ca=b"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
+    # A single DER certificate is taken as it is; two, or a cut one, are neither PEM nor one DER certificate.
+    der = base64.b64decode("".join(b64_lines))
+    add("ca-der", document, ca=der)
+    add("ca-der-two", document, ca=der + der)
+    add("ca-der-cut", document, ca=der[:-1])
+    add("ca-binary", document, ca=bytes(range(256)))
+    # The size limit, checked before the file is read (comment lines pad the file, which is otherwise good).
+    limit = firmware().pem.MAX_CA_FILE_BYTES
+    padding = b"# padding\n" * ((limit - len(good_ca)) // 10)
+    add("ca-at-limit", document, ca=good_ca + padding + b"#" * (limit - len(good_ca) - len(padding) - 1) + b"\n")
+    add("ca-over-limit", document, ca=good_ca + padding + b"#" * (limit - len(good_ca) - len(padding)) + b"\n")
     return files
