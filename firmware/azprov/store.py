@@ -57,15 +57,6 @@ def read_bounded(path, limit):
         return f.read()
 
 
-def read_text(path, what):
-    """A small text file named by the provisioning file (e.g. dps_ca_file); a CONFIGURATION error otherwise."""
-    try:
-        with open(path) as f:
-            return f.read()
-    except (OSError, UnicodeError):
-        raise ProvisioningError(errors.CONFIGURATION, "%s %s cannot be read" % (what, path))
-
-
 def write_atomic(path, data):
     tmp = path + _TMP
     with open(tmp, "w" if isinstance(data, str) else "wb") as f:
