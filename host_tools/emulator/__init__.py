@@ -15,6 +15,7 @@ dps.py            the DPS endpoint: CONNECT, register, poll, answers
 dps_auth.py       who a DPS client is: SAS token or X.509 certificate matched to an enrollment
 dps_result.py     the registration result (registrationState) and the assignment the gateway checks
 trust_bundle.py   the `trustBundle` object of a result
+issuance.py       certificate issuance (api-version 2025-07-01-preview): policies, CSR checks, the issued chain
 gateway.py        the IoT Edge gateway endpoint; hub.py the IoT Hub service side (twins, methods, C2D)
 control.py        using a running emulator as the IoT Hub service would be used
 limits.py         IoT Hub's size limits (C2D, twin sections, methods, telemetry) and the control port's bounds

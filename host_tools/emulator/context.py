@@ -46,6 +46,13 @@ class DeviceCredential:
     def x509(self) -> bool:
         return self.key is None
 
+    @property
+    def issuing_ca(self):
+        """Certificate issuance: the CA of the enrollment's policy, whose certificates (CN = device id) the gateway
+        takes from this device whatever its onboarding credential; None without a policy."""
+        policy = self.enrollment.issuance if self.enrollment is not None else None
+        return policy.ca_certificate if policy is not None else None
+
 
 class EmulatorContext:
     def __init__(
@@ -60,12 +67,14 @@ class EmulatorContext:
         gateway_hostname: str,
         faults: dict | None = None,
         rate_limit: float | None = None,
+        issued_certificates: JsonlLog | None = None,
     ):
         self.store = store
         self.pki = pki
         self.stats = stats
         self.registrations = registrations
         self.telemetry = telemetry
+        self.issued_certificates = issued_certificates  # certificate issuance: one record per certificate signed
         self.dps_hostname = dps_hostname
         self.gateway_hostname = gateway_hostname
         self.bundles = TrustBundleRegistry()

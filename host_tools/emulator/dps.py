@@ -29,11 +29,13 @@ from host_tools.emulator.dps_auth import AuthProblem, identify, parse_dps_userna
 from host_tools.emulator.dps_result import final_result, utc_now
 from host_tools.emulator.enrollments import Enrollment, EnrollmentError, Enrollments
 from host_tools.emulator.faults import FaultSet
+from host_tools.emulator.issuance import ISSUANCE_API_VERSION, CsrProblem, parse_csr
 from host_tools.emulator.sas import SasError, check_token
 from host_tools.emulator.trust_bundle import dotnet_datetime
 
-# api-version -> whether results carry `trustBundle`
-API_VERSIONS = {"2019-03-31": False, "2021-11-01-preview": True}
+# api-version -> whether results carry `trustBundle`. Certificate issuance (a `csr` in the register body) only with
+# ISSUANCE_API_VERSION; whether the service still sends trustBundle with it is unconfirmed: the emulator does.
+API_VERSIONS = {"2019-03-31": False, "2021-11-01-preview": True, ISSUANCE_API_VERSION: True}
 REGISTER_TOPIC = "$dps/registrations/PUT/iotdps-register/"
 POLL_TOPIC = "$dps/registrations/GET/iotdps-get-operationstatus/"
 SAMPLE_RESPONSE_TOPIC = "$dps/registrations/res/200/?$rid=1"
@@ -92,6 +94,8 @@ class Operation:
     attempts: int
     request_payload: Any
     polls: int = 0
+    csr: Any = None  # the checked CSR (issuance api-version only), signed when the enrollment has a policy
+    issued: Any = None  # the operational certificate signed for it (the same on every later poll)
 
 
 class DpsEndpoint(Endpoint):
@@ -278,13 +282,26 @@ class DpsEndpoint(Endpoint):
         self._maybe_drop(client, "register")
         faults = client.faults
 
-        request_payload, body_error = self._parse_register_body(packet.payload, registration_id)
+        request_payload, csr_text, body_error = self._parse_register_body(packet.payload, registration_id)
         if body_error:
             return await self._error(session, client, rid, 400, body_error, "register", attempts)
         if client.problem:
             return await self._error(
                 session, client, rid, client.problem.status, client.problem.reason, "register", attempts
             )
+        csr = None
+        if csr_text is not None:
+            if client.api_version != ISSUANCE_API_VERSION:
+                self.log.info(
+                    "%s: csr ignored (api-version %s has no certificate issuance)", session, client.api_version
+                )
+            else:
+                try:
+                    csr = parse_csr(csr_text, registration_id)
+                except CsrProblem as exc:
+                    return await self._error(
+                        session, client, rid, 400, str(exc), "register", attempts, error_code=exc.error_code
+                    )
         if self.ctx.rate_limiter is not None:
             allowed, wait_s = self.ctx.rate_limiter.try_acquire()
             if not allowed:
@@ -313,6 +330,7 @@ class DpsEndpoint(Endpoint):
             polls_remaining=faults.get("assigning_polls", 0),
             attempts=attempts,
             request_payload=request_payload,
+            csr=csr,
         )
         self.ctx.operations[operation.operation_id] = operation
         if len(self.ctx.operations) > MAX_OPERATIONS:  # a long fleet run: forget the oldest operations
@@ -329,19 +347,20 @@ class DpsEndpoint(Endpoint):
         self._maybe_drop(client, "202")
 
     @staticmethod
-    def _parse_register_body(payload: bytes, registration_id: str) -> tuple[Any, str | None]:
-        """Accepts `{"registrationId":..,"payload":..}`, `{"payload":..}` or an empty body."""
+    def _parse_register_body(payload: bytes, registration_id: str) -> tuple[Any, Any, str | None]:
+        """Accepts `{"registrationId":..,"payload":..}`, `{"payload":..}` or an empty body, each with or without
+        `"csr"` (certificate issuance). Returns (payload, csr as sent or None, problem)."""
         if not payload.strip():
-            return None, None
+            return None, None, None
         try:
             body = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return None, f"register body is not JSON ({exc})"
+            return None, None, f"register body is not JSON ({exc})"
         if not isinstance(body, dict):
-            return None, "register body is not a JSON object"
+            return None, None, "register body is not a JSON object"
         if "registrationId" in body and body["registrationId"] != registration_id:
-            return None, f"registrationId {body['registrationId']!r} in the body differs from the connection's"
-        return body.get("payload"), None
+            return None, None, f"registrationId {body['registrationId']!r} in the body differs from the connection's"
+        return body.get("payload"), body.get("csr"), None
 
     async def _poll(self, session: MqttSession, client: DpsClient, packet: mqtt.Publish) -> None:
         params = raw_query(packet.topic)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from host_tools.emulator import x509_auth
+from host_tools.emulator import issuance, x509_auth
 from host_tools.emulator.context import Assignment
 from host_tools.emulator.enrollments import ALLOCATION_ERRORS, Enrollment
 from host_tools.emulator.trust_bundle import dotnet_datetime
@@ -98,6 +98,9 @@ def final_result(ctx, client: DpsClient, operation: Operation) -> tuple[dict, di
         state["x509"] = _x509_state(client.certificate, enrollment)
     if enrollment.has_payload:
         state["payload"] = enrollment.payload
+    issued = _issue(ctx, operation, device_id, now)
+    if issued is not None:
+        state["issuedCertificateChain"] = issuance.chain_field(issued, enrollment.issuance)
     bundle_summary = None
     if client.preview:
         if enrollment.trust_bundle is None or client.faults.get("trust_bundle_null"):
@@ -129,9 +132,29 @@ def final_result(ctx, client: DpsClient, operation: Operation) -> tuple[dict, di
             generation_id=generation_id,
         )
     body = {"operationId": operation.operation_id, "status": "assigned", "registrationState": state}
-    return body, {
+    record = {
         "status": "assigned",
         "device_id": device_id,
         "assigned_hub": enrollment.assigned_hub,
         "trust_bundle": bundle_summary,
     }
+    if issued is not None:
+        record["issued_certificate"] = {
+            "serial": format(issued.serial_number, "X"),
+            "not_after": issued.not_valid_after_utc.isoformat(),
+        }
+    return body, record
+
+
+def _issue(ctx, operation: Operation, device_id: str, now):
+    """The operational certificate of this operation (signed at its first final answer, the same one on later polls):
+    only when the device sent a CSR and its enrollment has an issuance policy; None otherwise."""
+    policy = operation.enrollment.issuance
+    if operation.csr is None or policy is None:
+        return None
+    if operation.issued is None:
+        operation.issued = issuance.issue(policy, operation.csr, operation.registration_id, now)
+        record = issuance.issued_record(operation.issued, policy, operation.registration_id, device_id)
+        if ctx.issued_certificates is not None:
+            ctx.issued_certificates.append({"time": now.isoformat(timespec="milliseconds"), **record})
+    return operation.issued

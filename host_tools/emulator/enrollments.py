@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import jsonschema
 from cryptography import x509
 
-from host_tools.emulator import x509_auth
+from host_tools.emulator import issuance, x509_auth
 from host_tools.emulator.faults import GLOBAL_ONLY, FaultError, validate_faults
 from host_tools.emulator.sas import derive_device_key
 
@@ -41,8 +42,24 @@ _THUMBPRINT = {
     "type": "string",
     "pattern": r"^([0-9A-Fa-f]{2}:?){19}[0-9A-Fa-f]{2}(:?([0-9A-Fa-f]{2}:?){11}[0-9A-Fa-f]{2})?$",
 }
+_VALIDITY = {
+    "validity_days": {
+        "type": "integer",
+        "minimum": issuance.MIN_VALIDITY_DAYS,
+        "maximum": issuance.MAX_VALIDITY_DAYS,
+    },
+    # Emulator-only (compressed-time renewal tests): overrides validity_days.
+    "validity_seconds": {"type": "integer", "minimum": 1, "maximum": issuance.MAX_VALIDITY_SECONDS},
+}
+_POLICY_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,128}$"}
 _COMMON = {
     "assigned_hub": _HUB,
+    "certificate_issuance": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["policy"],
+        "properties": {"policy": _POLICY_NAME, **_VALIDITY},
+    },
     "trust_bundle": {"type": ["string", "null"]},
     "payload": {},
     "disabled": {"type": "boolean"},
@@ -77,6 +94,16 @@ SCHEMA = {
                 "properties": {
                     "certificates": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
                 },
+            },
+        },
+        "issuance_policies": {
+            "type": "object",
+            "propertyNames": _POLICY_NAME,
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["ca_certificate", "ca_key"],
+                "properties": {"ca_certificate": _FILE, "ca_key": _FILE, **_VALIDITY, "comment": {"type": "string"}},
             },
         },
         "individual": {
@@ -143,6 +170,7 @@ class Enrollment:
     attestation: str = field(default="symmetric_key", repr=False)  # or "x509"
     thumbprints: frozenset = frozenset()  # x509 individual: SHA-1/SHA-256 (upper-case hex) the device may present
     ca_certificate: Any = field(default=None, repr=False)  # x509 group: the CA certificate (cryptography object)
+    issuance: issuance.IssuancePolicy | None = None  # certificate issuance: the policy (validity as overridden here)
 
     @property
     def label(self) -> str:
@@ -168,6 +196,7 @@ class Enrollments:
     faults: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     trust_bundles: dict[str, list[str]] = field(default_factory=dict)
+    issuance_policies: dict[str, issuance.IssuancePolicy] = field(default_factory=dict)
     individual: dict[str, Enrollment] = field(default_factory=dict)
     groups: list[Enrollment] = field(default_factory=list)
     source: Path | None = None
@@ -253,6 +282,9 @@ def _describe(error) -> str:
             if rule == 1
             else f"must have at least {rule} {'characters' if kind == 'minLength' else 'items'}"
         )
+    if kind in ("minimum", "maximum"):
+        low, high = error.schema.get("minimum"), error.schema.get("maximum")
+        return f"must be between {low} and {high}" if low is not None and high is not None else f"breaks '{kind}'"
     if kind in ("maxLength", "maxItems"):
         return f"must have at most {rule} {'characters' if kind == 'maxLength' else 'items'}"
     return f"breaks the schema rule '{kind}'"
@@ -315,10 +347,24 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
                                 where, f"file {result.certificate_path(reference)} does not exist", source
                             )
 
+    for name, spec in document.get("issuance_policies", {}).items():
+        result.issuance_policies[name] = _load_policy(result, name, spec, source, check_files)
+
     def common(entry: dict, where: str) -> dict:
         bundle = entry.get("trust_bundle")
         if bundle is not None and bundle not in result.trust_bundles:
             raise EnrollmentError(f"{where}.trust_bundle", f"no trust bundle {bundle!r} in trust_bundles", source)
+        policy = None
+        if "certificate_issuance" in entry:
+            spec = entry["certificate_issuance"]
+            policy = result.issuance_policies.get(spec["policy"])
+            if policy is None:
+                raise EnrollmentError(
+                    f"{where}.certificate_issuance.policy",
+                    f"no policy {spec['policy']!r} in issuance_policies",
+                    source,
+                )
+            policy = dataclasses.replace(policy, validity=issuance.validity_of(spec, policy.validity))
         try:
             faults = validate_faults(entry.get("faults"), f"{where}.faults")
         except FaultError as exc:
@@ -335,6 +381,7 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
             allocation_error=(400207 if fails is True else (fails or None)),
             substatus=entry.get("substatus", "initialAssignment"),
             faults=faults,
+            issuance=policy,
         )
 
     device_ids: dict[str, str] = {}
@@ -389,6 +436,24 @@ def parse_enrollments(document: Any, source: Path | None = None, pki=None, check
             )
         )
     return result
+
+
+def _load_policy(result: Enrollments, name: str, spec: dict, source, check_files: bool) -> issuance.IssuancePolicy:
+    """An issuance policy: its CA certificate and key (read now, when files are checked) and its validity."""
+    validity = issuance.validity_of(spec, issuance.DEFAULT_VALIDITY)
+    if not check_files:
+        return issuance.IssuancePolicy(name, validity)
+    try:
+        cert, key = issuance.load_policy_ca(
+            result.certificate_path(spec["ca_certificate"]), result.certificate_path(spec["ca_key"])
+        )
+    except issuance.PolicyFileError as exc:
+        raise EnrollmentError(f"issuance_policies.{name}.{exc.field}", str(exc), source) from None
+    try:
+        x509_auth.check_dates(cert, "the CA certificate")
+    except x509_auth.CertificateProblem as exc:
+        raise EnrollmentError(f"issuance_policies.{name}.ca_certificate", str(exc), source) from None
+    return issuance.IssuancePolicy(name, validity, cert, key)
 
 
 def _load_ca_or_device(result: Enrollments, reference: str, where: str, source, ca: bool = False):

@@ -243,7 +243,9 @@ class GatewayEndpoint(ServiceSide, Endpoint):
         """edgeHub's X.509 paths: the certificate's SHA-1 or SHA-256 thumbprint is the device's, or (CA
         authentication) its CN is the device id and its chain leads to the device's CA. Not expired, not a CA."""
         not_authorized = mqtt.CONNACK_NOT_AUTHORIZED
-        candidates = [c for c in credentials if c.x509]
+        # An issued (operational) certificate authenticates any device whose enrollment has an issuance policy,
+        # whatever its onboarding credential.
+        candidates = [c for c in credentials if c.x509 or c.issuing_ca is not None]
         if not candidates:
             await self.refuse(session, not_authorized, f"device {device_id!r} does not authenticate with X.509")
             return None
@@ -257,20 +259,26 @@ class GatewayEndpoint(ServiceSide, Endpoint):
             return None
         prints = x509_auth.thumbprints(device)
         credential, reasons = None, []
+        issued = False
         for candidate in candidates:
             if prints & candidate.thumbprints:
                 credential = candidate
                 break
-            if candidate.ca_certificate is not None:
+            for anchor in (candidate.ca_certificate, candidate.issuing_ca):
+                if anchor is None:
+                    continue
                 try:
                     x509_auth.check_device_certificate(presented, device_id, "device id")
-                    x509_auth.chain_reaches(presented, candidate.ca_certificate)
+                    x509_auth.chain_reaches(presented, anchor)
                 except x509_auth.CertificateProblem as exc:
                     reasons.append(str(exc))
                     continue
-                credential = candidate
+                credential, issued = candidate, anchor is candidate.issuing_ca
                 break
-            reasons.append("thumbprint differs from the device's")
+            if credential is not None:
+                break
+            if candidate.thumbprints:
+                reasons.append("thumbprint differs from the device's")
         if credential is None:
             await self.refuse(session, not_authorized, f"certificate refused: {'; '.join(reasons)}")
             return None
@@ -281,6 +289,9 @@ class GatewayEndpoint(ServiceSide, Endpoint):
                 f"hub {hub!r} in the user name is not the device's hub {credential.assigned_hub!r}",
             )
             return None
+        if issued:
+            self.stats.incr(self.name, "issued_certificate_connections")
+            self.log.info("%s: %s authenticated with an issued certificate", session, device_id)
         return GatewayClient(device_id, credential.assigned_hub, self.ctx, credential.enrollment, None, 0)
 
     # ------------------------------------------------------------------------------ packets

@@ -104,6 +104,7 @@ class EmulatorServer:
             gateway_hostname=self.gateway_hostname,
             faults=self.initial_faults,
             rate_limit=self.rate_limit,
+            issued_certificates=JsonlLog(self.state_dir / "issued-certificates.jsonl"),
         )
         if self.record_credentials:
             self.ctx.credentials_received = JsonlLog(self.state_dir / CREDENTIALS_RECEIVED, secret=True)
@@ -128,6 +129,7 @@ class EmulatorServer:
             "twins": str(self.ctx.hub.twins.path),
             "control": {"host": "127.0.0.1", "port": control_port, "token": self.control.token},
             "registrations": str(self.ctx.registrations.path),
+            "issued_certificates": str(self.ctx.issued_certificates.path),
             "enrollments": str(self.enrollments_path),
             "id_scope": self.ctx.store.current().id_scope,
             "pid": os.getpid(),
@@ -149,6 +151,7 @@ class EmulatorServer:
         if self.ctx is not None:
             self.ctx.telemetry.close()
             self.ctx.registrations.close()
+            self.ctx.issued_certificates.close()
             if getattr(self.ctx, "credentials_received", None) is not None:
                 self.ctx.credentials_received.close()
             if self.ctx.hub is not None:
@@ -276,6 +279,12 @@ class Emulator:
 
     def registrations(self, registration_id: str | None = None) -> list[dict]:
         records = self.server.ctx.registrations.records()
+        return [r for r in records if registration_id is None or r["registration_id"] == registration_id]
+
+    def issued_certificates(self, registration_id: str | None = None) -> list[dict]:
+        """Certificates DPS signed in this run (issued-certificates.jsonl): registration_id, device_id, policy, serial
+        (upper-case hex), subject_cn, issuer, not_before, not_after (ISO 8601, UTC)."""
+        records = self.server.ctx.issued_certificates.records()
         return [r for r in records if registration_id is None or r["registration_id"] == registration_id]
 
     def wait_for_telemetry(self, count: int = 1, timeout: float = 10, device_id: str | None = None) -> list[dict]:

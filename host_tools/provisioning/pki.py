@@ -11,6 +11,7 @@ Keys are written unencrypted with mode 0600: this is test PKI, never use it for 
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import click
@@ -86,7 +87,6 @@ _DESCRIPTIONS = {
 @click.option(
     "--out",
     "out_dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the PKI files (created if absent; valid files in it are reused).",
 )
@@ -113,8 +113,15 @@ _DESCRIPTIONS = {
     "(repeatable): <id>.pem (device + intermediate) and <id>-key.pem (mode 0600).",
 )
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec", show_default=True, help="Device key type.")
+@click.option(
+    "--issuance-ca",
+    "issuance_ca",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Make (or reuse) a certificate-issuance policy CA for the emulator in this folder: ca.pem and ca-key.pem "
+    "(EC P-384, key mode 0600).",
+)
 def pki_command(
-    out_dir: Path,
+    out_dir: Path | None,
     gateway_host: str | None,
     ips: tuple[str, ...],
     dps_host: str,
@@ -122,20 +129,45 @@ def pki_command(
     devices: tuple[str, ...],
     key_type: str,
     profile: str,
+    issuance_ca: Path | None,
 ):
     """Write a demo trust root, edge CA and gateway server certificate (plus the emulator's DPS certificates); with
-    --x509-group-ca / --device, an X.509 enrollment-group CA (root + intermediate) and device certificates.
+    --x509-group-ca / --device, an X.509 enrollment-group CA (root + intermediate) and device certificates; with
+    --issuance-ca DIR, a certificate-issuance policy CA for the emulator's enrollment file.
 
     The folder can serve as the emulator's PKI folder (STATE_DIR/pki) and as test material for a lab IoT Edge
     gateway: edge-ca.pem / edge-ca-key.pem as its edge CA, trust-root.pem as its trust bundle."""
     from rich.console import Console
 
-    if not gateway_host and not x509_group_ca and not devices:
-        raise click.UsageError("give --gateway-host (gateway PKI), --x509-group-ca or --device (X.509 devices)")
+    if not gateway_host and not x509_group_ca and not devices and not issuance_ca:
+        raise click.UsageError(
+            "give --gateway-host (gateway PKI), --x509-group-ca or --device (X.509 devices), or --issuance-ca DIR"
+        )
+    if (gateway_host or x509_group_ca or devices) and out_dir is None:
+        raise click.UsageError("--gateway-host, --x509-group-ca and --device need --out DIR")
+    if issuance_ca:
+        _issuance_ca_command(issuance_ca)
     if x509_group_ca or devices:
         _x509_command(out_dir, devices, key_type, Console(width=max(Console().width, 120)))
     if gateway_host:
         _gateway_pki_command(out_dir, gateway_host, ips, dps_host, profile)
+
+
+def _issuance_ca_command(folder: Path) -> None:
+    from host_tools.provisioning.issuance_ca import ensure_issuance_ca
+
+    try:
+        ca = ensure_issuance_ca(folder)
+        cert = load_certificates(ca.certificate)[0]
+    except (PkiError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    subject = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    click.echo(
+        f"{ca.certificate}: issuance policy CA {subject!r}, EC P-384, expires {cert.not_valid_after_utc:%Y-%m-%d} ({ca.action})"
+    )
+    click.echo(f"{ca.key}: its private key (mode 0600, never shown) ({ca.action})")
+    click.echo("enrollment file: " + json.dumps({"issuance_policies": {"default": ca.policy()}}))
+    click.echo('and in an enrollment: "certificate_issuance": {"policy": "default"}')
 
 
 def _x509_command(out_dir: Path, devices, key_type: str, console) -> None:

@@ -118,6 +118,12 @@ def settings_options(func):
             "--sas-ttl", "sas_ttl_s", type=int, default=3600, show_default=True, help="SAS token lifetime (seconds)."
         ),
         click.option("--force-reprovision", is_flag=True, help="Register again at every boot."),
+        click.option(
+            "--certificate-issuance",
+            is_flag=True,
+            help="Ask DPS for an operational certificate (a CSR in the registration; DPS preview api-version "
+            "2025-07-01-preview) and use it with the gateway.",
+        ),
         click.option("--wifi-ssid", help="Wi-Fi network for ESP32 boards."),
         click.option(
             "--wifi-password", envvar="AZPROV_WIFI_PASSWORD", help="Wi-Fi password [env AZPROV_WIFI_PASSWORD]."
@@ -152,6 +158,7 @@ def settings_from_options(
     force_reprovision,
     wifi_ssid,
     wifi_password,
+    certificate_issuance=False,
 ) -> DeviceSettings:
     parsed_payload = None
     if wifi_password is not None and not wifi_ssid:
@@ -178,6 +185,7 @@ def settings_from_options(
         force_reprovision=force_reprovision,
         wifi_ssid=wifi_ssid,
         wifi_password=wifi_password,
+        certificate_issuance=certificate_issuance,
     )
 
 
@@ -317,13 +325,45 @@ def validate(files, no_ca_check, group_ca):
 
 
 @provision_file.command("show")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 def show(file):
-    """Print a provisioning file with its secrets hidden."""
+    """Print a provisioning file with its secrets hidden (FILE, or a flash folder holding provisioning.json), and the
+    operational certificate the device stored after certificate issuance, if any (never its key)."""
     from rich.console import Console
 
+    from host_tools.provisioning.stored_identity import read_stored_identity, storage_folder
+
+    if file.is_dir():
+        file = file / "provisioning.json"
     try:
         config = validate_provisioning_file(file, check_ca=False)
     except ProvisioningFileError as exc:
         raise click.ClickException(str(exc)) from None
-    Console().print(_summary_table(file, config, "set"))
+    console = Console(width=max(Console().width, 100))
+    console.print(_summary_table(file, config, "set"))
+    identity = read_stored_identity(storage_folder(file, config))
+    if identity is not None:
+        console.print(_identity_table(identity))
+
+
+def _identity_table(identity):
+    """One row per field of each stored certificate (leaf first); the key file only as present or absent."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from host_tools.provisioning.stored_identity import IDENTITY_KEY, validity_words
+
+    table = Table(title=escape(f"operational certificate {identity.certificate_file}"), show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value")
+    if identity.problem:
+        table.add_row("problem", escape(identity.problem))
+    for index, cert in enumerate(identity.certificates, 1):
+        what = "device" if index == 1 else "issuer"
+        table.add_row(f"{index} ({what}) subject", escape(cert.subject.rfc4514_string()))
+        table.add_row("issuer", escape(cert.issuer.rfc4514_string()))
+        table.add_row("serial", format(cert.serial_number, "X"))
+        table.add_row("valid from", f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z")
+        table.add_row("valid until", f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z ({validity_words(cert)})")
+    table.add_row(IDENTITY_KEY, ("present" if identity.key_present else "absent") + " (never shown)")
+    return table

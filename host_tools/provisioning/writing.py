@@ -32,6 +32,7 @@ class DeviceSettings:
     force_reprovision: bool = False
     wifi_ssid: str | None = None
     wifi_password: str | None = None
+    certificate_issuance: bool = False
 
     def config(self, registration_id: str, symmetric_key: str, dps_ca_file: str) -> dict:
         config = {
@@ -50,6 +51,8 @@ class DeviceSettings:
         }
         if self.force_reprovision:
             config["force_reprovision"] = True
+        if self.certificate_issuance:
+            config["certificate_issuance"] = True
         if self.wifi_ssid:
             config["wifi"] = {"ssid": self.wifi_ssid, "password": self.wifi_password or ""}
         return config
