@@ -1,18 +1,22 @@
-"""The operational certificate a device keeps after certificate issuance (docs/design.md "Device storage"):
-`identity.pem` (the issued chain, leaf first, PEM) and `identity.key` (its private key) in the device's storage_dir.
-`provision-file show` lists the certificates; the key file is only said to be there, never read."""
+"""The operational certificate a device keeps after certificate issuance (docs/design.md "Device storage"): the
+`identity` entry of state.json in the device's storage_dir, `{"chain": [base64 DER, leaf first], "key": <base64 SEC1>,
+"not_before", "not_after", ...}`, committed together with the assignment. `provision-file show` lists the
+certificates; of the key it only says whether one is there, never its value."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 
-IDENTITY_CERTIFICATE = "identity.pem"
-IDENTITY_KEY = "identity.key"
-IDENTITY_LIMIT = 16 * 1024  # three P-384 certificates take about 3 KB
+STATE_FILE = "state.json"
+IDENTITY_KEY = "private key"
+STATE_LIMIT = 16 * 1024  # the device's own bound on state.json
 
 
 @dataclass
@@ -33,19 +37,27 @@ def read_stored_identity(storage_dir: Path) -> StoredIdentity | None:
     """The stored operational certificate chain, or None when the device has none."""
     from host_tools.provisioning.device_rules import RuleError, read_bounded
 
-    path = Path(storage_dir) / IDENTITY_CERTIFICATE
+    path = Path(storage_dir) / STATE_FILE
     if not path.exists() and not path.is_symlink():
         return None
-    identity = StoredIdentity(path, (Path(storage_dir) / IDENTITY_KEY).is_file())
     try:
-        data = read_bounded(path, IDENTITY_LIMIT, "operational certificate file")
+        state = json.loads(read_bounded(path, STATE_LIMIT, "stored state"))
     except RuleError as exc:
-        identity.problem = str(exc)
-        return identity
+        return StoredIdentity(path, False, problem=str(exc))
+    except (ValueError, UnicodeError):
+        return StoredIdentity(path, False, problem=f"{path}: is not JSON")
+    issued = state.get("identity") if isinstance(state, dict) else None
+    if issued is None:
+        return None
+    if not isinstance(issued, dict):
+        return StoredIdentity(path, False, problem=f"{path}: identity is not an object")
+    identity = StoredIdentity(path, isinstance(issued.get("key"), str) and bool(issued.get("key")))
     try:
-        identity.certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        identity.problem = f"{path}: holds no PEM certificate"
+        identity.certificates = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in issued.get("chain") or []]
+    except (ValueError, TypeError, binascii.Error):
+        identity.problem = f"{path}: identity.chain holds something that is not a certificate"
+    if not identity.certificates and identity.problem is None:
+        identity.problem = f"{path}: identity.chain holds no certificate"
     return identity
 
 

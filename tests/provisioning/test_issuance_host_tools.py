@@ -107,6 +107,31 @@ def _issued_chain(registration_id: str, ca_folder, validity: dt.timedelta) -> tu
     return pem, key_pem
 
 
+def _store_identity(storage, pem, key_pem):
+    """The identity as the firmware commits it: inside state.json (chain as base64 DER, the key as base64 DER)."""
+    certs = x509.load_pem_x509_certificates(pem)
+    key = ""
+    if key_pem is not None:
+        private = serialization.load_pem_private_key(key_pem, None)
+        key = base64.b64encode(
+            private.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        ).decode()
+    state = {
+        "version": 1,
+        "assignment": {"assigned_hub": "h", "device_id": "iss-1"},
+        "trust_bundle": None,
+        "identity": {
+            "key": key,
+            "chain": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs],
+            "not_before": int(certs[0].not_valid_before_utc.timestamp()),
+            "not_after": int(certs[0].not_valid_after_utc.timestamp()),
+        },
+    }
+    (storage / "state.json").write_text(json.dumps(state))
+
+
 def test_show_lists_the_stored_operational_certificate_never_its_key(tmp_path):
     flash = tmp_path / "flash"
     assert _create(flash / "provisioning.json", "--certificate-issuance").returncode == 0
@@ -116,8 +141,7 @@ def test_show_lists_the_stored_operational_certificate_never_its_key(tmp_path):
     pem, key_pem = _issued_chain("iss-1", tmp_path / "ca", dt.timedelta(days=30))
     storage = flash / "azprov_state"
     storage.mkdir()
-    (storage / "identity.pem").write_bytes(pem)
-    (storage / "identity.key").write_bytes(key_pem)
+    _store_identity(storage, pem, key_pem)
     leaf, ca = x509.load_pem_x509_certificates(pem)
 
     for target in (flash, flash / "provisioning.json"):
@@ -128,7 +152,7 @@ def test_show_lists_the_stored_operational_certificate_never_its_key(tmp_path):
         assert ca.subject.rfc4514_string() in out  # the leaf's issuer and the CA's own subject
         assert format(leaf.serial_number, "X") in out
         assert f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z (valid, 29 d" in out
-        assert "identity.key" in out and "present (never shown)" in out
+        assert "private key" in out and "present (never shown)" in out
         assert "PRIVATE KEY" not in out + proc.stderr
         for line in key_pem.decode().splitlines()[1:-1]:
             assert line not in out + proc.stderr
@@ -140,13 +164,15 @@ def test_show_says_when_the_stored_certificate_expired_or_is_unreadable(tmp_path
     storage = flash / "azprov_state"
     storage.mkdir()
     pem, _ = _issued_chain("iss-1", tmp_path / "ca", dt.timedelta(seconds=1))
-    (storage / "identity.pem").write_bytes(pem)
+    _store_identity(storage, pem, None)
     leaf = x509.load_pem_x509_certificates(pem)[0]
     while dt.datetime.now(dt.UTC) <= leaf.not_valid_after_utc:
         time.sleep(0.1)
     proc = run_cli("provision-file", "show", str(flash))
     assert proc.returncode == 0 and "(expired)" in proc.stdout and "absent (never shown)" in proc.stdout
 
-    (storage / "identity.pem").write_text("not a certificate\n")
+    state = json.loads((storage / "state.json").read_text())
+    state["identity"]["chain"] = ["bm90IGEgY2VydGlmaWNhdGU="]
+    (storage / "state.json").write_text(json.dumps(state))
     proc = run_cli("provision-file", "show", str(flash))
-    assert proc.returncode == 0 and "holds no PEM certificate" in proc.stdout, proc.stdout
+    assert proc.returncode == 0 and "not a certificate" in proc.stdout, proc.stdout
