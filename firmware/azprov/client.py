@@ -31,6 +31,10 @@ def _log_too_large(topic, message):
     pairs = [("topic", _shown(topic)), ("bytes", message.too_large), ("action", hub.too_large_action(message.kind))]
     if message.version is not None:
         pairs.append(("version", message.version))
+    if message.properties:
+        pairs.append(("mid", message.properties.get("$.mid", "-")))
+    if message.name is not None:
+        pairs.append(("method", message.name))
     log.warning("cloud_message_too_large", *pairs)
 
 
