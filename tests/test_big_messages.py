@@ -121,6 +121,7 @@ def test_messages_of_every_size_class_keep_the_connection_and_telemetry(emulator
         _wait_reported(service, "big-dev", lambda r: "azprov" in r)
         _telemetry_goes_on(dev)
         fates = _exercise(service, dev, "big-dev", 1)
+        print("fates", dev_folder.runtime, heap, fates)
         _check_fates(fates, small_heap)
         _telemetry_goes_on(dev)
         assert len(dev.events("gateway_verified")) == 1, dev.output[-4000:]
