@@ -122,3 +122,13 @@ def test_a_packet_over_the_limit_is_refused_by_its_length_before_it_is_read():
         assert exc.kind == "malformed_response" and "exceeds the 4096-byte limit" in exc.message, exc.message
     assert connection._sock.at == 3  # the fixed header only: the topic and payload were never read
     assert transport.DEFAULT_MAX_PACKET > 128 * 1024 + 1024  # IoT Hub's largest message to a device is admitted
+
+
+def test_a_small_message_is_not_refused_while_the_heap_has_room_for_it():
+    # A 2.7 KB DPS answer with 14 KB free: admitted (its parsed form and a little more), while a large message still
+    # keeps the full PACKET_HEADROOM free after it.
+    assert 2700 + transport.headroom(2700) <= 14 * 1024
+    assert transport.headroom(2700) < transport.PACKET_HEADROOM
+    assert transport.headroom(60000) == transport.PACKET_HEADROOM
+    error = transport.too_large(20000, 16384, need=42000)
+    assert error.kind == "out_of_memory" and "20000-byte" in error.message and "42000 needed" in error.message
