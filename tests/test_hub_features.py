@@ -23,8 +23,8 @@ APP = Path(__file__).parent / "apps" / "hub_app.py"
 class RunningDevice:
     """A device process whose output lines are collected as they come."""
 
-    def __init__(self, dev, script: str = "main.py"):
-        self.proc = start_device(dev.root, script=script, runtime=dev.runtime)
+    def __init__(self, dev, script: str = "main.py", heapsize=None):
+        self.proc = start_device(dev.root, script=script, runtime=dev.runtime, heapsize=heapsize)
         self.lines: list[str] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -50,6 +50,9 @@ class RunningDevice:
                 raise AssertionError(f"no {count}x {name} in time; output:\n" + self.output[-4000:])
             with self._changed:
                 self._changed.wait(0.2)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     @property
     def output(self) -> str:

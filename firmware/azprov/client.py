@@ -14,9 +14,28 @@ from azprov.errors import ProvisioningError
 
 _REQUEST_TIMEOUT_MS = const(15000)
 _WAIT_SLICE_MS = const(1000)
-_QUEUE_LIMIT = const(16)  # messages held while waiting for an answer; QoS 1 beyond it is left to redelivery
+# Bytes of messages held while waiting for an answer or for poll(): past it a QoS 1 message is left to redelivery
+# (not acknowledged), a QoS 0 one (a method, a desired patch) is handled as too large. Twin answers are always taken.
+_QUEUE_BYTES = const(16384)
 _ANSWERED_KEPT = const(8)  # method request ids remembered, so a redelivered request is not answered twice
 HANDLER_FAILED = "handler_failed"
+
+
+def _shown(topic):
+    # A topic as logged: text, and not the whole of a long property bag.
+    text = bytes(topic).decode() if not isinstance(topic, str) else topic
+    return text if len(text) <= 96 else text[:93] + "..."
+
+
+def _log_too_large(topic, message):
+    pairs = [("topic", _shown(topic)), ("bytes", message.too_large), ("action", hub.too_large_action(message.kind))]
+    if message.version is not None:
+        pairs.append(("version", message.version))
+    if message.properties:
+        pairs.append(("mid", message.properties.get("$.mid", "-")))
+    if message.name is not None:
+        pairs.append(("method", message.name))
+    log.warning("cloud_message_too_large", *pairs)
 
 
 def _handler_error(what, exc):
@@ -47,7 +66,8 @@ class Client:
         self._sync = hub.DesiredSync()
         self._twin_used = False
         self._subscribed = []
-        self._queue = []
+        self._queue = []  # (topic, body, pid, generation, bytes held)
+        self._queued = 0  # bytes held in the queue
         self._generation = 0
         self._next_rid = 0
         self._answered = []
@@ -105,7 +125,7 @@ class Client:
     def twin(self):
         """The full twin {"desired": {...}, "reported": {...}} (each with "$version")."""
         self._twin_used = True
-        return self.supervisor.attempt(lambda: hub.twin_document(self._request(hub.twin_get_topic, b" ", "twin GET")))
+        return self.supervisor.attempt(self._twin)
 
     def report(self, patch):
         """Merges `patch` into the reported properties (None deletes a property); returns the new reported
@@ -152,6 +172,13 @@ class Client:
         topic = hub.telemetry_topic(self.device_id, properties, **(system or {}))
         self.gateway.publish(topic, payload, "telemetry")
 
+    def _twin(self):
+        message = self._request(hub.twin_get_topic, b" ", "twin GET")
+        if message.too_large is not None:
+            _log_too_large("$iothub/twin/res/%d/?$rid=%s" % (message.status, message.rid), message)
+            message.error.judged = True  # the answer came, too large to hold: asking again would not help
+        return hub.twin_document(message)
+
     def _report(self, body):
         message = self._request(hub.reported_patch_topic, body, "reported patch")
         if message.error is not None:
@@ -178,9 +205,11 @@ class Client:
         # QoS 1 messages of the connection that is gone will come again: holding them would crowd out the answers
         # this connection's requests wait for.
         kept = []
+        self._queued = 0
         for item in self._queue:
             if item[2] is None:
                 kept.append(item)
+                self._queued += item[4]
         self._queue = kept
         self._subscribe()
         if self._desired is not None:
@@ -192,19 +221,40 @@ class Client:
         )
 
     def on_message(self, topic, body, pid):
-        """Every PUBLISH the hub sends, from inside the connection's read: queued for poll()."""
-        if len(self._queue) >= _QUEUE_LIMIT and not bytes(topic).startswith(b"$iothub/twin/res/"):
+        """Every PUBLISH the hub sends, from inside the connection's read: queued for poll(). A payload the
+        connection streams (transport.PayloadStream, from 1 KB on) is held when the free heap can hold and handle it,
+        else read past and queued as hub.TooLarge, so that poll() acknowledges, answers or logs it."""
+        kind = hub.kind_of(topic)
+        streamed = not isinstance(body, (bytes, bytearray))
+        size = body.size if streamed else len(body)
+        if kind != hub.TWIN_RESPONSE and self._queued >= _QUEUE_BYTES:
             # A twin answer is always taken: a request is waiting for it, and a backlog must not keep it out.
-            log.warning("cloud_message_deferred", ("topic", bytes(topic).decode()), ("queued", len(self._queue)))
-            return  # not acknowledged: a QoS 1 message comes again
-        self._queue.append((topic, body, pid, self._generation))
+            if streamed:
+                body.skip()
+            if pid is not None:
+                log.warning(
+                    "cloud_message_deferred", ("topic", _shown(topic)), ("bytes", size), ("queued", self._queued)
+                )
+                return  # not acknowledged: a QoS 1 message comes again
+            body = hub.TooLarge(size)  # a QoS 0 one would be lost: answered or logged as too large
+        elif streamed:
+            held = body.take(size + hub.handling_bytes(kind, size))
+            body = held if held is not None else hub.TooLarge(size)
+        self._queue.append((topic, body, pid, self._generation, len(body)))
+        self._queued += len(body)
 
     def _sync_twin(self):
         # What changed while we were away: the whole desired section, when newer than the last handed over.
-        twin = hub.twin_document(self._request(hub.twin_get_topic, b" ", "twin GET"))
+        message = self._request(hub.twin_get_topic, b" ", "twin GET")
+        if message.too_large is not None:
+            # Read past, not handed over: the desired version handed over last stays, so the next patch (or the twin
+            # after the next connect, when it fits) is still handed over.
+            _log_too_large("$iothub/twin/res/%d/?$rid=%s" % (message.status, message.rid), message)
+            return
+        twin = hub.twin_document(message)
         missed = self._sync.on_twin(twin["desired"])
         if missed is not None:
-            self._queue.insert(0, (None, missed, None, self._generation))
+            self._queue.insert(0, (None, missed, None, self._generation, 0))
 
     def _wanted(self):
         wanted = []
@@ -266,7 +316,7 @@ class Client:
                 except ProvisioningError:
                     continue  # left for dispatch, which logs it
                 if message.rid == rid:
-                    self._queue.pop(index)
+                    self._queued -= self._queue.pop(index)[4]
                     return message
         return None
 
@@ -283,28 +333,41 @@ class Client:
         self._dispatching = True
         try:
             while self._queue:
-                topic, body, pid, generation = self._queue.pop(0)
+                topic, body, pid, generation, size = self._queue.pop(0)
+                self._queued -= size
                 if pid is not None and generation != self._generation:
                     continue  # a QoS 1 message of a connection that is gone: the hub delivers it again
                 if topic is None:
                     self._give_desired(body[0], body[1])
                 else:
-                    self._handle(topic, body)
+                    message = self._parse(topic, body)
+                    body = None  # the raw payload is not held while its parsed form is handled
+                    if message is not None:
+                        self._handle(topic, message)
+                        message = None
                 self._ack(pid, generation)
         finally:
             self._dispatching = False
 
-    def _handle(self, topic, body):
+    def _parse(self, topic, body):
         try:
-            message = hub.parse(self.device_id, topic, body)
+            return hub.parse(self.device_id, topic, body)
         except ProvisioningError as exc:
             log.error("cloud_message_rejected", *exc.fields())
-            return
+            return None
+
+    def _handle(self, topic, message):
         kind = message.kind
+        if message.too_large is not None:
+            _log_too_large(topic, message)
+            if kind == hub.C2D:
+                self.c2d_received += 1
         if kind == hub.METHOD:
             self._answer(message)
+        elif message.too_large is not None:
+            return  # logged above: a C2D message is acknowledged after this, a desired patch or twin answer skipped
         elif message.error is not None:
-            log.error("cloud_message_rejected", ("topic", bytes(topic).decode()), *message.error.fields())
+            log.error("cloud_message_rejected", ("topic", _shown(topic)), *message.error.fields())
         elif kind == hub.DESIRED:
             if self._desired is not None and self._sync.on_patch(message.version):
                 self._give_desired(message.body, message.version)
@@ -337,21 +400,29 @@ class Client:
         if len(self._answered) > _ANSWERED_KEPT:
             self._answered.pop(0)
         handler = self._methods.get(message.name)
-        if message.error is not None:
+        body = None
+        if message.too_large is not None:
+            # Logged by _handle; the caller learns why instead of waiting for its timeout.
+            status, payload = 413, {"error": message.error.message}
+        elif message.error is not None:
             log.error("cloud_message_rejected", ("method", message.name), *message.error.fields())
             status, payload = 400, {"error": message.error.message}
         elif handler is None:
             status, payload = 404, {"error": "no method named %s" % message.name}
         else:
             try:
-                status, payload = handler(message.body)
+                request, message.body = message.body, None
+                status, payload = handler(request)
+                request = None
                 if not isinstance(status, int):
                     raise TypeError("status %r is not a whole number" % (status,))
-                hub.method_response_body(payload)
+                body = hub.method_response_body(payload)
             except Exception as exc:
                 error = _handler_error("method %s" % message.name, exc)
                 status, payload = 500, {"error": error.message}
-        body = hub.method_response_body(payload)
+        if body is None:
+            body = hub.method_response_body(payload)
+        payload = None  # a large answer is held once, as the JSON text that goes out
         self.methods_answered += 1
         log.info("method_answered", ("name", message.name), ("status", status))
         self.gateway.publish(hub.method_response_topic(status, rid), body, "method response")

@@ -11,6 +11,9 @@ HUB_API_VERSION = "2021-04-12"
 _IO_TIMEOUT_MS = const(15000)
 # Renew when this share of the token's lifetime has passed.
 _RENEW_AT_PERCENT = const(80)
+# Payloads from this size on are handed to the listener still in the socket (transport.PayloadStream): it holds
+# them when the free heap can, else reads past them; smaller ones are read whole.
+_STREAM_OVER = const(1024)
 
 
 def username(hub, device_id):
@@ -107,6 +110,7 @@ class Gateway:
             on_message=self._on_cloud_message,
             context="gateway",
         )
+        self.connection.stream_over = _STREAM_OVER
         self._last_ping = self.clock.ticks_ms()
         log.info("gateway_verified", ("host", self.host), ("port", self.port), ("hub", self.hub))
         if self.listener is not None:
@@ -121,7 +125,8 @@ class Gateway:
             self.listener.on_message(topic, body, pid)
             return
         # Without a listener nothing is subscribed; whatever the hub still sends is noted, acknowledged and dropped.
-        log.info("cloud_message_ignored", ("topic", bytes(topic).decode()), ("bytes", len(body)))
+        size = len(body) if isinstance(body, (bytes, bytearray)) else body.size  # a stream is read past after this
+        log.info("cloud_message_ignored", ("topic", bytes(topic).decode()), ("bytes", size))
         if pid is not None:
             self.connection.ack(pid)
 

@@ -39,6 +39,54 @@ _TWIN_RES = "$iothub/twin/res/"
 _DESIRED = "$iothub/twin/PATCH/properties/desired/"
 _METHOD = "$iothub/methods/POST/"
 
+# What the client does with a message it cannot hold (Message.too_large), by kind: MQTT gives a device no way to
+# refuse a message, so a C2D message is acknowledged (else the hub sends it again on every connect), a method is
+# answered 413, a desired patch or twin answer is read past and logged.
+ACKNOWLEDGED = "acknowledged"
+ANSWERED_413 = "answered_413"
+SKIPPED = "skipped"
+
+
+class TooLarge:
+    """Stands for a payload of `size` bytes the device read past without holding (too large for its free heap)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return 0  # holds nothing
+
+
+def kind_of(topic):
+    """The kind of message a topic (bytes or str) announces, read before its payload: TWIN_RESPONSE, DESIRED, METHOD,
+    or C2D for anything else (parse() checks the device id and says what is wrong)."""
+    if isinstance(topic, str):
+        topic = topic.encode()
+    if topic.startswith(b"$iothub/twin/res/"):
+        return TWIN_RESPONSE
+    if topic.startswith(b"$iothub/twin/PATCH/properties/desired/"):
+        return DESIRED
+    if topic.startswith(b"$iothub/methods/POST/"):
+        return METHOD
+    return C2D
+
+
+def handling_bytes(kind, size):
+    """Heap a `size`-byte payload of `kind` needs besides itself to be handled: a C2D body is handed over as it is
+    (a little for its property bag), a JSON one is parsed (its parsed form is about its own size again)."""
+    if kind == C2D:
+        return 1024
+    return size + 2048
+
+
+def too_large_action(kind):
+    """What the client does with a message of `kind` it cannot hold (ACKNOWLEDGED, ANSWERED_413 or SKIPPED)."""
+    if kind == C2D:
+        return ACKNOWLEDGED
+    if kind == METHOD:
+        return ANSWERED_413
+    return SKIPPED
+
 
 def _encode_name(name):
     # "$.ct" keeps its "$." (IoT Hub accepts it raw and edgeHub matches it so); the rest is percent-encoded.
@@ -195,9 +243,12 @@ class Message:
     twin_response: status, rid, version (reported $version on 204, or None), body (dict or None)
     desired: version, body (the patch without "$version")
     method: name, rid, body (the request's JSON value or None)
-    c2d: properties (dict, "$." names for system properties), body (bytes as received)
+    c2d: properties (dict, "$." names for system properties), body (bytes as received; a bytearray when it was
+         received in pieces, from 1 KB on: not copied again)
     `error` is a ProvisioningError when the message was recognised but is unusable (the shell still answers
-    or acknowledges it); then `body` is None."""
+    or acknowledges it); then `body` is None. `too_large` is the payload's size when it could not be held (read
+    past, or too large to parse in the free heap): then `error` is an out_of_memory one and what the topic says
+    (rid, method name, $version, properties) is still there."""
 
     def __init__(self, kind):
         self.kind = kind
@@ -208,11 +259,39 @@ class Message:
         self.properties = None
         self.body = None
         self.error = None
+        self.too_large = None
+
+
+def _too_large(message, size):
+    message.too_large = size
+    message.error = ProvisioningError(
+        errors.OUT_OF_MEMORY, "a %d-byte %s does not fit the free heap" % (size, message.kind.replace("_", " "))
+    )
+    message.body = None
+    return message
 
 
 def parse(device_id, topic, body):
-    """The Message for one PUBLISH from the hub. A topic this device does not expect (or that is not UTF-8)
-    raises a ProvisioningError (malformed_response) naming what is wrong."""
+    """The Message for one PUBLISH from the hub (`body` bytes, or a TooLarge for a payload read past). A topic this
+    device does not expect (or that is not UTF-8) raises a ProvisioningError (malformed_response) naming what is
+    wrong."""
+    message = _parse_topic(device_id, topic)
+    if isinstance(body, TooLarge):
+        return _too_large(message, body.size)
+    try:
+        _parse_body(message, body, topic)
+    except ProvisioningError as exc:
+        message.error = exc
+        message.body = None
+        if message.kind == DESIRED:
+            message.version = None
+    except MemoryError:  # held, but its parsed form does not fit
+        _too_large(message, len(body))
+    return message
+
+
+def _parse_topic(device_id, topic):
+    # Everything the topic says, before the payload is looked at.
     if not isinstance(topic, str):
         try:
             check_utf8(topic)
@@ -227,27 +306,15 @@ def parse(device_id, topic, body):
         message.rid = _rid(params, "twin response")
         if "$version" in params:
             message.version = _int(params["$version"], "twin response $version")
-        try:
-            message.body = _json(body, "twin response body")
-        except ProvisioningError as exc:
-            message.error = exc
         return message
     if topic.startswith(_DESIRED):
         message = Message(DESIRED)
         params = _query(topic[len(_DESIRED) :])
-        try:
-            patch = _json(body, "desired patch")
-            if patch is None:
-                raise _malformed("desired patch is empty")
-            version = patch.pop("$version", None)
-            if version is None and "$version" in params:
-                version = _int(params["$version"], "desired $version")
-            if not isinstance(version, int) or isinstance(version, bool):
-                raise _malformed("desired patch has no whole-number $version")
-            message.version = version
-            message.body = patch
-        except ProvisioningError as exc:
-            message.error = exc
+        if "$version" in params:
+            try:
+                message.version = _int(params["$version"], "desired $version")
+            except ProvisioningError as exc:
+                message.error = exc
         return message
     if topic.startswith(_METHOD):
         name, _, query = topic[len(_METHOD) :].partition("/")
@@ -256,10 +323,6 @@ def parse(device_id, topic, body):
         message.name = url_decode(name)
         if not message.name:
             raise _malformed("method request has no method name")
-        try:
-            message.body = _json(body, "method request body", want_object=False)
-        except ProvisioningError as exc:
-            message.error = exc
         return message
     prefix = "devices/%s/messages/devicebound" % device_id
     if topic == prefix or topic.startswith(prefix + "/"):
@@ -267,11 +330,34 @@ def parse(device_id, topic, body):
         try:
             message.properties = parse_property_bag(topic[len(prefix) + 1 :])
             message.properties.pop("$.to", None)  # the hub's own address for the message: nothing to act on
-            message.body = bytes(body)
         except ProvisioningError as exc:
             message.error = exc
         return message
     raise _malformed("unexpected topic %r" % topic[:60])
+
+
+def _parse_body(message, body, topic):
+    kind = message.kind
+    if kind == TWIN_RESPONSE:
+        message.body = _json(body, "twin response body")
+    elif kind == DESIRED:
+        topic_error, message.error = message.error, None
+        patch = _json(body, "desired patch")
+        if patch is None:
+            raise _malformed("desired patch is empty")
+        version = patch.pop("$version", None)
+        if version is None:
+            if topic_error is not None:
+                raise topic_error
+            version = message.version
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise _malformed("desired patch has no whole-number $version")
+        message.version = version
+        message.body = patch
+    elif kind == METHOD:
+        message.body = _json(body, "method request body", want_object=False)
+    elif message.error is None:
+        message.body = body if isinstance(body, bytearray) and len(body) >= 1024 else bytes(body)
 
 
 def twin_response_error(message, what):

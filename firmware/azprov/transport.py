@@ -23,27 +23,47 @@ _FEED_SLICE_MS = const(1000)  # the longest poll between two watchdog feeds (its
 _COLLECT_BEFORE_BYTES = const(1024)
 _IPPROTO_TCP = const(6)  # the same numbers on Linux and lwIP
 _TCP_NODELAY = const(1)
-DEFAULT_MAX_PACKET = const(16384)
+# The largest packet a gateway connection admits, judged by its remaining length before anything of it is read:
+# above IoT Hub's largest message to a device (a 128 KB method payload; C2D 64 KB, desired 32 KB) with its topic.
+# Anything larger is not from IoT Hub; a message within its limits never ends the connection (the owner holds it or
+# reads past it: PayloadStream).
+DEFAULT_MAX_PACKET = const(196608)
+# The reusable receive buffer: fixed headers, topics, and payloads read past in pieces.
+_SCRATCH_BYTES = const(512)
 # How a server that refuses the client certificate ends the handshake, as the client sees it: its fatal alert
 # (MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE), the end of the stream (MBEDTLS_ERR_SSL_CONN_EOF), a reset (ECONNRESET) or a
 # broken pipe while still writing (EPIPE); Linux and lwIP share these errno values.
 _HANDSHAKE_ENDED = (-30592, -29312, 104, 32)
-# Heap a received packet must leave free for what handles it (a DPS answer: one certificate of its trust bundle at a
-# time, its DER form and the TLS stack's check of it, plus the small parsed JSON).
+# Heap a received packet must leave free for what handles it, at most (a DPS answer: one certificate of its trust
+# bundle at a time, its DER form and the TLS stack's check of it, plus the small parsed JSON). A small packet needs
+# less: its parsed form and _HEADROOM_BASE; see headroom(). Measured on the 32-bit build: json.loads of an answer
+# made of strings peaks at its own size again (2,558 B -> 2,592 B, 8,050 B -> 8,096 B); one of many small members
+# at up to 3.2 times (2,705 B -> 9,568 B): a MemoryError while parsing is still classified (out_of_memory; a hub
+# message is then handled as too large: azprov.hub.parse).
 PACKET_HEADROOM = const(8192)
+_HEADROOM_BASE = const(2048)
 
 
-def packet_fits(n):
-    """None when an n-byte packet can be read and handled in the free heap, else the OUT_OF_MEMORY error naming
-    the size and the free heap (the limit for DPS answers: derived from free heap, not fixed)."""
+def headroom(n):
+    """Heap an n-byte packet must leave free after it: its parsed JSON (measured on the 32-bit build at about its
+    own size) plus a little, never more than PACKET_HEADROOM."""
+    return min(PACKET_HEADROOM, n + _HEADROOM_BASE)
+
+
+def packet_fits(n, need=None):
+    """None when an n-byte packet can be read and handled in the free heap (`need`: the bytes it needs in all,
+    default n + headroom(n)), else the OUT_OF_MEMORY error naming the size and the free heap (the limit for
+    messages: derived from free heap, not fixed)."""
+    if need is None:
+        need = n + headroom(n)
     gc.collect()
     free = gc.mem_free()
-    if n + PACKET_HEADROOM <= free:
+    if need <= free:
         return None
-    return too_large(n, free)
+    return too_large(n, free, need=need)
 
 
-def too_large(n, free=None, streamed=False):
+def too_large(n, free=None, streamed=False, need=None):
     """The OUT_OF_MEMORY error for an n-byte message, naming its size and the free heap."""
     if free is None:
         gc.collect()
@@ -55,7 +75,7 @@ def too_large(n, free=None, streamed=False):
     return ProvisioningError(
         errors.OUT_OF_MEMORY,
         "a %d-byte message does not fit: %d bytes of heap free, %d needed in one block and after it"
-        % (n, free, n + PACKET_HEADROOM),
+        % (n, free, need if need is not None else n + headroom(n)),
     )
 
 
@@ -133,13 +153,12 @@ def drop_empty_password(packet):
 
 class DeadlineSocket:
     """A TLS stream where every blocking read or write gives up after `timeout_ms` with OSError(ETIMEDOUT), and a
-    packet larger than `max_packet` (None: no fixed limit) or than the free heap can take is refused before memory
-    is spent on it."""
+    read larger than the free heap can take is refused before memory is spent on it (packet sizes are judged by
+    Connection, from the remaining length)."""
 
-    def __init__(self, tls, timeout_ms, max_packet):
+    def __init__(self, tls, timeout_ms):
         self._tls = tls
         self._timeout_ms = timeout_ms
-        self._max_packet = max_packet
         self._blocking = True
         self._pending = bytearray()
         self.no_password = False  # set for X.509: the first packet (CONNECT) goes out without a password field
@@ -173,10 +192,6 @@ class DeadlineSocket:
 
     def read(self, n):
         self.flush()
-        if self._max_packet is not None and n > self._max_packet:
-            raise ProvisioningError(
-                errors.MALFORMED_RESPONSE, "a %d-byte packet exceeds the %d-byte limit" % (n, self._max_packet)
-            )
         if n >= _COLLECT_BEFORE_BYTES:
             # A DPS result with a trust bundle needs one contiguous block: make room first, and refuse what cannot
             # fit with a classified error rather than a MemoryError half-way.
@@ -227,7 +242,12 @@ class DeadlineSocket:
         view = memoryview(data)
         if length is not None:
             view = view[:length]
-        self._pending.extend(view)
+        if len(view) >= _COLLECT_BEFORE_BYTES and not self.no_password:
+            # A large payload (a method answer) goes out from where it is, not copied into the pending bytes.
+            self.flush()
+            self._send(view)
+        else:
+            self._pending.extend(view)
         return len(view)
 
     def flush(self):
@@ -236,7 +256,10 @@ class DeadlineSocket:
         if self.no_password:
             self.no_password = False
             self._pending = drop_empty_password(self._pending)
-        view = memoryview(self._pending)
+        self._send(memoryview(self._pending))
+        self._pending = bytearray()
+
+    def _send(self, view):
         sent = 0
         deadline = time.ticks_add(time.ticks_ms(), self._timeout_ms)
         while sent < len(view):
@@ -245,7 +268,6 @@ class DeadlineSocket:
                 self._wait(deadline, select.POLLOUT)
             else:
                 sent += count
-        self._pending = bytearray()
 
     def close(self):
         try:
@@ -261,12 +283,14 @@ class DeadlineSocket:
 
 class PayloadStream:
     """An MQTT payload still in the socket (Connection.stream_over): whoever receives it must consume all
-    `size` bytes before returning (readinto() pieces, or read_all()), since the next packet follows it."""
+    `size` bytes before returning (readinto() pieces, read_all(), take(), or skip()), since the next packet follows
+    it. `scratch` is the connection's reusable receive buffer (a memoryview), used to read past a payload."""
 
-    def __init__(self, sock, size):
+    def __init__(self, sock, size, scratch=None):
         self._sock = sock
         self.size = size
         self.remaining = size
+        self._scratch = scratch
 
     def readinto(self, view):
         n = min(len(view), self.remaining)
@@ -276,14 +300,16 @@ class PayloadStream:
 
     def skip(self):
         """Reads past what is left, a piece at a time, without holding it."""
-        buf = bytearray(min(self.remaining, 256))
-        view = memoryview(buf)
+        view = self._scratch
+        if view is None:
+            view = memoryview(bytearray(min(self.remaining, 256)))
         while self.remaining:
             self.readinto(view)
 
-    def read_all(self):
-        """The rest of the payload as one bytearray (refused, naming the size, when the free heap cannot take it)."""
-        error = packet_fits(self.remaining)
+    def read_all(self, need=None):
+        """The rest of the payload as one bytearray (refused, naming the size, when the free heap cannot take it
+        with `need` bytes in all: see packet_fits)."""
+        error = packet_fits(self.remaining, need)
         if error is not None:
             raise error
         try:
@@ -294,13 +320,23 @@ class PayloadStream:
         self.remaining = 0
         return buf
 
+    def take(self, need=None):
+        """The payload as one bytearray when the free heap can hold and handle it (`need` bytes in all), else
+        None after reading past it: a message too large for the device never ends the connection."""
+        try:
+            return self.read_all(need)
+        except ProvisioningError as exc:
+            if exc.kind != errors.OUT_OF_MEMORY or self.remaining != self.size:
+                raise  # a socket failure half-way: the connection is gone
+        self.skip()
+        return None
+
 
 class _TimedContext:
     # What umqtt.simple >= 1.6 receives as `ssl`: bounds the handshake and hands back a DeadlineSocket.
-    def __init__(self, ctx, timeout_ms, max_packet, client_certificate=False):
+    def __init__(self, ctx, timeout_ms, client_certificate=False):
         self._ctx = ctx
         self._timeout_ms = timeout_ms
-        self._max_packet = max_packet
         self._client_certificate = client_certificate
 
     def wrap_socket(self, sock, server_hostname=None, **_ignored):
@@ -321,7 +357,7 @@ class _TimedContext:
                 )
             raise
         watchdog.feed()
-        wrapped = DeadlineSocket(tls, self._timeout_ms, self._max_packet)
+        wrapped = DeadlineSocket(tls, self._timeout_ms)
         wrapped.no_password = self._client_certificate
         return wrapped
 
@@ -443,7 +479,7 @@ def connect(
     from umqtt.simple import MQTTClient, MQTTException
 
     x509 = password is None
-    timed = _TimedContext(ctx, timeout_ms, max_packet, client_certificate=x509)
+    timed = _TimedContext(ctx, timeout_ms, client_certificate=x509)
     client = MQTTClient(
         client_id, host, port=port, user=user, password="" if x509 else password, keepalive=keepalive, ssl=timed
     )
@@ -465,7 +501,7 @@ def connect(
             del sys.modules["ussl"]
         else:
             sys.modules["ussl"] = previous
-    return Connection(client, on_message, context)
+    return Connection(client, on_message, context, max_packet)
 
 
 def _close_socket(client):
@@ -487,12 +523,16 @@ class Connection:
     socket, which the callback must consume before it returns. Every failure is a classified ProvisioningError,
     after which the connection is closed."""
 
-    def __init__(self, mqtt, on_message, context):
+    def __init__(self, mqtt, on_message, context, max_packet=DEFAULT_MAX_PACKET):
         self._mqtt = mqtt
         self._sock = mqtt.sock
         self.on_message = on_message
         self.context = context
+        self.max_packet = max_packet
         self.stream_over = None
+        # One receive buffer for the connection's life: fixed headers, topics and skipped payloads are read into it
+        # instead of a new bytearray per packet.
+        self._scratch = memoryview(bytearray(_SCRATCH_BYTES))
         self.open = True
         mqtt.wait_msg = self.read_packet  # umqtt's publish/subscribe loops call it while they wait
         mqtt.set_callback(on_message)  # never called (read_packet delivers), but subscribe() asserts that one is set
@@ -541,11 +581,12 @@ class Connection:
 
     def _length(self):
         # MQTT's variable-length integer (the packet's remaining length).
-        sock = self._sock
+        one = self._scratch[:1]
         n = 0
         shift = 0
         while True:
-            byte = sock.read(1)[0]
+            self._sock.fill(one)
+            byte = one[0]
             n |= (byte & 0x7F) << shift
             if not byte & 0x80:
                 return n
@@ -553,8 +594,15 @@ class Connection:
             if shift > 21:
                 raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: bad MQTT length" % self.context)
 
+    def _short(self):
+        # A two-byte big-endian number (topic length, packet id).
+        two = self._scratch[:2]
+        self._sock.fill(two)
+        return two[0] << 8 | two[1]
+
     def read_packet(self):
-        # umqtt.simple's wait_msg, except that a PUBLISH goes to on_message with its packet id, unacknowledged.
+        # umqtt.simple's wait_msg, except that a PUBLISH goes to on_message with its packet id, unacknowledged, and
+        # is admitted by its remaining length before any of it is read.
         sock = self._sock
         first = sock.read(1)
         sock.setblocking(True)
@@ -569,21 +617,29 @@ class Connection:
         if op & 0xF0 != 0x30:
             return op  # an acknowledgement umqtt is waiting for: it reads the rest
         size = self._length()
-        head = sock.read(2)
-        topic_length = head[0] << 8 | head[1]
-        topic = bytes(sock.read(topic_length))
+        if self.max_packet is not None and size > self.max_packet:
+            raise ProvisioningError(
+                errors.MALFORMED_RESPONSE,
+                "%s: a %d-byte packet exceeds the %d-byte limit" % (self.context, size, self.max_packet),
+            )
+        topic_length = self._short()
+        scratch = self._scratch
+        if topic_length <= len(scratch):
+            sock.fill(scratch[:topic_length])
+            topic = bytes(scratch[:topic_length])
+        else:
+            topic = bytes(sock.read(topic_length))
         size -= topic_length + 2
         pid = None
         if op & 6:
             if op & 6 != 2:
                 raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: a QoS 2 message" % self.context)
-            head = sock.read(2)
-            pid = head[0] << 8 | head[1]
+            pid = self._short()
             size -= 2
         if size < 0:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "%s: a PUBLISH shorter than its topic" % self.context)
         if self.stream_over is not None and size >= self.stream_over:
-            stream = PayloadStream(sock, size)
+            stream = PayloadStream(sock, size, scratch)
             self.on_message(topic, stream, pid)
             if stream.remaining:
                 stream.skip()

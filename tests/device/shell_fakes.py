@@ -3,7 +3,7 @@
 # the shells publish from a script, installed in place of transport.connect (and transport.tls_context) for one test.
 import json
 
-from azprov import config, transport
+from azprov import config, log, transport
 from azprov.store import Store
 
 KEY = "NMgJDvdKTxjLi+xBxxkDDEwDJxEvOE5u8BiT0mVgPeg="
@@ -238,7 +238,7 @@ _saved = {}
 def install(network):
     """Puts `network` in place of transport.connect and a stub in place of transport.tls_context (the CA file is
     never read); uninstall() puts them back."""
-    if not _saved:
+    if "connect" not in _saved:
         _saved["connect"] = transport.connect
         _saved["tls_context"] = transport.tls_context
     transport.connect = network.connect
@@ -247,6 +247,39 @@ def install(network):
 
 
 def uninstall():
-    if _saved:
+    if "connect" in _saved:
         transport.connect = _saved.pop("connect")
         transport.tls_context = _saved.pop("tls_context")
+    if "packet_fits" in _saved:
+        transport.packet_fits = _saved.pop("packet_fits")
+    if "log" in _saved:
+        log.log = _saved.pop("log")
+
+
+def set_free_heap(free):
+    """Makes transport.packet_fits judge against `free` bytes of heap (the same rule, a fixed figure: CPython has no
+    gc.mem_free, and a test must not depend on the runtime's heap); uninstall() puts it back."""
+    if "packet_fits" not in _saved:
+        _saved["packet_fits"] = transport.packet_fits
+
+    def packet_fits(n, need=None):
+        if need is None:
+            need = n + transport.headroom(n)
+        return None if need <= free else transport.too_large(n, free, need=need)
+
+    transport.packet_fits = packet_fits
+
+
+def record_log():
+    """The events logged from now on, as (event, {name: value}) in a list; uninstall() stops recording."""
+    events = []
+    if "log" not in _saved:
+        _saved["log"] = log.log
+    saved = _saved["log"]
+
+    def recorder(severity, event, pairs=()):
+        events.append((event, dict(pairs)))
+        saved(severity, event, pairs)
+
+    log.log = recorder
+    return events
