@@ -546,17 +546,17 @@ class Supervisor:
 
     def _serve_for(self, ms, app):
         """The telemetry interval: handlers served, the connection kept alive (pings, token renewal), the link
-        watched, the watchdog fed."""
+        watched, the watchdog fed. Even a zero interval serves once: what arrived is handled between messages."""
         clock = self.clock
         end = clock.ticks_add(clock.ticks_ms(), ms)
         while True:
-            remaining = clock.ticks_diff(end, clock.ticks_ms())
-            if remaining <= 0:
-                return
+            remaining = max(0, clock.ticks_diff(end, clock.ticks_ms()))
             self._feed_watchdog()
             self.link.check()
             self.gateway.renew_if_due()
             app.wait(min(remaining, _LINK_CHECK_MS))
+            if clock.ticks_diff(end, clock.ticks_ms()) <= 0:
+                return
 
     def _heap_sample(self):
         gc.collect()

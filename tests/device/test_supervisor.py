@@ -327,6 +327,7 @@ class _App:
 
     def __init__(self, stop_after=None):
         self.sent = []
+        self.waits = []
         self.stop_after = stop_after
 
     def before_send(self):
@@ -338,7 +339,7 @@ class _App:
             raise _Enough()
 
     def wait(self, ms):
-        pass
+        self.waits.append(ms)
 
 
 class _RunGateway(FakeGateway):
@@ -370,6 +371,8 @@ def test_run_sends_the_count_and_counts_the_sequence():
     app = _App()
     assert _run(Scripted({}), app) == 0
     assert app.sent == [0, 1]
+    # A zero interval still serves the handlers once between messages.
+    assert app.waits == [0]
 
 
 def test_a_board_given_no_telemetry_count_keeps_sending():
