@@ -17,5 +17,5 @@ emulator_pki.py             the emulator's PKI (DPS root/server, trust root, edg
                             (lab: P-256; azure: RSA as Azure's endpoints)
 x509_group_ca.py            X.509 enrollment-group CA (root + intermediate) and device certificates issued from it
 issuance_ca.py              a certificate-issuance policy CA for the emulator (`pki --issuance-ca`, EC P-384)
-stored_identity.py          the operational certificate a device stored (identity.pem), listed by `show`
+stored_identity.py          the operational certificate a device stored (state.json identity), listed by `show`
 """
