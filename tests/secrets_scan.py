@@ -90,6 +90,28 @@ def _verifies(candidate: bytes, signers: list[Signer], expiries: range) -> bool:
     return False
 
 
+def issued_key_forms(state_json: Path) -> set[str]:
+    """What gives away the private key of an operational certificate a device stored after certificate issuance
+    (state.json's identity entry): the key's base64, every line of its PEM form, its DER in hex and the private
+    scalar in decimal and hex."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    identity = json.loads(Path(state_json).read_text()).get("identity")
+    if not identity:
+        return set()
+    der = base64.b64decode(identity["key"])
+    key = serialization.load_der_private_key(der, None)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    value = key.private_numbers().private_value
+    forms = {identity["key"], der.hex(), str(value), format(value, "x")}
+    forms.update(line for line in pem.splitlines() if line and not line.startswith("-----"))
+    return forms
+
+
 def scan(
     texts: dict[str, str],
     keys: list[str],

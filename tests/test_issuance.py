@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from host_tools.provisioning.issuance_ca import ensure_issuance_ca
 from tests.helpers import assert_no_secret, enrollment_doc, individual, new_key
+from tests.secrets_scan import issued_key_forms, scan
 
 BOARD = {"run_loop": True, "retry_base_ms": 200, "retry_max_s": 2, "reset_after_failures": 0, "watchdog_timeout_s": 0}
 
@@ -70,10 +71,12 @@ def test_symmetric_onboarding_then_issued_certificate_at_the_gateway(emulator, d
     # Mutual TLS at the gateway: no SAS token went there, only to DPS (the onboarding credential).
     assert _gateway_passwords(emu) and all(not p for p in _gateway_passwords(emu))
     assert result.event("telemetry_acknowledged")
-    # The private key appears in no output.
-    der = base64.b64decode(identity["key"])
-    for secret in (identity["key"], der.hex(), str(private.private_numbers().private_value)):
-        assert secret not in result.output
+    # The private key appears in no output, log or record (the secrets scan, with every form of the issued key).
+    texts = {"device output": result.output, "emulator log": (emu.state_dir / "emulator.log").read_text()}
+    for path in emu.state_dir.glob("*.jsonl"):
+        texts[path.name] = path.read_text()
+    findings = scan(texts, [key], [], [], range(0), issued_key_forms(dev.storage / "state.json"))
+    assert not [f for f in findings if "private key" in f.what or "a key" in f.what], [str(f) for f in findings]
     assert_no_secret(result.output, key)
 
     # A cached boot: the stored identity, no DPS connection, no new certificate.
@@ -111,6 +114,7 @@ def test_renewal_at_80_percent_of_the_validity(emulator, device, policy_ca):
 
     assert result.status == 0, result.output
     assert len(result.all("certificate_renewal")) >= 1
+    assert not result.all("operational_certificate_expired"), result.output  # renewed before it ran out
     issued = result.all("certificate_issued")
     assert len(issued) >= 2 and len(_issued(emu, "iss-renew")) == len(issued)
     assert len(result.all("csr_created")) == len(issued)
