@@ -232,3 +232,110 @@ def test_rename_left_unfinished_when_its_bundle_is_damaged():
         pass
     assert json.loads(committed)["trust_bundle"] is not None
     _clean()
+
+
+class _Cut(Exception):
+    pass
+
+
+class _CuttingFile:
+    """A file whose write at the cut point writes half its data, then the power goes."""
+
+    def __init__(self, f, cutter):
+        self._f = f
+        self._cutter = cutter
+
+    def write(self, data):
+        if self._cutter.due():
+            self._f.write(data[: len(data) // 2])
+            self._f.close()
+            raise _Cut()
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+class _Cutter:
+    """Counts the store's writes, renames and removes, and cuts the power at operation `at`."""
+
+    def __init__(self, at):
+        self.at = at
+        self.count = 0
+        self.cut = False
+
+    def due(self):
+        self.count += 1
+        if self.count == self.at:
+            self.cut = True
+            return True
+        return False
+
+    def install(self):
+        real_open, real_os = open, store.os
+        cutter = self
+
+        def cut_open(path, mode="r", *args):
+            f = real_open(path, mode, *args)
+            return _CuttingFile(f, cutter) if "w" in mode else f
+
+        class CutOs:
+            def __getattr__(self, name):
+                return getattr(real_os, name)
+
+            def rename(self, a, b):
+                if cutter.due():
+                    raise _Cut()
+                real_os.rename(a, b)
+
+            def remove(self, path):
+                if cutter.due():
+                    raise _Cut()
+                real_os.remove(path)
+
+        store.open = cut_open
+        store.os = CutOs()
+        return real_os
+
+    def uninstall(self, real_os):
+        del store.open
+        store.os = real_os
+
+
+def _identity(name):
+    return {"key": name + "-key", "chain": [name + "-leaf", name + "-ca"], "not_before": 1, "not_after": 2}
+
+
+def test_a_power_cut_anywhere_in_a_new_identity_keeps_the_old_one_or_the_new_one_whole():
+    # The identity DPS issued lives inside state.json: a cut at any write, rename or remove of the save leaves
+    # the old assignment with the old identity or the new ones together, never a mix (and never a torn key).
+    old = (_assignment("old-hub.azure-devices.net"), _identity("old"))
+    new = (_assignment("new-hub.azure-devices.net"), _identity("new"))
+    seen = set()
+    at = 1
+    while True:
+        s = _clean()
+        s.save(old[0], _parsed("e1", CERT_A), old[1])
+        cutter = _Cutter(at)
+        real_os = cutter.install()
+        try:
+            store.Store(_DIR).save(new[0], _parsed("e2", CERT_B), new[1])
+        except _Cut:
+            pass
+        finally:
+            cutter.uninstall(real_os)
+        state = store.Store(_DIR).load()
+        pair = (state["assignment"], state["identity"])
+        assert pair in (old, new), (at, pair)
+        seen.add("old" if pair == old else "new")
+        if not cutter.cut:
+            break
+        at += 1
+    assert seen == {"old", "new"} and at > 2, (seen, at)
+    _clean()
