@@ -147,3 +147,17 @@ def test_an_enrollment_without_a_policy_is_a_classified_error(emulator, device):
     assert result.status == 1
     assert result.error["kind"] == "assignment_failed" and "certificate policy" in result.error["message"]
     assert not (dev.storage / "state.json").exists()
+
+
+def test_a_refused_csr_is_a_classified_error_and_nothing_is_stored(emulator, device, policy_ca):
+    key = new_key()
+    emu = emulator(_issuing(policy_ca, "iss-refused", key), "--fault", "refuse_csr=400040")
+    dev = device(emu, "iss-refused", key, certificate_issuance=True)
+
+    result = dev.run()
+
+    assert result.status == 1
+    error = result.error
+    assert error["kind"] == "bad_request" and error["status"] == "400" and error["error_code"] == "400040", result.output
+    assert "refused" in error["message"]
+    assert not (dev.storage / "state.json").exists() and _issued(emu, "iss-refused") == []

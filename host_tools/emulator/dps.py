@@ -297,6 +297,9 @@ class DpsEndpoint(Endpoint):
                 )
             else:
                 try:
+                    refused = client.faults.get("refuse_csr")
+                    if refused:
+                        raise CsrProblem(int(refused), "fault refuse_csr: the CSR is refused")
                     csr = parse_csr(csr_text, registration_id)
                 except CsrProblem as exc:
                     return await self._error(

@@ -61,6 +61,10 @@ CATALOGUE: dict[str, tuple[dict, str]] = {
         "seconds an expired token is still accepted (default 0)",
     ),
     # --- DPS faults
+    "refuse_csr": (
+        {"enum": [400040, 400041, 400042, 400043]},
+        "answer a register request's CSR 400 with this errorCode, as DPS refuses a CSR it cannot sign",
+    ),
     "throttle_register": (_THROTTLE, "answer register requests 429 (count, retry_after)"),
     "throttle_poll": (_THROTTLE, "answer polls 429 (count, retry_after)"),
     "server_error": (
