@@ -28,6 +28,67 @@ def _bars_with_target(ax, title: str, labels, values, target: float | None, targ
     ax.set_ylim(0, top or 1)
 
 
+def _frozen_floors(ax, results: dict) -> None:
+    """Every heap floor measured on the 32-bit frozen build (the ESP32 proxy), each with its own target, if any."""
+    from host_tools.bench.floors import FLOORS
+
+    entries = [
+        (f.key, f.target_bytes)
+        for f in FLOORS
+        if f.runtime == "unix32-frozen" and isinstance(results.get(f.key), (int, float))
+    ]
+    if not entries:
+        _missing(ax, "heap floors, 32-bit frozen build")
+        return
+    names = [key.removeprefix("heap_floor_").removesuffix("_32bit_frozen_bytes") or "whole flow" for key, _ in entries]
+    names = [name.replace("_", " ") for name in names]
+    values = [results[key] for key, _ in entries]
+    bars = ax.bar(range(len(values)), values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v / 1024:,.0f}K" for v in values], padding=2, fontsize=8)
+    labelled = False
+    for index, (_, target) in enumerate(entries):
+        if target:
+            ax.hlines(
+                target, index - 0.4, index + 0.4, label=None if labelled else "target of that flow", **TARGET_STYLE
+            )
+            labelled = True
+    if labelled:
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_title("heap floors on the 32-bit frozen build (ESP32 proxy)")
+    ax.set_ylabel("bytes")
+    ax.set_ylim(0, max([*values, *(t or 0 for _, t in entries)]) * 1.2)
+
+
+def _csr_keygen(ax, get, target: float | None) -> None:
+    """Key generation + CSR: measured on the 32-bit frozen build, and the ESP32 range (an estimate)."""
+    measured = get("csr_keygen_seconds_32bit_frozen")
+    if measured is None:
+        _missing(ax, "P-384 key generation + CSR")
+        return
+    low, high = get("csr_keygen_esp32_estimate_seconds_low"), get("csr_keygen_esp32_estimate_seconds_high")
+    errors = [[measured - get("csr_keygen_seconds_min")], [get("csr_keygen_seconds_max") - measured]]
+    bars = ax.bar(["unix32-frozen\n(measured, median)"], [measured], yerr=errors, capsize=6, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{measured * 1000:,.0f} ms"], padding=2, fontsize=8)
+    if low is not None and high is not None:
+        ax.bar(
+            ["ESP32\n(ESTIMATE, not measured)"],
+            [high - low],
+            bottom=[low],
+            color="none",
+            edgecolor="tab:gray",
+            hatch="//",
+        )
+        ax.text(1, high, f"{low:,.1f}-{high:,.1f} s", ha="center", va="bottom", fontsize=8)
+    if target is not None:
+        ax.axhline(target, label=f"target (unix32-frozen) {target:g} s", **TARGET_STYLE)
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_yscale("log")
+    ax.set_ylim(min(get("csr_keygen_seconds_min"), target or 1) / 2, max(high or 0, target or 0, measured) * 3)
+    ax.set_title("P-384 key generation + CSR (certificate issuance)")
+    ax.set_ylabel("seconds (log scale)")
+
+
 def draw_chart(results: dict, path: Path) -> Path:
     import matplotlib
 
@@ -38,8 +99,11 @@ def draw_chart(results: dict, path: Path) -> Path:
         value = results.get(key)
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
-    (heap_ax, mpy_ax, cpu_ax), (fleet_ax, rate_ax, hist_ax) = axes
+    fig, axes = plt.subplots(3, 3, figsize=(16, 13))
+    (heap_ax, mpy_ax, cpu_ax), (fleet_ax, rate_ax, hist_ax), (floors_ax, csr_ax, spare_ax) = axes
+    spare_ax.axis("off")
+    _frozen_floors(floors_ax, results)
+    _csr_keygen(csr_ax, get, results.get("targets", {}).get("csr_keygen_seconds_32bit_frozen", {}).get("limit"))
 
     floor = get("heap_floor_bytes")
     if floor is None:

@@ -9,7 +9,12 @@
             each module on each runtime
 5. cpu      firmware registration on the native 32-bit frozen binary (no CPython launcher) vs the official
             azure-iot-device SDK, interleaved pairs, CPU from wait4
-6. fleet    N devices against the emulator's rate limit (host_tools/bench/fleet_driver.py)
+6. csr      key generation + CSR for certificate issuance (azprov.csr) on the 32-bit frozen binary, median of
+            several runs, with an ESP32 estimate (an assumed slowdown factor, not a measurement)
+7. fleet    N devices against the emulator's rate limit (host_tools/bench/fleet_driver.py)
+
+`--only STEP` runs some of them (the build always runs); `--floor KEY` measures only those FLOORS entries (and not
+the import cost and TLS heap that the floors step otherwise adds).
 
 Prints one table (figure, target, met/missed), writes OUT/results.json and OUT/chart.png. Exit status 1 only when
 a measurement could not be taken; a missed target is a result, not an error. No key or token is printed.
@@ -59,9 +64,20 @@ DEFAULTS = {
         "heap_step": 1024,
         "check_devices": 24,
         "check_rate": 1.0,
+        "csr_runs": 11,
     },
-    "quick": {"fleet_devices": 20, "rate": 10.0, "pairs": 1, "heap_step": 8192, "check_devices": 3, "check_rate": 1.0},
+    "quick": {
+        "fleet_devices": 20,
+        "rate": 10.0,
+        "pairs": 1,
+        "heap_step": 8192,
+        "check_devices": 3,
+        "check_rate": 1.0,
+        "csr_runs": 3,
+    },
 }
+# --only: the steps after the build, by name.
+STEPS = ("heap", "cpu", "floors", "csr", "fleet", "fleet-check")
 HEAP_SEARCH_START = 24 * 1024  # the first probe: the target itself
 # CPU per registration is measured on a native binary built from source: the wheel's `micropython` is a CPython
 # launcher hosting the interpreter, whose start-up is no device cost. The 32-bit frozen build is the ESP32 proxy.
@@ -136,7 +152,16 @@ def micropython_version() -> str:
 
 
 class BenchRun:
-    def __init__(self, console: Console, progress: Progress, workdir: Path, settings: dict, quick: bool):
+    def __init__(
+        self,
+        console: Console,
+        progress: Progress,
+        workdir: Path,
+        settings: dict,
+        quick: bool,
+        floor_keys: tuple[str, ...] = (),
+    ):
+        self.floor_keys = floor_keys  # --floor: only these FLOORS entries, no import cost or TLS heap
         self.console = console
         self.progress = progress
         self.workdir = workdir
@@ -280,8 +305,9 @@ class BenchRun:
         emulators = floors.FlowEmulators(stack, self.workdir, key)
         measured: dict[str, dict] = {}
         failed: list[str] = []
-        for index, floor in enumerate(floors.FLOORS):
-            label = f"floors {index + 1}/{len(floors.FLOORS)}: {floor.runtime}, {floor.flow.name}"
+        chosen = [f for f in floors.FLOORS if not self.floor_keys or f.key in self.floor_keys]
+        for index, floor in enumerate(chosen):
+            label = f"floors {index + 1}/{len(chosen)}: {floor.runtime}, {floor.flow.name}"
             self.progress.update(task, description=label)
 
             def shown(probe: dev.HeapProbe, label=label) -> None:
@@ -301,6 +327,10 @@ class BenchRun:
             measured[floor.key] = entry
             self.results[floor.key] = entry["floor_bytes"]
         self.results["heap_floors"] = measured
+        if self.floor_keys:
+            if failed:
+                raise dev.MeasurementError("; ".join(failed))
+            return
         costs: dict[str, dict[str, int]] = {}
         lab = emulators.info(floors.WHOLE_FLOW)
         for runtime in floors.IMPORT_RUNTIMES:
@@ -341,7 +371,13 @@ class BenchRun:
         self.results.update(comparison.summary())
         self.results["provision_cpu_runtime"] = CPU_RUNTIME
 
-    # -- 5. fleet
+    # -- 6. csr
+    def csr_keygen(self, task) -> None:
+        runs = self.settings["csr_runs"]
+        self.progress.update(task, description=f"csr: {runs} P-384 key generations + CSRs on {CPU_RUNTIME}")
+        self.results.update(cpu.csr_keygen(self.workdir, CPU_RUNTIME, runs))
+
+    # -- 7. fleet
     def fleet(self, task) -> None:
         if self.snapshot is None:
             raise dev.MeasurementError("skipped: no firmware snapshot")
@@ -481,6 +517,26 @@ def machine_info() -> dict:
     help="Resolution of the heap floor search in bytes [1024; quick 8192].",
 )
 @click.option(
+    "--csr-runs",
+    type=click.IntRange(1, 100),
+    help="Key generation + CSR runs whose median is taken [11; quick 3].",
+)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.Choice(STEPS),
+    help="Run only this step (repeatable; the build always runs). Default: every step.",
+)
+@click.option(
+    "--floor",
+    "floor_keys",
+    multiple=True,
+    type=click.Choice([f.key for f in floors.FLOORS]),
+    help="Measure only this heap floor (repeatable; implies --only floors unless --only is given; "
+    "skips the import cost and TLS heap).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_OUT,
@@ -494,15 +550,29 @@ def machine_info() -> dict:
     show_default=True,
     help="Scratch folder: build, device folders, emulator state (holds test keys).",
 )
-def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out: Path, workdir: Path):
+def bench(
+    quick: bool,
+    fleet_devices,
+    rate,
+    pairs,
+    check_devices,
+    heap_step,
+    csr_runs,
+    only,
+    floor_keys,
+    out: Path,
+    workdir: Path,
+):
     """Heap, footprint, CPU and fleet measurements: one table, bench/results.json, bench/chart.png."""
     settings = dict(DEFAULTS["quick" if quick else "full"])
+    steps = set(only or (("floors",) if floor_keys else STEPS))
     for name, value in (
         ("fleet_devices", fleet_devices),
         ("rate", rate),
         ("pairs", pairs),
         ("check_devices", check_devices),
         ("heap_step", heap_step),
+        ("csr_runs", csr_runs),
     ):
         if value is not None:
             settings[name] = value
@@ -527,23 +597,30 @@ def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out
         console=console,
         transient=False,
     )
-    run = BenchRun(console, progress, workdir, settings, quick)
+    run = BenchRun(console, progress, workdir, settings, quick, tuple(floor_keys))
     with progress, ExitStack() as stack:
         run.step("build", run.build)
         image = None
-        try:
-            image = run.device_measurements(stack)
-        except Exception as exc:
-            run.errors["device emulator"] = dev.redact(f"{type(exc).__name__}: {exc}", run.secrets)
-        if image is not None:
+        if steps & {"heap", "cpu"}:
+            try:
+                image = run.device_measurements(stack)
+            except Exception as exc:
+                run.errors["device emulator"] = dev.redact(f"{type(exc).__name__}: {exc}", run.secrets)
+        if image is not None and "heap" in steps:
             run.step("heap floor", lambda task: run.heap_floor(image, task))
             run.step("heap use + cached boot", lambda task: run.heap_use(image, task))
+        if image is not None and "cpu" in steps:
             run.step("cpu vs sdk", lambda task: run.cpu(image, task))
         stack.close()  # the single-device emulator is done before the others start
-        with ExitStack() as floor_stack:
-            run.step("heap floors by runtime", lambda task: run.floors(floor_stack, task))
-        run.step("fleet", run.fleet)
-        run.step("fleet check", run.fleet_check)
+        if "floors" in steps:
+            with ExitStack() as floor_stack:
+                run.step("heap floors by runtime", lambda task: run.floors(floor_stack, task))
+        if "csr" in steps:
+            run.step("csr keygen", run.csr_keygen)
+        if "fleet" in steps:
+            run.step("fleet", run.fleet)
+        if "fleet-check" in steps:
+            run.step("fleet check", run.fleet_check)
 
     results = dict(run.results)
     results.update(
@@ -551,6 +628,7 @@ def bench(quick: bool, fleet_devices, rate, pairs, check_devices, heap_step, out
             "generated_at": generated_at,
             "quick": quick,
             "settings": settings,
+            "steps": sorted(steps),  # a partial run (--only, --floor) says which steps it took
             "machine": machine_info(),
             "bench_seconds": round(time.monotonic() - started, 1),
             "heap_floor_search": run.heap_probes,

@@ -182,3 +182,42 @@ def compare_cpu_with_sdk(
             results.append(pair)
             on_pair(index, pair)
     return CpuComparison(results, launcher)
+
+
+# Certificate issuance's device-side cost (azprov.csr): key generation + CSR on the ESP32 proxy. The factor is the
+# issue's estimate of how much slower an ESP32 (240 MHz Xtensa, software bignums) runs the same bytecode than this
+# Unix port; it is an assumption, not a measurement: no board was measured.
+ESP32_SLOWDOWN = (30, 100)
+
+
+def csr_keygen(workdir: Path, runtime: str, runs: int) -> dict:
+    """Wall time of `runs` key generations + CSRs (new_key, csr_der, private_key_der) in one MicroPython process on
+    `runtime`, timed on the device with ticks_us (no process start-up in it): median, min, max in seconds, and the
+    ESP32 estimate from ESP32_SLOWDOWN."""
+    root = workdir / f"csr-keygen-{runtime}"
+    root.mkdir(parents=True, exist_ok=True)
+    script = root / "bench_flow.py"
+    script.write_bytes((Path(__file__).resolve().with_name("assets") / "bench_flow.py").read_bytes())
+    from host_tools.bench.device import run_in_device
+
+    status, output = run_in_device(root, "bench_flow.py", ("-", "csr", runs), runtime=runtime, timeout_s=300)
+    lines = bench_lines(output).get("csr", [])
+    if status != 0 or len(lines) != runs:
+        raise MeasurementError(f"key generation + CSR on {runtime} failed: {output.strip()[-200:]}")
+    seconds = [int(line["us"]) / 1e6 for line in lines]
+    median = statistics.median(seconds)
+    low, high = ESP32_SLOWDOWN
+    return {
+        "csr_keygen_seconds_32bit_frozen": round(median, 4),
+        "csr_keygen_seconds_min": round(min(seconds), 4),
+        "csr_keygen_seconds_max": round(max(seconds), 4),
+        "csr_keygen_runs": runs,
+        "csr_keygen_runtime": runtime,
+        "csr_bytes": int(lines[0]["csr_bytes"]),
+        # An estimate, not a measurement: the median times the assumed slowdown range.
+        "csr_keygen_esp32_estimate_seconds_low": round(median * low, 2),
+        "csr_keygen_esp32_estimate_seconds_high": round(median * high, 2),
+        "csr_keygen_esp32_factor_low": low,
+        "csr_keygen_esp32_factor_high": high,
+        "csr_keygen_esp32_estimate_factor": f"{low}-{high}x slower than the 32-bit Unix port (assumed, not measured)",
+    }

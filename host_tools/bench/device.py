@@ -29,6 +29,8 @@ ID_SCOPE = "0ne0BENCH01"  # 0ne + 8 letters or digits, as the device checks
 HUB = "bench-hub.azure-devices.net"
 DEVICE_ID = "bench-device"
 X509_DEVICE_ID = "bench-x509-device"  # the X.509 flow's device (EC P-256 certificate + intermediate)
+ISSUANCE_DEVICE_ID = "bench-issuance-device"  # the issuance flow's device: symmetric onboarding, an issued certificate
+BIG_MESSAGES_GROUP = "bench-big-messages"  # a symmetric group: each big-messages probe is a new device (twin, queue)
 DPS_CA_NAME = "certs/dps-root.pem"
 # The flow under test stores a trust bundle of this many certificates: decoy roots first, the gateway's root last.
 BUNDLE_CERTIFICATES = 3
@@ -89,10 +91,40 @@ def failure_reason(output: str, events) -> str:
 # ------------------------------------------------------------------------------------------------ set-up
 
 
-def bench_enrollments(decoy_bundle: Path, key: str, x509_ca: Path | None = None) -> dict:
+def bench_enrollments(
+    decoy_bundle: Path, key: str, x509_ca: Path | None = None, issuance_policy: dict | None = None
+) -> dict:
     """One individual enrollment whose trust bundle holds BUNDLE_CERTIFICATES certificates; with `x509_ca`, also an
-    X.509 enrollment group on that CA (for X509_DEVICE_ID, with the same bundle)."""
+    X.509 enrollment group on that CA (for X509_DEVICE_ID, with the same bundle); with `issuance_policy`, also
+    ISSUANCE_DEVICE_ID (same key, certificates issued under that policy) and the symmetric group BIG_MESSAGES_GROUP
+    (group key `key`), all with the same bundle."""
     groups = []
+    individual = [
+        {
+            "registration_id": DEVICE_ID,
+            "symmetric_key": key,
+            "device_id": DEVICE_ID,
+            "assigned_hub": HUB,
+            "trust_bundle": "bench-bundle",
+        }
+    ]
+    document = {
+        "id_scope": ID_SCOPE,
+        "trust_bundles": {"bench-bundle": {"certificates": [str(decoy_bundle), "pki:trust-root"]}},
+    }
+    if issuance_policy is not None:
+        document["issuance_policies"] = {"bench-issuance": issuance_policy}
+        individual.append(
+            dict(
+                individual[0],
+                registration_id=ISSUANCE_DEVICE_ID,
+                device_id=ISSUANCE_DEVICE_ID,
+                certificate_issuance={"policy": "bench-issuance"},
+            )
+        )
+        groups.append(
+            {"group_id": BIG_MESSAGES_GROUP, "group_key": key, "assigned_hub": HUB, "trust_bundle": "bench-bundle"}
+        )
     if x509_ca is not None:
         groups.append(
             {
@@ -102,20 +134,7 @@ def bench_enrollments(decoy_bundle: Path, key: str, x509_ca: Path | None = None)
                 "trust_bundle": "bench-bundle",
             }
         )
-    return {
-        "id_scope": ID_SCOPE,
-        "trust_bundles": {"bench-bundle": {"certificates": [str(decoy_bundle), "pki:trust-root"]}},
-        "individual": [
-            {
-                "registration_id": DEVICE_ID,
-                "symmetric_key": key,
-                "device_id": DEVICE_ID,
-                "assigned_hub": HUB,
-                "trust_bundle": "bench-bundle",
-            }
-        ],
-        "groups": groups,
-    }
+    return dict(document, individual=individual, groups=groups)
 
 
 def write_private_json(path: Path, doc: dict) -> Path:
@@ -250,25 +269,26 @@ def find_heap_floor(
     step_bytes: int,
     on_probe=lambda probe: None,
     script: str = "main.py",
+    runner=None,
 ) -> HeapFloor:
     """The smallest -X heapsize (a multiple of step_bytes) at which the whole flow succeeds, by binary search.
 
     Each probe is a fresh device folder against the running emulator. Upward doubling from `start_bytes` finds a
     heap that works (bounded by `ceiling_bytes`); the search then halves the gap between the largest failure and
     the smallest success. Success is not strictly monotonic in heap size (fragmentation), so the floor is probed
-    a second time; if it fails then, the next step up that works twice is taken."""
+    a second time; if it fails then, the next step up that works twice is taken.
+
+    `runner` (default run_flow) runs one probe: a flow the host drives while the device runs (the big messages) brings
+    its own (host_tools/bench/driven.py)."""
     probes: list[HeapProbe] = []
+    runner = runner or run_flow
 
     def probe(heap: int) -> bool:
-        root = image.fresh_device(f"heap-{heap}", with_bench_scripts=script != "main.py")
         started = time.monotonic()
-        status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
-        events = device_events(output)
-        ok = flow_succeeded(status, events)
-        result = HeapProbe(heap, ok, "ok" if ok else failure_reason(output, events), time.monotonic() - started)
+        ok, reason, _ = runner(image, f"heap-{heap}", heap, script)
+        result = HeapProbe(heap, ok, reason, time.monotonic() - started)
         probes.append(result)
         on_probe(result)
-        shutil.rmtree(root, ignore_errors=True)
         return ok
 
     def rounded(value: int) -> int:
@@ -301,19 +321,26 @@ def find_heap_floor(
     last_failure = max(failures, key=lambda p: p.heap_bytes) if failures else None
     failure_step = None
     if last_failure is not None:
-        failure_step = last_step_before_failure(image, last_failure.heap_bytes, script)
+        failure_step = last_step_before_failure(image, last_failure.heap_bytes, script, runner)
     return HeapFloor(working, step_bytes, probes, confirmed, last_failure, failure_step)
 
 
-def last_step_before_failure(image: DeviceImage, heap: int, script: str = "main.py") -> str | None:
-    """Where the flow ran out of heap: the last event a debug-logging rerun printed before failing (debug lines
-    allocate too, so this rerun may stop a little earlier than the probe did)."""
-    root = image.fresh_device(f"heap-{heap}-debug", with_bench_scripts=script != "main.py", log_level="debug")
+def run_flow(image: DeviceImage, label: str, heap: int | None, script: str = "main.py", **provisioning):
+    """One run of the flow in a fresh device folder (removed afterwards): (succeeded, "ok" or why not, events)."""
+    root = image.fresh_device(label, with_bench_scripts=script != "main.py", **provisioning)
     status, output = run_in_device(root, script=script, heapsize=heap, runtime=image.runtime)
     events = device_events(output)
     shutil.rmtree(root, ignore_errors=True)
+    ok = flow_succeeded(status, events)
+    return ok, "ok" if ok else failure_reason(output, events), events
+
+
+def last_step_before_failure(image: DeviceImage, heap: int, script: str = "main.py", runner=None) -> str | None:
+    """Where the flow ran out of heap: the last event a debug-logging rerun printed before failing (debug lines
+    allocate too, so this rerun may stop a little earlier than the probe did)."""
+    ok, _, events = (runner or run_flow)(image, f"heap-{heap}-debug", heap, script, log_level="debug")
     before = [event for _, event, _ in events if event != "failed"]
-    if flow_succeeded(status, events) or not before:
+    if ok or not before:
         return None
     return before[-1]
 

@@ -29,6 +29,8 @@ class Flow:
     # main.py: the default application (telemetry + device twin, direct methods, C2D); bench_telemetry_only.py: the
     # same flow with none of the hub modules loaded (azprov.supervisor.main(hub_features=False))
     script: str = "main.py"
+    # The host sends messages while the device runs (host_tools/bench/driven.py): the device runs until stopped.
+    driven: bool = False
 
 
 WHOLE_FLOW = Flow("whole flow, default application (twin, methods, C2D on), lab PKI (P-256), 3-root bundle")
@@ -38,6 +40,17 @@ TELEMETRY_ONLY = Flow(
 AZURE_FLOW = Flow("whole flow, Azure-shaped PKI (RSA), 3 RSA-4096 roots", pki_profile="azure")
 X509_FLOW = Flow("whole flow, X.509 device certificate (EC P-256 + intermediate), lab PKI, 3-root bundle", x509=True)
 BIG_BUNDLE = Flow("whole flow, Azure-shaped PKI, 10 RSA-4096 roots", pki_profile="azure", bundle_roots=10)
+ISSUANCE_FLOW = Flow(
+    "whole flow, symmetric onboarding with certificate issuance (device P-384 key + CSR), mutual TLS at the gateway "
+    "with the issued certificate, lab PKI, 3-root bundle",
+    provisioning={"certificate_issuance": True, "registration_id": dev.ISSUANCE_DEVICE_ID},
+)
+BIG_MESSAGES = Flow(
+    "big messages: default application, a 40 KB C2D, a 30 KB desired patch and a 100 KB method payload while "
+    "connected, then telemetry on the same connection, lab PKI, 3-root bundle",
+    provisioning={"telemetry_count": 0, "telemetry_interval_s": 1},
+    driven=True,
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ FLOORS = (
     Floor("heap_floor_azure_32bit_frozen_bytes", "unix32-frozen", AZURE_FLOW),
     Floor("heap_floor_azure_32bit_mpy_bytes", "unix32", AZURE_FLOW),
     Floor("heap_floor_azure_wheel_mpy_bytes", "wheel", AZURE_FLOW),
+    Floor("heap_floor_issuance_32bit_frozen_bytes", "unix32-frozen", ISSUANCE_FLOW, 40 * 1024),
+    Floor("heap_floor_big_messages_32bit_frozen_bytes", "unix32-frozen", BIG_MESSAGES, 40 * 1024),
 )
 # Runtimes whose per-module import cost is measured (results["import_cost_bytes"][runtime][module]).
 IMPORT_RUNTIMES = ("unix32-frozen", "unix32", "wheel")
@@ -79,6 +94,7 @@ class FlowEmulators:
 
     def info(self, flow: Flow) -> dict:
         from host_tools.provisioning import pki
+        from host_tools.provisioning.issuance_ca import ensure_issuance_ca
 
         group = (flow.pki_profile, flow.bundle_roots)
         if group not in self._started:
@@ -94,8 +110,11 @@ class FlowEmulators:
             # Every emulator also enrolls an X.509 group CA, with one device certificate for the X.509 flow.
             group_ca = pki.ensure_x509_group_ca(state / "x509-ca")
             x509_files = pki.issue_device(group_ca, dev.X509_DEVICE_ID, state / "x509-ca")
+            # ... and an issuance policy (the issuance flow's device) and the big-messages group.
+            policy = ensure_issuance_ca(state / "issuance-ca").policy(validity_days=30)
             enrollments = dev.write_private_json(
-                state / "enrollments.json", dev.bench_enrollments(decoys, self._key, x509_ca=group_ca.root)
+                state / "enrollments.json",
+                dev.bench_enrollments(decoys, self._key, x509_ca=group_ca.root, issuance_policy=policy),
             )
             emulator = self._stack.enter_context(EmulatorProcess(state, enrollments, ["--fault", "retry_after=0"]))
             self._started[group] = dict(emulator.info, x509_device=[str(p) for p in x509_files])
@@ -117,9 +136,14 @@ def image_for(build_dir: Path, info: dict, key: str, workdir: Path, runtime: str
 
 def measure_floor(image: dev.DeviceImage, floor: Floor, step_bytes: int, on_probe) -> dict:
     """The floor of one entry, with what stopped the flow just below it."""
+    from host_tools.bench.driven import BigMessages
+
     ceiling = dev.default_heap_bytes(floor.runtime)
-    found = dev.find_heap_floor(image, 16 * 1024, ceiling, step_bytes, on_probe=on_probe, script=floor.flow.script)
-    return {
+    runner = BigMessages(image.emulator_info, image.key) if floor.flow.driven else None
+    found = dev.find_heap_floor(
+        image, 16 * 1024, ceiling, step_bytes, on_probe=on_probe, script=floor.flow.script, runner=runner
+    )
+    entry = {
         "runtime": floor.runtime,
         "flow": floor.flow.name,
         "floor_bytes": found.floor_bytes,
@@ -130,6 +154,9 @@ def measure_floor(image: dev.DeviceImage, floor: Floor, step_bytes: int, on_prob
         "failure_below": found.last_failure.reason if found.last_failure else None,
         "failure_after_step": found.failure_step,
     }
+    if runner is not None:  # what the device did with each message at its floor (handled, or read past)
+        entry["message_fates_at_floor"] = runner.fates.get(found.floor_bytes)
+    return entry
 
 
 def import_costs(image: dev.DeviceImage, module_names: list[str]) -> dict[str, int]:

@@ -46,6 +46,12 @@ REQUIRED_NUMBERS = (
     # Issue 9: the X.509 flow beside the symmetric-key one.
     "heap_floor_x509_32bit_frozen_bytes",
     "heap_floor_x509_wheel_mpy_bytes",
+    # Certificate issuance and messages up to IoT Hub's limits, on the ESP32 proxy.
+    "csr_keygen_seconds_32bit_frozen",
+    "csr_keygen_esp32_estimate_seconds_low",
+    "csr_keygen_esp32_estimate_seconds_high",
+    "heap_floor_issuance_32bit_frozen_bytes",
+    "heap_floor_big_messages_32bit_frozen_bytes",
 )
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # the timeout: a hang guard only
@@ -114,7 +120,12 @@ def test_quick_bench_writes_every_figure(tmp_path):
         "provision_cpu_ratio_vs_sdk",
         "fleet_failures",
         "fleet_seconds",
+        "csr_keygen_seconds_32bit_frozen",
     }
+    assert results["csr_keygen_runtime"] == "unix32-frozen" and results["csr_keygen_runs"] == 3
+    # The big messages met a fate each (handled, or read past as too large) and the device stayed connected.
+    fates = results["heap_floors"]["heap_floor_big_messages_32bit_frozen_bytes"]["message_fates_at_floor"]
+    assert set(fates) == {"c2d", "desired", "method"}
     # Every entry of the floors table measured, on the runtime it names; import cost and TLS heap per runtime.
     from host_tools.bench.floors import FLOORS, IMPORT_RUNTIMES
 

@@ -8,6 +8,8 @@
 #   micropython bench_flow.py provisioning.json tls HOST PORT HOSTNAME CA_FILE
 #                                                         heap a TLS context trusting CA_FILE keeps, and what one
 #                                                         verified connection (handshake done) adds to it
+#   micropython bench_flow.py provisioning.json csr RUNS   time of RUNS key generations + CSRs (azprov.csr: new_key,
+#                                                         csr_der, private_key_der), one line per run
 #
 # Why the peak is exact without sampling: the collector frees memory only when it runs, so between collections
 # gc.mem_alloc() can only grow; its maximum is reached just before a collection or at the end. A stand-in `gc`
@@ -141,6 +143,24 @@ def _tls(host, port, hostname, ca_file):
     return 0
 
 
+def _csr(runs):
+    # What certificate issuance costs the device before it connects: a P-384 key, its CSR and its DER form.
+    import time
+
+    from azprov import csr
+
+    for index in range(int(runs)):
+        _gc.collect()
+        started = time.ticks_us()
+        key = csr.new_key()
+        request = csr.csr_der(key, "bench-device")
+        csr.private_key_der(key)
+        elapsed = time.ticks_diff(time.ticks_us(), started)
+        _report("csr", (("run", index), ("us", elapsed), ("csr_bytes", len(request))))
+        key = request = None
+    return 0
+
+
 def _run():
     argv = sys.argv
     mode = argv[2] if len(argv) > 2 else "peak"
@@ -148,6 +168,8 @@ def _run():
         return _imports(argv[3:])
     if mode == "tls":
         return _tls(*argv[3:7])
+    if mode == "csr":
+        return _csr(argv[3])
     return _flow(argv[1] if len(argv) > 1 else "provisioning.json", mode)
 
 
