@@ -33,7 +33,8 @@ class Provisioner:
         self._ctx = None
         self._inbox = []
         self._sink = None
-        self._key = None  # the P-384 private scalar whose CSR the registration in progress carries (issuance)
+        # Issuance: the DER private key and public point of the CSR the registration in progress carries.
+        self._key = None
 
     # --- one connection
 
@@ -101,19 +102,27 @@ class Provisioner:
 
     def _new_csr(self):
         """A new key pair and its CSR (base64 DER), for a registration that asks DPS for an operational certificate.
-        Every registration gets a new key: renewal never reuses one."""
+        Every registration gets a new key: renewal never reuses one. All the key arithmetic happens here, before the
+        DPS connection is set up, and only bytes are kept: the bignum temporaries would fragment the heap the DPS
+        answer needs."""
+        import sys
+
         from azprov import csr
         from azprov.encoding import b64encode
 
-        self._key = csr.new_key()
-        request = csr.csr_der(self._key, self.config["registration_id"])
+        d = csr.new_key()
+        request = csr.csr_der(d, self.config["registration_id"])
+        self._key = (csr.private_key_der(d), csr.public_key_bytes(d))
+        d = csr = None
+        sys.modules.pop("azprov.csr", None)
+        gc.collect()
         log.info("csr_created", ("curve", "P-384"), ("bytes", len(request)))
         return b64encode(request)
 
     def _issued_identity(self, registration):
         """The operational identity for state.json from the registration result: the key this registration's CSR
         was made with and the chain DPS issued for it (checked: CN and public key are the device's)."""
-        from azprov import csr, der
+        from azprov import der
         from azprov.encoding import b64decode, b64encode
 
         chain = dps.issued_chain(registration)
@@ -128,16 +137,13 @@ class Provisioner:
             leaf = der.certificate(b64decode(chain[0]))
         except ValueError as exc:
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "issuedCertificateChain[0]: %s" % exc)
-        if (
-            leaf["public_key"] != csr.public_key_bytes(self._key)
-            or leaf["common_name"] != self.config["registration_id"]
-        ):
+        if leaf["public_key"] != self._key[1] or leaf["common_name"] != self.config["registration_id"]:
             self.registration = None
             raise ProvisioningError(
                 errors.MALFORMED_RESPONSE, "issuedCertificateChain[0] is not a certificate for this device's CSR"
             )
         identity = {
-            "key": b64encode(csr.private_key_der(self._key)),
+            "key": b64encode(self._key[0]),
             "chain": chain,
             "not_before": leaf["not_before"],
             "not_after": leaf["not_after"],
