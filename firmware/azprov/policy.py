@@ -24,7 +24,7 @@ _LINK = (errors.NETWORK, errors.TIMEOUT)
 PENDING = "pending"
 PENDING_WAIT_MS = const(2000)
 # Throttling (429): the first window a throttled retry is spread over is this share of registration_timeout_s ...
-THROTTLED_SHARE = const(4)
+THROTTLED_SHARE = const(2)
 # ... and the spread never pushes an attempt later than this before the deadline: what one attempt needs (the least
 # registration_timeout_s the configuration allows).
 LAST_ATTEMPT_MS = const(5000)
@@ -65,26 +65,27 @@ def throttled_ms(failures, retry_after_ms, settings, random, elapsed_ms):
 
     A 429 says that DPS admits fewer registrations than are arriving: a fleet that powered on together (after an
     outage, a firmware update, a factory batch) is being turned away, and every device of it hears the same
-    retry-after. A device knows neither the fleet's size nor the service's rate, so the only spread it can choose
-    alone is one in time, and it must be wide enough for a fleet, not for one device's bad luck:
+    retry-after. A device knows neither the fleet's size nor the service's rate; the one scale it knows is its own
+    registration budget, so it spreads the retry over as much of that as it can afford:
 
-    - full jitter: a random point of the whole window (not half of it, as backoff_ms), so a throttled wave comes
-      back spread evenly over the window instead of over its second half;
-    - the window starts at a share of the registration budget (registration_timeout_s / THROTTLED_SHARE: 30 s at
-      the default 120 s), whatever retry_base_ms says (that is the pace for one device's network trouble), and
-      doubles with each failure in a row: being throttled again means the fleet is larger than the last window;
-    - it is capped at retry_max_s, and, while the device is within its budget, so that the attempt still starts
-      LAST_ATTEMPT_MS before registration_timeout_s runs out: a one-shot run gets its last attempt instead of being
-      stopped by the spread. Past the budget (a board, which never stops) the window is not clipped.
+    - full jitter: a random point of the whole window (not of its second half, as backoff_ms), so a throttled wave
+      comes back evenly over the window;
+    - the window is registration_timeout_s / THROTTLED_SHARE, whatever retry_base_ms says (that is the pace for one
+      device's network trouble, not for a fleet), doubling with each failure in a row (throttled again: the fleet
+      is larger than the window), capped at retry_max_s;
+    - while the device is within its budget, the window is at most half of what is left of it after retry-after
+      (a device throttled again still has as long again for its next spread), and ends LAST_ATTEMPT_MS before the
+      budget does: a one-shot run keeps its attempts instead of being stopped by the spread. Past the budget (a
+      board, which never stops) it is not cut.
 
-    At R registrations per second, N devices throttled together return at about N / window per second: 1,000 devices
-    over 30 s come back at 33/s, then the ones throttled again over 60 s.
+    N devices throttled together come back at about N / window per second: 1,000 devices over the first 60 s (at
+    the default 120 s) at 17/s, below a service admitting 20/s.
     """
     budget_ms = settings["registration_timeout_s"] * 1000
     window = min(settings["retry_max_s"] * 1000, (budget_ms // THROTTLED_SHARE) << min(max(failures - 1, 0), 24))
     left = budget_ms - elapsed_ms - retry_after_ms
     if left > 0:
-        window = min(window, max(0, left - LAST_ATTEMPT_MS))
+        window = min(window, left // 2, max(0, left - LAST_ATTEMPT_MS))
     return int(window * random)
 
 

@@ -214,8 +214,8 @@ def test_restarts_from_the_failed_step_after_a_backoff():
 
 def test_retry_after_from_the_service_is_waited():
     # A 503's 20 s, plus the first backoff step's jittered share (0.75 s); a 429's 20 s, plus the throttled spread
-    # (half of its window: registration_timeout_s / 4 doubled for the second failure in a row, 30 s); 600 s is cut
-    # to retry_max_s.
+    # (half of its window: half of the 79.25 s left of the budget after 20.75 s waited and 20 s asked for); 600 s is
+    # cut to retry_max_s.
     sup = Scripted(
         {
             "provision": [
@@ -226,7 +226,7 @@ def test_retry_after_from_the_service_is_waited():
         }
     )
     assert sup.ready()
-    assert sup.clock.sleeps == [20750, 50000, 60000]
+    assert sup.clock.sleeps == [20750, 39812, 60000]
 
 
 def test_a_dps_connection_held_across_a_long_wait_is_kept_alive():
