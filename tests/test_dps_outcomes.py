@@ -45,9 +45,11 @@ def _seconds(record: dict) -> float:
 
 
 def test_throttled_register_honours_retry_after(emulator, device):
-    # retry-after 3 s is longer than the first backoff window's jitter (under 2 s): only a device that really waits
-    # the service's retry-after can leave 3 s between the 429 and its next request.
-    emu, _, result, _ = _run(emulator, device, {"throttle_register": {"count": 1, "retry_after": 3}})
+    # The throttled spread comes on top of the service's retry-after, never instead of it: at least 3 s between the
+    # 429 and the next request. A 30 s budget keeps the spread (at most half of what is left) under 14 s.
+    emu, _, result, _ = _run(
+        emulator, device, {"throttle_register": {"count": 1, "retry_after": 3}}, registration_timeout_s=30
+    )
     assert result.status == 0, result.output
     assert _statuses(result)[:1] == [429]
     retry = result.event("retry_scheduled")
@@ -71,6 +73,7 @@ def test_throttled_poll_and_server_error_on_poll(emulator, device):
             "server_error": {"status": 503, "on": "poll", "count": 1, "retry_after": 0},
             "assigning_polls": 1,
         },
+        registration_timeout_s=30,  # the throttled spread: at most 15 s
     )
     assert result.status == 0, result.output
     statuses = _statuses(result)

@@ -158,6 +158,8 @@ def test_a_refused_csr_is_a_classified_error_and_nothing_is_stored(emulator, dev
 
     assert result.status == 1
     error = result.error
-    assert error["kind"] == "bad_request" and error["status"] == "400" and error["error_code"] == "400040", result.output
+    assert error["kind"] == "bad_request" and error["status"] == "400" and error["error_code"] == "400040", (
+        result.output
+    )
     assert "refused" in error["message"]
     assert not (dev.storage / "state.json").exists() and _issued(emu, "iss-refused") == []

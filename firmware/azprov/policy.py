@@ -23,6 +23,11 @@ _LINK = (errors.NETWORK, errors.TIMEOUT)
 # A DPS operation still being assigned: not a failure, a wait the service asks for (the SDKs wait 1-3 s).
 PENDING = "pending"
 PENDING_WAIT_MS = const(2000)
+# Throttling (429): the first window a throttled retry is spread over is this share of registration_timeout_s ...
+THROTTLED_SHARE = const(2)
+# ... and the spread never pushes an attempt later than this before the deadline: what one attempt needs (the least
+# registration_timeout_s the configuration allows).
+LAST_ATTEMPT_MS = const(5000)
 
 # Actions.
 RETRY = "retry"
@@ -53,6 +58,35 @@ def backoff_ms(failures, base_ms, max_s, random):
     window = min(max_s * 1000, base_ms << min(max(failures - 1, 0), 24))
     half = window // 2
     return half + int(half * random)
+
+
+def throttled_ms(failures, retry_after_ms, settings, random, elapsed_ms):
+    """The spread added to the service's retry-after when DPS answered 429 (the `failures`-th failure in a row).
+
+    A 429 says that DPS admits fewer registrations than are arriving: a fleet that powered on together (after an
+    outage, a firmware update, a factory batch) is being turned away, and every device of it hears the same
+    retry-after. A device knows neither the fleet's size nor the service's rate; the one scale it knows is its own
+    registration budget, so it spreads the retry over as much of that as it can afford:
+
+    - full jitter: a random point of the whole window (not of its second half, as backoff_ms), so a throttled wave
+      comes back evenly over the window;
+    - the window is registration_timeout_s / THROTTLED_SHARE, whatever retry_base_ms says (that is the pace for one
+      device's network trouble, not for a fleet), doubling with each failure in a row (throttled again: the fleet
+      is larger than the window), capped at retry_max_s;
+    - while the device is within its budget, the window is at most half of what is left of it after retry-after
+      (a device throttled again still has as long again for its next spread), and ends LAST_ATTEMPT_MS before the
+      budget does: a one-shot run keeps its attempts instead of being stopped by the spread. Past the budget (a
+      board, which never stops) it is not cut.
+
+    N devices throttled together come back at about N / window per second: 1,000 devices over the first 60 s (at
+    the default 120 s) at 17/s, below a service admitting 20/s.
+    """
+    budget_ms = settings["registration_timeout_s"] * 1000
+    window = min(settings["retry_max_s"] * 1000, (budget_ms // THROTTLED_SHARE) << min(max(failures - 1, 0), 24))
+    left = budget_ms - elapsed_ms - retry_after_ms
+    if left > 0:
+        window = min(window, left // 2, max(0, left - LAST_ATTEMPT_MS))
+    return int(window * random)
 
 
 def decide(
@@ -94,10 +128,13 @@ def decide(
     if kind in NEEDS_A_PERSON and action == RETRY:
         wait = cap_ms
     else:
-        wait = backoff_ms(failures, settings["retry_base_ms"], settings["retry_max_s"], random)
+        if kind == errors.THROTTLED:
+            wait = throttled_ms(failures, (retry_after_s or 0) * 1000, settings, random, elapsed_ms)
+        else:
+            wait = backoff_ms(failures, settings["retry_base_ms"], settings["retry_max_s"], random)
         if retry_after_s:
-            # The service's wait, plus the backoff's random share: a fleet told "retry after 5 s" in one wave must
-            # not come back in one wave.
+            # The service's wait, plus the random share (the backoff's, or the throttled spread): a fleet told
+            # "retry after 5 s" in one wave must not come back in one wave.
             wait += retry_after_s * 1000
         wait = min(wait, cap_ms)
     if action == REREGISTER and not final:

@@ -1,8 +1,11 @@
-# The DPS leg: the thin shell around azprov.dps (which owns no I/O). One call of Provisioner.attempt() is one DPS
-# connection: it sends the registration's next request, waits for the answers, polls while DPS is assigning, and on
-# an assignment streams the trust bundle to flash and commits it (azprov.store). Any failure is raised, classified,
-# with the connection closed; the registration stays where it was, so the next attempt (after the wait the retry
-# policy chose) polls the operation DPS already accepted instead of starting again. Only the supervisor calls this.
+# The DPS leg: the thin shell around azprov.dps (which owns no I/O). One call of Provisioner.attempt() sends the
+# registration's next request, waits for the answers, polls while DPS is assigning, and on an assignment streams the
+# trust bundle to flash and commits it (azprov.store). Any failure is raised, classified; the registration stays
+# where it was, so the next attempt (after the wait the retry policy chose) polls the operation DPS already accepted
+# instead of starting again. The connection is closed after a failure, except when DPS itself answered 429 or 5xx:
+# the connection works and the service only asked for a wait, so it is held across that wait (the supervisor's,
+# which pings it through keep_alive()) and the next attempt resumes on it, without a new TLS handshake. Only the
+# supervisor calls this.
 import gc
 import json
 
@@ -30,6 +33,8 @@ class Provisioner:
         self.client_version = client_version
         self.connections = 0
         self.registration = None  # the dps.Registration in progress, kept across attempts
+        self.connection = None  # held between attempts after DPS answered 429/5xx (see the top of this file)
+        self._quiet_since = 0  # when the held connection last carried a packet (ticks_ms)
         self._ctx = None
         self._inbox = []
         self._sink = None
@@ -176,7 +181,8 @@ class Provisioner:
         else:
             reg.bundle_sink = self._sink
             request = reg.resume()
-        connection = self._connect(deadline)
+        connection = self._held() or self._connect(deadline)
+        keep = False
         try:
             while True:
                 delay, topic, body = request
@@ -192,9 +198,65 @@ class Provisioner:
                 request = self._await_decision(connection, reg, deadline)
                 if request is None:
                     return reg.result
+        except ProvisioningError as exc:
+            # DPS answered (429 or 5xx, retry-after): the connection is healthy, the service asks for a wait only.
+            keep = exc.status is not None and exc.transient and connection.open
+            raise
         finally:
-            connection.disconnect()
             self._inbox = []
+            if keep:
+                self.connection = connection
+                self._quiet_since = self.clock.ticks_ms()
+            else:
+                connection.disconnect()
+
+    def _held(self):
+        """The connection held since the last attempt while it is still open, else None. What arrived meanwhile is
+        read first: a server that dropped it (end of stream, reset) shows here, and the attempt connects again."""
+        connection = self.connection
+        self.connection = None
+        if connection is None:
+            return None
+        try:
+            connection.receive(0)
+        except ProvisioningError as exc:
+            log.info("dps_connection_lost", ("reason", exc.kind))
+            return None
+        finally:
+            self._inbox = []  # nothing is pending between attempts: a stray answer belongs to no request
+        if not connection.open:
+            return None
+        log.debug("dps_connection_reused")
+        return connection
+
+    def ms_to_ping(self):
+        """Milliseconds until the held connection needs a keepalive ping: MQTT servers drop a client silent for 1.5
+        keepalive periods, so it is pinged at half of one. Only meaningful while `connection` is set."""
+        quiet = self.clock.ticks_diff(self.clock.ticks_ms(), self._quiet_since)
+        return max(0, _KEEPALIVE_S * 500 - quiet)
+
+    def keep_alive(self):
+        """Pings the held connection (the supervisor calls this while it waits). A connection the server has dropped
+        is let go without an error: the next attempt connects again."""
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            connection.ping()
+            connection.receive(0)  # sends the ping, reads the answer if it is already there
+            self._quiet_since = self.clock.ticks_ms()
+            log.debug("dps_ping")
+        except ProvisioningError as exc:
+            self.connection = None
+            log.info("dps_connection_lost", ("reason", exc.kind))
+        self._inbox = []
+
+    def close(self):
+        """Closes the held connection, if any (the device leaves the provision step, or the run ends)."""
+        connection = self.connection
+        self.connection = None
+        if connection is not None:
+            connection.disconnect()
 
     def _await_decision(self, connection, reg, deadline):
         while True:

@@ -254,6 +254,7 @@ class Supervisor:
         if (self.stop != BOARD and decision.final) or (self.stop == ONE_SHOT and decision.over_budget):
             error.judged = True
             self._drop_connection()
+            self._close_dps()
             raise error
         restart = decision.restart if self.config is not None else "config"
         if decision.action == policy.REREGISTER:
@@ -261,6 +262,9 @@ class Supervisor:
             self.reregister = True
             self.gateway_failures = 0
         index = STEPS.index(restart)
+        if restart != "provision" or decision.action != policy.RETRY:
+            # A DPS connection is held across the wait only to resume the same registration on it.
+            self._close_dps()
         if index <= _CONNECT:
             self._drop_connection()
         if index < _CONNECT:
@@ -303,9 +307,9 @@ class Supervisor:
         if early > 0:
             if budget_ms is not None and early > budget_ms:
                 if budget_ms:
-                    clock.sleep_ms(budget_ms)
+                    self._sleep(budget_ms)
                 return False
-            clock.sleep_ms(early)
+            self._sleep(early)
         self.retry_at = None
         if self._reset_due:
             self._reset_due = False
@@ -315,6 +319,19 @@ class Supervisor:
                 machine.reset()
             self.boot_failures = 0  # a port that cannot reset: carry on counting from zero
         return True
+
+    def _sleep(self, ms):
+        """Sleeps `ms`. A DPS connection held across the wait (the service answered 429/5xx) is pinged whenever its
+        keepalive falls due, so the next attempt finds it open."""
+        provisioner = self.provisioner
+        while provisioner is not None and provisioner.connection is not None:
+            due = provisioner.ms_to_ping()
+            if due >= ms:
+                break
+            self.clock.sleep_ms(due)
+            ms -= due
+            provisioner.keep_alive()
+        self.clock.sleep_ms(ms)
 
     def _feed_watchdog(self):
         if self.config is not None and not self._watchdog_tried:
@@ -497,7 +514,12 @@ class Supervisor:
             self.gateway.close()
             self.gateway = None
 
+    def _close_dps(self):
+        if self.provisioner is not None:
+            self.provisioner.close()
+
     def close(self):
+        self._close_dps()
         self._close_gateway()
 
     # --- the device's own application: telemetry every interval, handlers served in between

@@ -15,11 +15,13 @@ identical to the device:
 - the driver's own: the per-device keys, derived from the group key on the host as for any group enrollment;
   a minimal MQTT 3.1.1 client over asyncio + ssl (CERT_REQUIRED and the host-name check against the DPS root,
   like the firmware's transport), and a loop that mirrors the supervisor's provision step in a one-shot run
-  (`azprov.supervisor.Supervisor.failed` around `azprov.provision.Provisioner.attempt`): one connection per
-  attempt, within what is left of `registration_timeout_s`; after any ProvisioningError, `policy.decide(kind,
-  failures, retry_after, cfg, random, elapsed_ms, "provision")`; stop at `final` or `over_budget`, else sleep
-  `wait_ms` and resume the registration (poll the accepted operation or register again) on a new connection.
-  The only difference from a device is that the sleeps are `asyncio.sleep`, so 1,000 devices share one thread.
+  (`azprov.supervisor.Supervisor.failed` around `azprov.provision.Provisioner.attempt`): each attempt within what
+  is left of `registration_timeout_s`; after any ProvisioningError, `policy.decide(kind, failures, retry_after, cfg,
+  random, elapsed_ms, "provision")`; stop at `final` or `over_budget`, else sleep `wait_ms` and resume the
+  registration (poll the accepted operation or register again). As the Provisioner, the connection is held across
+  that sleep when DPS itself answered 429/5xx (pinged at half its keep-alive, as `Supervisor._sleep`), and the next
+  attempt resumes on it unless the server has closed it; any other failure closes it and the next attempt connects
+  again. The only difference from a device is that the sleeps are `asyncio.sleep`, so 1,000 devices share one thread.
 
 Each device has its own TLS connection; the driver only ever connects to a loopback address.
 
@@ -235,10 +237,32 @@ class DeviceRecord:
     polls: int = 0
     throttled: int = 0  # 429 answers
     connections: int = 0
-    retries: int = 0  # waits the retry policy scheduled (each followed by a new connection)
+    resumed: int = 0  # attempts made on a connection held since the last attempt
+    retries: int = 0  # waits the retry policy scheduled
     outcome: str = "pending"  # assigned | failed
     kind: str | None = None  # the firmware's error kind when failed
     finished_s: float | None = None
+
+
+@dataclass
+class HeldConnection:
+    """A device's DPS connection between attempts (azprov.provision.Provisioner.connection)."""
+
+    conn: MqttConnection | None = None
+    quiet_since: float = 0.0  # loop time of its last packet
+
+    def take(self) -> MqttConnection | None:
+        """The held connection if the server has not closed it (Provisioner._held), else None; nothing stays held."""
+        conn, self.conn = self.conn, None
+        if conn is not None and (conn.reader.at_eof() or conn.writer.is_closing()):
+            conn.abort()
+            return None
+        return conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
 
 
 @dataclass
@@ -316,15 +340,23 @@ class FleetRun:
             raise self._transport_error(exc, "DPS subscribe") from None
         return conn
 
-    async def _attempt(self, cfg: dict, client_version: str, reg, record: DeviceRecord, budget_s: float) -> None:
-        """One attempt of the provision step, as azprov.provision.Provisioner._register: one connection, the
-        registration's next request (start, or resume after an earlier attempt), polls while DPS is assigning
-        (each waiting the policy's PENDING decision), until the assignment or a ProvisioningError."""
+    async def _attempt(
+        self, cfg: dict, client_version: str, reg, record: DeviceRecord, budget_s: float, held: HeldConnection
+    ) -> None:
+        """One attempt of the provision step, as azprov.provision.Provisioner._register: the held connection or a new
+        one, the registration's next request (start, or resume after an earlier attempt), polls while DPS is
+        assigning (each waiting the policy's PENDING decision), until the assignment or a ProvisioningError. The
+        connection is held for the next attempt when DPS answered 429/5xx, else closed."""
         fw = self.fw
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget_s
         request = reg.start() if reg.rid is None else reg.resume()
-        conn = await self._connect(cfg, client_version, record, deadline)
+        conn = held.take()
+        if conn is None:
+            conn = await self._connect(cfg, client_version, record, deadline)
+        else:
+            record.resumed += 1
+        keep = False
         try:
             while True:
                 delay, topic, body = request
@@ -349,8 +381,29 @@ class FleetRun:
                     raise self._transport_error(exc, "DPS") from None
                 if request is None:
                     return
+        except fw.errors.ProvisioningError as exc:
+            keep = exc.status is not None and exc.transient  # the service answered: the connection is healthy
+            raise
         finally:
-            await conn.disconnect()
+            if keep:
+                held.conn, held.quiet_since = conn, loop.time()
+            else:
+                await conn.disconnect()
+
+    async def _sleep(self, seconds: float, held: HeldConnection) -> None:
+        """As azprov.supervisor.Supervisor._sleep: a held connection is pinged at half its keep-alive meanwhile."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        ping_every = self.fw.constants["_KEEPALIVE_S"] / 2
+        while held.conn is not None and held.quiet_since + ping_every < end:
+            await asyncio.sleep(max(0.0, held.quiet_since + ping_every - loop.time()))
+            try:
+                held.conn.writer.write(b"\xc0\x00")  # PINGREQ (the PINGRESP is skipped by next_publish)
+                await held.conn.writer.drain()
+                held.quiet_since = loop.time()
+            except (OSError, ConnectionError):
+                held.close()  # the server let it go: the next attempt connects again
+        await asyncio.sleep(max(0.0, end - loop.time()))
 
     async def _await_decision(self, conn: MqttConnection, reg, record: DeviceRecord, deadline: float):
         """Answers until the state machine decides: None when assigned, else the next request."""
@@ -386,13 +439,14 @@ class FleetRun:
         timeout_s = cfg["registration_timeout_s"]
         failures = 0
         reg = None  # kept across attempts, as Provisioner.registration
+        held = HeldConnection()  # as Provisioner.connection
         try:
             while True:
                 if reg is None:
                     reg = fw.dps.Registration(registration_id, cfg["payload"])
                 budget_s = max(0.001, timeout_s - (loop.time() - since))  # Supervisor._registration_budget_ms
                 try:
-                    await self._attempt(cfg, client_version, reg, record, budget_s)
+                    await self._attempt(cfg, client_version, reg, record, budget_s, held)
                     record.outcome = "assigned"
                     return
                 except fw.errors.ProvisioningError as exc:
@@ -411,13 +465,14 @@ class FleetRun:
                     if decision.final or decision.over_budget:  # the one-shot stop rule
                         raise
                     record.retries += 1
-                    await asyncio.sleep(decision.wait_ms / 1000)
+                    await self._sleep(decision.wait_ms / 1000, held)
         except fw.errors.ProvisioningError as exc:
             record.outcome, record.kind = "failed", exc.kind
         except asyncio.CancelledError:
             record.outcome, record.kind = "failed", "driver_deadline"
             raise
         finally:
+            held.close()  # the stop rule ended the run (Supervisor.failed closes it too)
             record.finished_s = self.now()
 
     async def _report_progress(self, total: int) -> None:
@@ -486,6 +541,7 @@ def summarize(run: FleetRun, cpu_s: float) -> dict:
         "throttled_answers": sum(r.throttled for r in records),
         "polls": sum(r.polls for r in records),
         "connections": sum(r.connections for r in records),
+        "resumed_attempts": sum(r.resumed for r in records),
         "retries_scheduled": sum(r.retries for r in records),
         "max_attempts": max((r.attempts for r in records), default=0),
         "attempts_histogram": dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),

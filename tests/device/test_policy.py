@@ -50,11 +50,61 @@ def test_transient_errors_are_not_final_and_restart_the_failed_step():
 
 
 def test_retry_after_is_honoured_within_the_cap_with_the_backoff_on_top():
-    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.0).wait_ms == 20500
-    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.999).wait_ms == 20999
-    assert _decide(errors.THROTTLED, 1, retry_after=600).wait_ms == 60000
+    # A 5xx: retry-after plus the backoff's random half.
+    assert _decide(errors.SERVICE_UNAVAILABLE, 1, retry_after=20, random=0.0).wait_ms == 20500
+    assert _decide(errors.SERVICE_UNAVAILABLE, 1, retry_after=20, random=0.999).wait_ms == 20999
+    assert _decide(errors.SERVICE_UNAVAILABLE, 1, retry_after=600).wait_ms == 60000
     # A short retry-after does not shorten the backoff.
-    assert _decide(errors.THROTTLED, 4, retry_after=1, random=0.0).wait_ms == 5000
+    assert _decide(errors.SERVICE_UNAVAILABLE, 4, retry_after=1, random=0.0).wait_ms == 5000
+    # A 429: retry-after plus the throttled spread, never less than retry-after, never more than the cap.
+    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.0).wait_ms == 20000
+    assert _decide(errors.THROTTLED, 1, retry_after=20, random=0.5).wait_ms == 45000  # half of (120 - 20) / 2 s
+    assert _decide(errors.THROTTLED, 1, retry_after=600, random=0.0).wait_ms == 60000
+
+
+def test_throttled_answers_spread_over_a_window_for_a_fleet():
+    # Full jitter on top of retry-after, over half of what is left of the 120 s budget: (120 - 1) / 2 = 59.5 s,
+    # evenly from 0 (not from half the window, as the backoff).
+    waits = [_decide(errors.THROTTLED, 1, retry_after=1, random=r / 10).wait_ms for r in range(10)]
+    assert waits == [1000 + int(59500 * (r / 10)) for r in range(10)], waits
+    assert waits[0] == 1000 and waits[-1] == 54550
+    # However small retry_base_ms is: that is one device's pace, not a fleet's.
+    assert _decide(errors.THROTTLED, 1, retry_after=1, settings=_with(retry_base_ms=100), random=0.5).wait_ms == 30750
+    # Without a retry-after, the spread alone.
+    assert _decide(errors.THROTTLED, 1, retry_after=None, random=0.5).wait_ms == 30000
+
+
+def test_throttled_window_doubles_with_each_failure_in_a_row_up_to_the_cap():
+    # registration_timeout_s / 2 = 50 s, then 100, 200, 400 s, half of each drawn; past the budget (a board) the
+    # window is not cut, only capped.
+    settings = _with(retry_max_s=3600, registration_timeout_s=100)
+    waits = [
+        _decide(errors.THROTTLED, n, retry_after=1, settings=settings, random=0.5, elapsed=10**6).wait_ms
+        for n in (1, 2, 3, 4)
+    ]
+    assert waits == [26000, 51000, 101000, 201000], waits
+    late = _decide(errors.THROTTLED, 40, retry_after=1, settings=settings, random=0.5, elapsed=10**6)
+    assert late.wait_ms == 1000 + 1800000  # the window stops at retry_max_s (3,600 s)
+    assert (
+        _decide(errors.THROTTLED, 40, retry_after=1, random=0.999, elapsed=10**6).wait_ms == 60000
+    )  # the whole wait too
+
+
+def test_throttled_spread_leaves_a_one_shot_run_its_last_attempt():
+    # 100 s into a 120 s budget, retry-after 1 s: at most half of the 19 s left, 9.5 s.
+    assert _decide(errors.THROTTLED, 1, retry_after=1, random=0.999, elapsed=100000).wait_ms == 1000 + 9490
+    # Less than LAST_ATTEMPT_MS left after retry-after: retry-after alone.
+    assert _decide(errors.THROTTLED, 3, retry_after=1, random=0.999, elapsed=114000).wait_ms == 1000
+    # Whatever the draw, a retry-after that fits the budget never puts the next attempt past it, and the spread never
+    # takes more than half of what is left: throttled again, the device still has as long again.
+    for elapsed in range(0, 115000, 2500):
+        for failures in (1, 2, 3, 5):
+            for r in (0.0, 0.3, 0.999):
+                decision = _decide(errors.THROTTLED, failures, retry_after=1, random=r, elapsed=elapsed)
+                assert not decision.over_budget, (elapsed, failures, r, decision.wait_ms)
+                assert decision.wait_ms - 1000 <= (120000 - elapsed - 1000) // 2, (elapsed, failures, r)
+    # Past the budget (a board never stops) the window is not cut: 60 s (retry_max_s), half of it drawn.
+    assert _decide(errors.THROTTLED, 1, retry_after=1, random=0.5, elapsed=500000).wait_ms == 31000
 
 
 def test_gateway_failures_restart_at_connect():

@@ -148,18 +148,73 @@ def test_429_is_raised_throttled_with_its_retry_after_and_nothing_stored():
     assert exc.status == 429 and exc.retry_after == 7 and exc.error_code == 429001
     assert clock.sleeps == []  # the shell never waits after a failure: the supervisor does
     _nothing_stored()
-    assert network.connections[0].disconnected
-    # Transient: the registration is kept, the next attempt polls the same operation.
+    # The service answered: the connection is held for the next attempt, which polls the same operation on it.
+    assert prov.connection is network.connections[0] and prov.connection.open
     network.answer = dps((200, None, assigned()))
     prov.attempt(60000)
-    assert network.published(2) == [POLL + "3&operationId=op-1"]
+    assert network.published(1)[-1] == POLL + "3&operationId=op-1" and len(network.connections) == 1
+    assert network.connections[0].disconnected and prov.connection is None
+
+
+def test_a_service_error_holds_the_connection_and_the_attempt_resumes_on_it():
+    prov, clock, network = _provisioner([(503, 2, {"errorCode": 503000, "message": "busy"})])
+    raises(errors.SERVICE_UNAVAILABLE, prov.attempt, 60000)
+    assert prov.connection is network.connections[0] and not network.connections[0].disconnected
+    network.answer = dps((429, 1, {"errorCode": 429001, "message": "slow down"}), (200, None, assigned()))
+    raises(errors.THROTTLED, prov.attempt, 60000)
+    prov.attempt(60000)
+    # Three attempts, one TLS connection: each register request went out on it.
+    assert network.published(1) == [REGISTER + "1", REGISTER + "2", REGISTER + "3"], network.published()
+    assert len(network.opened) == 1 and prov.connections == 1
+
+
+def test_a_transport_failure_or_a_final_answer_closes_the_connection():
+    drop = ProvisioningError(errors.NETWORK, "DPS: connection failed (104)")
+    prov, clock, network = _provisioner([drop])
+    raises(errors.NETWORK, prov.attempt, 60000)
+    assert prov.connection is None and not network.connections[0].open
+    network.answer = dps((401, None, {"errorCode": 401002, "message": "no"}))
+    raises(errors.AUTHENTICATION, prov.attempt, 60000)
+    assert prov.connection is None and network.connections[1].disconnected
+
+
+def test_a_held_connection_the_server_dropped_is_replaced_by_a_new_one():
+    prov, clock, network = _provisioner([(429, 1, {"errorCode": 429001, "message": "slow down"})])
+    raises(errors.THROTTLED, prov.attempt, 60000)
+    held = prov.connection
+    network.fail["receive"] = ProvisioningError(errors.NETWORK, "DPS: connection failed (-1)")  # end of stream
+    network.answer = dps((200, None, assigned()))
+    prov.attempt(60000)
+    assert not held.open and len(network.connections) == 2
+    assert network.published(2) == [REGISTER + "2"], network.published()
+
+
+def test_the_held_connection_is_pinged_at_half_its_keepalive_and_closed_on_request():
+    prov, clock, network = _provisioner([(429, 1, {"errorCode": 429001, "message": "slow down"})])
+    raises(errors.THROTTLED, prov.attempt, 60000)
+    held = prov.connection
+    assert prov.ms_to_ping() == 30000  # keepalive 60 s: a server drops a client silent for 90 s
+    clock.sleep_ms(30000)
+    assert prov.ms_to_ping() == 0
+    prov.keep_alive()
+    assert held.pings == 1 and prov.ms_to_ping() == 30000 and prov.connection is held
+    # A ping the server does not take: the connection is let go quietly, the next attempt connects again.
+    network.fail["ping"] = ProvisioningError(errors.NETWORK, "DPS: connection failed (32)")
+    prov.keep_alive()
+    assert prov.connection is None and not held.open
+    network.answer = dps((429, 1, {"errorCode": 429001, "message": "slow down"}))
+    raises(errors.THROTTLED, prov.attempt, 60000)
+    second = prov.connection
+    assert second is network.connections[1] and second.open
+    prov.close()
+    assert prov.connection is None and second.disconnected
 
 
 def test_401_is_final_and_the_registration_starts_again():
     prov, clock, network = _provisioner([(202, 0, ASSIGNING), (401, None, {"errorCode": 401002, "message": "no"})])
     exc = raises(errors.AUTHENTICATION, prov.attempt, 60000)
     assert exc.status == 401 and exc.error_code == 401002
-    assert prov.registration is None
+    assert prov.registration is None and prov.connection is None
     _nothing_stored()
     network.answer = dps((200, None, assigned()))
     prov.attempt(60000)

@@ -85,6 +85,30 @@ class FakeGateway:
         self.closed = True
 
 
+class HeldDps:
+    """A Provisioner as the supervisor sees it between attempts: a DPS connection held after the service answered
+    429/5xx, pinged every 30 s of quiet (half its keepalive), closed on request."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.connection = "held"
+        self.quiet_since = clock.now
+        self.pings = []
+        self.closed = 0
+
+    def ms_to_ping(self):
+        return max(0, 30000 - (self.clock.now - self.quiet_since))
+
+    def keep_alive(self):
+        self.pings.append(self.clock.now)
+        self.quiet_since = self.clock.now
+
+    def close(self):
+        if self.connection is not None:
+            self.closed += 1
+        self.connection = None
+
+
 class Scripted(supervisor.Supervisor):
     """The supervisor with each step's outcomes scripted: `script[step]` is a list of None (success) or exceptions,
     taken in turn (success once the list is empty)."""
@@ -122,7 +146,15 @@ class Scripted(supervisor.Supervisor):
     def _provision(self):
         if self.state is not None and not self.reregister:
             return
-        self._outcome("provision")
+        if self.provisioner is None:
+            self.provisioner = self.dps = HeldDps(self.clock)
+        try:
+            self._outcome("provision")
+        except ProvisioningError as exc:
+            if exc.status is None or not exc.transient:
+                self.provisioner.connection = None  # as the real Provisioner: held only after DPS answered 429/5xx
+            raise
+        self.provisioner = None
         self.registrations += 1
         self.state = {"assignment": {}}
         self.fresh = self.registrations > 1 or self.script.get("cached") is None
@@ -152,10 +184,68 @@ def test_restarts_from_the_failed_step_after_a_backoff():
 
 
 def test_retry_after_from_the_service_is_waited():
-    # 20 s asked for, plus the first backoff step's jittered share (0.75 s); 600 s is cut to retry_max_s.
-    sup = Scripted({"provision": [_error(errors.THROTTLED, retry_after=20), _error(errors.THROTTLED, retry_after=600)]})
+    # A 503's 20 s, plus the first backoff step's jittered share (0.75 s); a 429's 20 s, plus the throttled spread
+    # (half of its window: half of the 79.25 s left of the budget after 20.75 s waited and 20 s asked for); 600 s is
+    # cut to retry_max_s.
+    sup = Scripted(
+        {
+            "provision": [
+                _error(errors.SERVICE_UNAVAILABLE, retry_after=20),
+                _error(errors.THROTTLED, retry_after=20),
+                _error(errors.THROTTLED, retry_after=600),
+            ]
+        }
+    )
     assert sup.ready()
-    assert sup.clock.sleeps == [20750, 60000]
+    assert sup.clock.sleeps == [20750, 39812, 60000]
+
+
+def test_a_dps_connection_held_across_a_long_wait_is_kept_alive():
+    # 50 s asked for by a 503: the held connection is pinged once its 30 s of quiet are up, and the wait goes on.
+    sup = Scripted({"provision": [_error(errors.SERVICE_UNAVAILABLE, status=503, retry_after=50)]})
+    assert sup.ready()
+    assert sup.clock.sleeps == [30000, 20750] and sup.dps.pings == [30000] and not sup.dps.closed
+    # Once the server has let it go (keep_alive dropped it), the rest of the wait is one sleep.
+    sup = Scripted({"provision": [_error(errors.SERVICE_UNAVAILABLE, status=503, retry_after=50)]})
+    sup.ready(0)
+    sup.dps.connection = None
+    assert sup.ready() and sup.clock.sleeps == [50750]
+
+
+def test_the_held_dps_connection_is_closed_when_the_device_leaves_the_step_or_stops():
+    def provisioned(**options):
+        sup = Scripted({}, **options)
+        sup.ready()
+        sup.provisioner = held = HeldDps(sup.clock)
+        return sup, held
+
+    # Another 503 on the same registration keeps it for the next attempt.
+    sup, held = provisioned()
+    sup.failed(_error(errors.SERVICE_UNAVAILABLE, status=503), "provision")
+    assert not held.closed and sup.index == supervisor.STEPS.index("provision")
+    # The Wi-Fi is down: the device goes back to the link.
+    sup, held = provisioned()
+    sup.link.up = False
+    sup.failed(_network(), "provision")
+    assert sup.index == supervisor.STEPS.index("link") and held.closed == 1
+    # A board about to reset.
+    sup, held = provisioned(config={"reset_after_failures": 1})
+    sup.failed(_error(errors.SERVICE_UNAVAILABLE, status=503), "provision")
+    assert held.closed == 1
+    # A one-shot run past its budget hands the error over with the connection closed.
+    sup, held = provisioned(stop=supervisor.ONE_SHOT)
+    sup.clock.now = 200000
+    try:
+        sup.failed(_error(errors.THROTTLED, status=429, retry_after=1), "provision")
+    except ProvisioningError:
+        pass
+    else:
+        raise AssertionError("a one-shot run went on past its budget")
+    assert held.closed == 1
+    # The end of a run.
+    sup, held = provisioned()
+    sup.close()
+    assert held.closed == 1
 
 
 def test_errors_that_need_a_person_wait_at_the_cap_on_a_board():
