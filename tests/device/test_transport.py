@@ -127,16 +127,16 @@ def test_network_errors_are_named_with_their_code():
 
 def test_the_watchdog_is_fed_while_a_read_waits():
     wdt, _ = _watched()
-    sock = transport.DeadlineSocket(_SlowTls(idle=7), 10000, None)
+    sock = transport.DeadlineSocket(_SlowTls(idle=7), 10000)
     assert bytes(sock.read(3)) == b"AAA"
     assert wdt.feeds >= 7, wdt.feeds  # one feed per slice the read waited
     # The same for a payload read in pieces (PayloadStream.fill) and for a write the socket cannot take yet.
-    sock = transport.DeadlineSocket(_SlowTls(idle=5), 10000, None)
+    sock = transport.DeadlineSocket(_SlowTls(idle=5), 10000)
     wdt.feeds = 0
     sock.fill(memoryview(bytearray(4)))
     assert wdt.feeds >= 5, wdt.feeds
     tls = _SlowTls(idle=4)
-    sock = transport.DeadlineSocket(tls, 10000, None)
+    sock = transport.DeadlineSocket(tls, 10000)
     sock.write(b"\xc0\x00")
     wdt.feeds = 0
     sock.flush()
@@ -147,7 +147,7 @@ def test_the_watchdog_is_fed_while_waiting_for_data():
     # Connection.receive waits through wait_readable for up to a second at a time (longer when a caller asks):
     # the wait is polled in slices of at most _FEED_SLICE_MS, each after a feed.
     wdt, fake = _watched(idle_polls=3)
-    sock = transport.DeadlineSocket(_SlowTls(idle=0), 10000, None)
+    sock = transport.DeadlineSocket(_SlowTls(idle=0), 10000)
     assert sock.wait_readable(60000)
     assert wdt.feeds >= 4, wdt.feeds
     assert max(fake.timeouts) <= 1000, fake.timeouts  # transport._FEED_SLICE_MS (a const: not visible on MicroPython)
