@@ -46,6 +46,8 @@ class Provisioner:
     def _on_message(self, topic, body, pid):
         streamed = None
         if isinstance(body, transport.PayloadStream):
+            if self._sink is None:
+                return  # between attempts (a held connection): no request is waiting, the payload is read past
             body, streamed = self._take(topic, body)
         self._inbox.append((topic, body, streamed))
 

@@ -222,6 +222,10 @@ class ScriptedConnection:
         script = self._script
         if not self.open:
             raise Bad("received on a closed connection")
+        if not script.asked and not wait_ms:
+            # A look without waiting while no request is out (a held connection between attempts): a server answers
+            # requests, so nothing is there.
+            return False
         if script.next >= len(script.items):
             raise Exhausted()
         topic, body = script.items[script.next], script.items[script.next + 1]
@@ -240,6 +244,10 @@ class ScriptedConnection:
                 _fits(len(body))
             self.on_message(topic, bytearray(body) if body else b"", None)
         return True
+
+    def ping(self):
+        if not self.open:
+            raise Bad("pinged a closed connection")
 
     def close(self):
         if self.open:
@@ -318,6 +326,7 @@ class DpsBench:
                 state = _register(sup)
             except Exhausted:
                 state = None
+                sup.close()  # the run ends here (the answers ran out): a connection held for a retry is let go
             stage = "check"
             if script.open:
                 self.dirty = True
