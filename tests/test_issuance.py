@@ -163,3 +163,23 @@ def test_a_refused_csr_is_a_classified_error_and_nothing_is_stored(emulator, dev
     )
     assert "refused" in error["message"]
     assert not (dev.storage / "state.json").exists() and _issued(emu, "iss-refused") == []
+
+
+@pytest.mark.parametrize("case", ["no_policy", "refused_csr"])
+def test_on_a_board_a_refusal_waits_at_the_cap_and_is_logged_classified(emulator, device, policy_ca, case):
+    from tests.runloop_board import Board, install_standins
+
+    key = new_key()
+    if case == "no_policy":
+        emu = emulator(enrollment_doc([individual("iss-board", key)]))
+        kind = "assignment_failed"
+    else:
+        emu = emulator(_issuing(policy_ca, "iss-board", key), "--fault", "refuse_csr=400042")
+        kind = "bad_request"
+    dev = device(emu, "iss-board", key, certificate_issuance=True, **dict(BOARD, retry_max_s=3))
+    install_standins(dev.root)
+    with Board(dev.root) as board:
+        retries = board.wait_for("retry_scheduled", 2, timeout=60)
+    assert all(r["reason"] == kind and r["step"] == "provision" for r in retries), retries
+    assert all(float(r["in_s"]) == 3.0 for r in retries)  # needs a person: the cap, not the backoff
+    assert not (dev.storage / "state.json").exists() and _issued(emu, "iss-board") == []
