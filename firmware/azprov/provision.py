@@ -21,6 +21,7 @@ _KEEPALIVE_S = const(60)
 # to flash one at a time and the whole answer is never in heap); smaller ones are read whole.
 _STREAM_OVER = const(2048)
 _CHUNK = const(512)
+_REST_MAX = const(4096)
 
 
 class Provisioner:
@@ -58,8 +59,9 @@ class Provisioner:
         from azprov.bundle import Extractor
 
         self._sink.start()
-        extractor = Extractor(self._sink)
         try:
+            # The rest (the answer without its certificates) is about half of it (1.9 KB of a 4.6 KB lab answer).
+            extractor = Extractor(self._sink, min(_REST_MAX, max(_CHUNK, stream.size // 2)))
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
             while stream.remaining:
@@ -284,8 +286,9 @@ class Provisioner:
     def attempt(self, budget_ms):
         """Registers (or continues the registration) within `budget_ms` and commits the assignment and trust bundle
         to the store; returns the stored state. Raises a classified ProvisioningError."""
-        from azprov.bundle import parse
+        from azprov.bundle import _TlsCheck, parse
 
+        _TlsCheck.prepare()  # the bundle check's TLS context, made before the DPS connection fragments the heap
         store = self.store
         self._sink = store.incoming()  # the bundle's certificates go straight from the DPS answer to flash
         try:
@@ -294,6 +297,7 @@ class Provisioner:
             pem_sha256 = self._sink.finish() if streamed else None
             identity = self._issued_identity(registration) if self.config["certificate_issuance"] else None
         except BaseException as exc:
+            _TlsCheck.release()
             self._sink.close()
             store.discard_incoming()
             if isinstance(exc, ProvisioningError) and exc.status is not None and exc.kind not in errors.TRANSIENT:

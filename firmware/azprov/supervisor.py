@@ -20,6 +20,7 @@ from azprov.errors import ProvisioningError
 
 STEPS = ("config", "link", "clock", "provision", "connect", "serve")
 _CONNECT = const(4)
+CONNECT = _CONNECT
 _SERVE = const(5)
 _GATEWAY_STEPS = ("connect", "serve")
 _LINK_CHECK_MS = const(1000)
@@ -183,10 +184,13 @@ class Supervisor:
 
     # --- driving the steps
 
-    def ready(self, budget_ms=None):
+    def ready(self, budget_ms=None, until=_SERVE):
         """Runs the steps until the gateway connection is up; True when it is. With `budget_ms`, returns False
-        instead of waiting longer than that for a retry the policy scheduled."""
+        instead of waiting longer than that for a retry the policy scheduled. `until=CONNECT` stops once the device
+        is provisioned (the step before the gateway): main() loads the hub code only then."""
         while True:
+            if self.index >= until and until < _SERVE:
+                return True
             if self.index == _SERVE:
                 if self._renewal_due():
                     self._renew_identity()
@@ -615,6 +619,9 @@ def main(path="provisioning.json", hub_features=True):
     supervisor = Supervisor(path, BOARD if selected(cfg, sys.platform) else ONE_SHOT, config=cfg)
     try:
         if hub_features:
+            # Provisioned first: on a board without frozen modules the hub code (client, hub, default_app: about
+            # 16 KB of bytecode in RAM) is not in the heap while the DPS answer streams in.
+            supervisor.ready(until=_CONNECT)
             from azprov.client import Client
             from azprov.default_app import DefaultApp
 
