@@ -11,7 +11,7 @@ import json
 
 from micropython import const
 
-from azprov import __version__, dps, errors, log, policy, sas, transport
+from azprov import __version__, dps, errors, log, sas, transport
 from azprov.errors import ProvisioningError
 from azprov.pem import open_ca_file
 
@@ -189,6 +189,8 @@ class Provisioner:
             while True:
                 delay, topic, body = request
                 if delay != 0:
+                    from azprov import policy
+
                     wait = policy.decide(policy.PENDING, 0, delay, cfg, 0, 0).wait_ms
                     if wait >= self._remaining(deadline):
                         raise ProvisioningError(

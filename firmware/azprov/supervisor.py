@@ -15,7 +15,7 @@ import sys
 
 from micropython import const
 
-from azprov import errors, log, policy, watchdog
+from azprov import errors, log, watchdog
 from azprov.errors import ProvisioningError
 
 STEPS = ("config", "link", "clock", "provision", "connect", "serve")
@@ -234,6 +234,8 @@ class Supervisor:
         if getattr(exc, "judged", False):
             raise exc  # already judged final by an inner attempt
         error = _classified(exc, step)
+        from azprov import policy  # loaded at the first failure only: a run that never fails never holds it
+
         self.failures += 1
         self.boot_failures += 1
         gateway_step = step in _GATEWAY_STEPS
@@ -277,6 +279,8 @@ class Supervisor:
         self._schedule(error, step, restart, decision)
 
     def _schedule(self, error, step, restart, decision):
+        from azprov import policy
+
         wait = decision.wait_ms
         action = decision.action
         pairs = [("step", step), ("reason", error.kind), ("in_s", "%d.%d" % (wait // 1000, wait % 1000 // 100))]
