@@ -4,7 +4,7 @@ import binascii
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
-_HEX = "0123456789ABCDEF"
+_HEX = b"0123456789ABCDEF"
 
 
 def b64decode(text):
@@ -25,13 +25,22 @@ def b64encode(data):
 
 def url_encode(text):
     # RFC 3986 unreserved characters pass; everything else, including "/", becomes %XX (upper case, as Azure SDKs).
-    out = []
-    for byte in text.encode():
+    # Bytes are appended to one bytearray (no string per byte), and text that needs no escape is returned as it is.
+    data = text.encode()
+    for byte in data:
+        if byte not in _UNRESERVED:
+            break
+    else:
+        return text
+    out = bytearray()
+    for byte in data:
         if byte in _UNRESERVED:
-            out.append(chr(byte))
+            out.append(byte)
         else:
-            out.append("%" + _HEX[byte >> 4] + _HEX[byte & 15])
-    return "".join(out)
+            out.append(0x25)  # %
+            out.append(_HEX[byte >> 4])
+            out.append(_HEX[byte & 15])
+    return out.decode()
 
 
 # MicroPython's decoder checks UTF-8's structure but lets through overlong forms (b"\xc0\xaf" decodes to "/"),

@@ -15,11 +15,12 @@ import sys
 
 from micropython import const
 
-from azprov import errors, log, policy, watchdog
+from azprov import errors, log, watchdog
 from azprov.errors import ProvisioningError
 
 STEPS = ("config", "link", "clock", "provision", "connect", "serve")
 _CONNECT = const(4)
+CONNECT = _CONNECT
 _SERVE = const(5)
 _GATEWAY_STEPS = ("connect", "serve")
 _LINK_CHECK_MS = const(1000)
@@ -183,10 +184,13 @@ class Supervisor:
 
     # --- driving the steps
 
-    def ready(self, budget_ms=None):
+    def ready(self, budget_ms=None, until=_SERVE):
         """Runs the steps until the gateway connection is up; True when it is. With `budget_ms`, returns False
-        instead of waiting longer than that for a retry the policy scheduled."""
+        instead of waiting longer than that for a retry the policy scheduled. `until=CONNECT` stops once the device
+        is provisioned (the step before the gateway): main() loads the hub code only then."""
         while True:
+            if self.index >= until and until < _SERVE:
+                return True
             if self.index == _SERVE:
                 if self._renewal_due():
                     self._renew_identity()
@@ -230,6 +234,8 @@ class Supervisor:
         if getattr(exc, "judged", False):
             raise exc  # already judged final by an inner attempt
         error = _classified(exc, step)
+        from azprov import policy  # loaded at the first failure only: a run that never fails never holds it
+
         self.failures += 1
         self.boot_failures += 1
         gateway_step = step in _GATEWAY_STEPS
@@ -273,6 +279,8 @@ class Supervisor:
         self._schedule(error, step, restart, decision)
 
     def _schedule(self, error, step, restart, decision):
+        from azprov import policy
+
         wait = decision.wait_ms
         action = decision.action
         pairs = [("step", step), ("reason", error.kind), ("in_s", "%d.%d" % (wait // 1000, wait % 1000 // 100))]
@@ -615,6 +623,9 @@ def main(path="provisioning.json", hub_features=True):
     supervisor = Supervisor(path, BOARD if selected(cfg, sys.platform) else ONE_SHOT, config=cfg)
     try:
         if hub_features:
+            # Provisioned first: on a board without frozen modules the hub code (client, hub, default_app: about
+            # 16 KB of bytecode in RAM) is not in the heap while the DPS answer streams in.
+            supervisor.ready(until=_CONNECT)
             from azprov.client import Client
             from azprov.default_app import DefaultApp
 

@@ -47,7 +47,14 @@ from rich.table import Table
 from host_tools.bench import cpu, fleet, floors
 from host_tools.bench import device as dev
 from host_tools.bench.chart import draw_chart
-from host_tools.bench.report import import_cost_table, module_table, results_table, targets
+from host_tools.bench.report import (
+    import_cost_table,
+    module_table,
+    obstacles,
+    obstacles_table,
+    results_table,
+    targets,
+)
 from host_tools.board.harness import EmulatorProcess
 from host_tools.board.unix_port import REPO, UMQTT_SOURCE, micropython_binary
 
@@ -637,6 +644,7 @@ def bench(
         }
     )
     results["targets"] = {t.key: {"op": t.op, "limit": t.limit, "met": t.met(results)} for t in targets(results)}
+    results["target_obstacles"] = obstacles(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     try:
@@ -657,6 +665,8 @@ def bench(
     if results.get("import_cost_bytes"):
         console.print(import_cost_table(results))
     console.print(results_table(results))
+    if results["target_obstacles"]:
+        console.print(obstacles_table(results))
     if results.get("heap_floor_failure_below"):
         console.print(
             f"at {results['heap_floor_failure_heap_bytes']:,} B (the largest heap that failed) the flow "

@@ -228,3 +228,45 @@ def import_cost_table(results: dict) -> Table:
     table.add_section()
     table.add_row("total", *(_fmt(sum(costs[r].values())) for r in runtimes), style="bold")
     return table
+
+
+def obstacles(results: dict) -> list[dict]:
+    """For every heap floor target this run missed: what stood in the way, as measured (where the largest failing
+    heap stopped, with how much heap free; the code the runtime keeps once imported), and the next lever."""
+    from host_tools.bench.floors import FLOORS
+
+    found = []
+    floors = results.get("heap_floors") or {}
+    imported = results.get("import_cost_total_bytes") or {}
+    for f in FLOORS:
+        entry = floors.get(f.key)
+        value = results.get(f.key)
+        if not f.target_bytes or not isinstance(value, int) or value <= f.target_bytes or not entry:
+            continue
+        stopped = entry.get("failure_below") or "-"
+        step = entry.get("failure_after_step")
+        found.append(
+            {
+                "key": f.key,
+                "floor_bytes": value,
+                "target_bytes": f.target_bytes,
+                "over_bytes": value - f.target_bytes,
+                "stopped": f"after step {step}: {stopped}" if step else stopped,
+                "code_in_heap_bytes": imported.get(f.runtime),
+                "next_lever": f.next_lever or "-",
+            }
+        )
+    return found
+
+
+def obstacles_table(results: dict) -> Table:
+    table = Table(title="missed heap floor targets: what stands in the way (measured) and the next lever")
+    table.add_column("figure")
+    table.add_column("over target", justify="right")
+    table.add_column("just below the floor the flow stopped")
+    table.add_column("next lever")
+    for item in results.get("target_obstacles") or obstacles(results):
+        code = item.get("code_in_heap_bytes")
+        stopped = item["stopped"] + (f" (all modules imported keep {code:,} B)" if code else "")
+        table.add_row(escape(item["key"]), f"{item['over_bytes']:,} B", escape(stopped), escape(item["next_lever"]))
+    return table

@@ -136,6 +136,76 @@ def plan_image(
     return files
 
 
+# --- does it fit a stock ESP32? -----------------------------------------------------------------------------------------
+
+# GC heap an ESP32 (no PSRAM) running the official MicroPython image has free once Wi-Fi is up: the figure
+# boards/esp32/README.md's memory budget uses.
+ESP32_FREE_HEAP_BYTES = 102_400
+BENCH_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.json"
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    key: str  # the bench/results.json floor this deployment is judged by
+    what: str  # the deployment in words
+    floor_bytes: int | None  # None: not measured in that results file
+    budget_bytes: int = ESP32_FREE_HEAP_BYTES
+    measured_at: str | None = None
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.floor_bytes is None else self.floor_bytes <= self.budget_bytes
+
+    def message(self) -> str:
+        if self.floor_bytes is None:
+            return f"no measured heap floor for {self.what} ({self.key} missing from the bench results)"
+        when = f", bench {self.measured_at}" if self.measured_at else ""
+        if self.fits:
+            return (
+                f"{self.what}: needs a heap of {self.floor_bytes:,} B (measured on the 32-bit Unix port{when}); "
+                f"a stock ESP32 has about {self.budget_bytes:,} B free after Wi-Fi, {self.budget_bytes - self.floor_bytes:,} B "
+                "left for your application"
+            )
+        hint = (
+            "a board with PSRAM, or the custom firmware with azprov frozen in (boards/esp32/README.md, --frozen)"
+            if "frozen" not in self.key
+            else "a board with PSRAM"
+        )
+        return (
+            f"WARNING: {self.what} needs a heap of {self.floor_bytes:,} B (measured on the 32-bit Unix port{when}), "
+            f"more than the about {self.budget_bytes:,} B a stock ESP32 has free after Wi-Fi: it will run out of "
+            f"memory there; use {hint}"
+        )
+
+
+def memory_fit(frozen: bool, provisioning: Path | None = None, results: Path = BENCH_RESULTS) -> MemoryFit | None:
+    """The measured heap floor of the deployment (frozen firmware or .mpy files; the X.509 flow or the symmetric-key
+    one; certificate issuance) against a stock ESP32's free heap, from the bench's results file; None without one.
+    Judged by the default application's flow with a 3-root bundle: a larger trust bundle needs more."""
+    attestation, issuance = "symmetric_key", False
+    if provisioning is not None and Path(provisioning).is_file():
+        try:
+            doc = json.loads(Path(provisioning).read_text())
+        except ValueError:
+            doc = {}
+        attestation = doc.get("attestation") or attestation
+        issuance = bool(doc.get("certificate_issuance"))
+    runtime = "32bit_frozen" if frozen else "32bit_mpy"
+    flow = "x509_" if attestation == "x509" else "issuance_" if issuance and frozen else ""
+    key = f"heap_floor_{flow}{runtime}_bytes"
+    what = "{} ({}{})".format(
+        "azprov frozen into the firmware" if frozen else ".mpy files on a stock image",
+        "X.509 device certificate" if attestation == "x509" else "symmetric key",
+        ", certificate issuance" if issuance else "",
+    )
+    try:
+        data = json.loads(Path(results).read_text())
+    except (OSError, ValueError):
+        return None
+    floor = data.get(key)
+    return MemoryFit(key, what, floor if isinstance(floor, int) else None, measured_at=data.get("generated_at"))
+
+
 def owned_dirs(files: list[DeployFile]) -> list[str]:
     """Board folders that belong to the build, so files there that the build lacks are stale."""
     dirs = set()
@@ -385,12 +455,27 @@ def results_table(results: list[SyncResult], title: str):
 )
 @click.option("--no-prune", is_flag=True, help="Keep board files under azprov/ that the build does not have.")
 @click.option("--no-reset", is_flag=True, help="Do not soft-reset the board afterwards.")
-def deploy(port, provisioning, build_dir, target, boot, app, no_umqtt, frozen, no_prune, no_reset):
+@click.option(
+    "--bench-results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=BENCH_RESULTS,
+    show_default=True,
+    help="Measured heap floors the deployment is checked against (a stock ESP32 has about 100 KB free).",
+)
+def deploy(port, provisioning, build_dir, target, boot, app, no_umqtt, frozen, no_prune, no_reset, bench_results):
     """Copy the build (and a provisioning file) to a board, only what changed, then soft-reset it."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     console = Console()
+    if target.startswith("esp32"):
+        fit = memory_fit(frozen, provisioning, bench_results)
+        if fit is not None:
+            # Before anything is copied: a deployment that cannot fit is worth a second look, not a failure.
+            Console(stderr=True, highlight=False).print(
+                ("[yellow]" if fit.fits is False else "") + escape(fit.message()) + ("[/]" if fit.fits is False else "")
+            )
     try:
         check_port(port)
         if build_dir is None:

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from host_tools.board.deploy import DeployError, build_files, owned_dirs, plan_image, provisioning_files
+from host_tools.board.deploy import (
+    ESP32_FREE_HEAP_BYTES,
+    DeployError,
+    build_files,
+    memory_fit,
+    owned_dirs,
+    plan_image,
+    provisioning_files,
+)
 from tests.host_helpers import DEVICE_KEY, mpremote, run_cli
 
 pytestmark = pytest.mark.timeout(90)
@@ -128,3 +136,44 @@ def test_an_application_file_is_installed_as_main_py(tmp_path, small_build, prov
         assert "/provisioning.json" in files
     with pytest.raises(DeployError, match="application file not found"):
         plan_image(small_build, app=tmp_path / "absent.py")
+
+
+def _results(tmp_path, **floors):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"generated_at": "2026-12-02T08:00:00+00:00", **floors}))
+    return path
+
+
+def test_deploy_judges_the_deployment_by_its_measured_floor(tmp_path, provisioning):
+    """Issue 19: deploy says whether the chosen deployment (.mpy files or frozen firmware, the attestation the
+    provisioning file names) fits the ~100 KB a stock ESP32 has free after Wi-Fi, from bench/results.json."""
+    results = _results(
+        tmp_path,
+        heap_floor_32bit_mpy_bytes=ESP32_FREE_HEAP_BYTES + 1024,
+        heap_floor_32bit_frozen_bytes=40 * 1024,
+        heap_floor_x509_32bit_mpy_bytes=64 * 1024,
+    )
+    mpy = memory_fit(False, provisioning, results)
+    assert mpy.key == "heap_floor_32bit_mpy_bytes" and mpy.fits is False
+    assert mpy.message().startswith("WARNING") and "--frozen" in mpy.message() and "103,424 B" in mpy.message()
+    frozen = memory_fit(True, provisioning, results)
+    assert frozen.key == "heap_floor_32bit_frozen_bytes" and frozen.fits is True
+    assert f"{ESP32_FREE_HEAP_BYTES - 40 * 1024:,} B left" in frozen.message()
+    doc = json.loads(provisioning.read_text())
+    doc.update(attestation="x509")
+    x509 = tmp_path / "x509.json"
+    x509.write_text(json.dumps(doc))
+    assert memory_fit(False, x509, results).key == "heap_floor_x509_32bit_mpy_bytes"
+    assert memory_fit(False, x509, results).fits is True
+    unmeasured = memory_fit(True, x509, results)
+    assert unmeasured.floor_bytes is None and "missing" in unmeasured.message()
+    assert memory_fit(False, provisioning, tmp_path / "absent.json") is None
+
+
+def test_deploy_warns_before_copying_what_cannot_fit(tmp_path, small_build, provisioning):
+    results = _results(tmp_path, heap_floor_32bit_mpy_bytes=121_856, heap_floor_32bit_frozen_bytes=40_960)
+    args = ["deploy", "--port", "/dev/null", "--build", str(small_build), "--provisioning", str(provisioning)]
+    proc = run_cli(*args, "--bench-results", str(results))
+    assert "WARNING" in proc.stderr and "121,856 B" in proc.stderr and "stock ESP32" in proc.stderr, proc.stderr
+    proc = run_cli(*args, "--frozen", "--bench-results", str(results))
+    assert "WARNING" not in proc.stderr and "40,960 B" in proc.stderr, proc.stderr
