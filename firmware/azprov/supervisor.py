@@ -20,7 +20,6 @@ from azprov.errors import ProvisioningError
 
 STEPS = ("config", "link", "clock", "provision", "connect", "serve")
 _CONNECT = const(4)
-CONNECT = _CONNECT
 _SERVE = const(5)
 _GATEWAY_STEPS = ("connect", "serve")
 _LINK_CHECK_MS = const(1000)
@@ -168,9 +167,7 @@ class Supervisor:
         self.retry_at = None
         self._reset_due = False
         self._watchdog_tried = False
-        self.waits = 0
-        self.acknowledged = 0
-        self.sequence = 0
+        self.sequence = 0  # telemetry messages acknowledged
         self.dps_connections = 0
         self._interval_done = False
         self._boot_record()
@@ -186,8 +183,8 @@ class Supervisor:
 
     def ready(self, budget_ms=None, until=_SERVE):
         """Runs the steps until the gateway connection is up; True when it is. With `budget_ms`, returns False
-        instead of waiting longer than that for a retry the policy scheduled. `until=CONNECT` stops once the device
-        is provisioned (the step before the gateway): main() loads the hub code only then."""
+        instead of waiting longer than that for a retry the policy scheduled. `until` set to the connect step's index
+        stops once the device is provisioned: main() loads the hub code only then."""
         while True:
             if self.index >= until and until < _SERVE:
                 return True
@@ -224,10 +221,11 @@ class Supervisor:
 
     def progress(self):
         """Useful work was done: the failure counts start again."""
+        if self.failures:
+            self._forget()  # RTC memory is written only when a count was carried, not for every message
         self.failures = self.boot_failures = self.gateway_failures = 0
         self.since = self.clock.ticks_ms()
         self.fresh = False  # the gateway accepted this assignment: a later refusal asks DPS again
-        self._forget()
 
     def failed(self, exc, step):
         """Asks the policy what to do after `exc` at `step`, and prepares it; raises when the stop rule says so."""
@@ -296,7 +294,6 @@ class Supervisor:
             ("message", error.message),
         ]
         log.warning("retry_scheduled", *pairs)
-        self.waits += 1
         machine = self.machine
         if action in (policy.RESET, policy.DEEP_SLEEP):
             self._remember()
@@ -563,9 +560,8 @@ class Supervisor:
         app.send(telemetry_payload(self.config, self.sequence))
         log.info("telemetry_acknowledged", ("device_id", self.gateway.device_id), ("sequence", self.sequence))
         self.sequence += 1
-        self.acknowledged += 1
         self._interval_done = False
-        if not self.acknowledged % _HEAP_SAMPLE_EVERY:
+        if not self.sequence % _HEAP_SAMPLE_EVERY:
             self._heap_sample()
 
     def _watch(self):
@@ -596,7 +592,7 @@ class Supervisor:
             ("free", gc.mem_free()),
             ("allocated", gc.mem_alloc()),
             ("modules", len(sys.modules)),
-            ("acknowledged", self.acknowledged),
+            ("acknowledged", self.sequence),
             ("connections", gateway.connections),
             ("renewals", gateway.renewals),
         )
