@@ -47,15 +47,9 @@ def _telemetry_goes_on(client, network):
     assert network.published()[-1].startswith("devices/dev-1/messages/events/")
 
 
-def test_every_kind_and_size_class_reaches_its_handler_when_the_heap_holds_it():
-    set_free_heap(1 << 20)
-    events = record_log()
-    client, gw, network = _client()
-    got = _app(client)
-    gw.connect()
-    client.serve(0)
-    assert got["desired"] == [(0, 5)]  # the twin's desired section (mode=eco, no blob)
-    connection = network.connection
+def _deliver_every_kind_and_size(client, connection):
+    """C2D (packet ids 20, 21, 22), desired patches ($version 6, 7, 8) and method requests (rid 0, 1, 2) of each
+    size class, each served as it arrives."""
     for n, size in enumerate(_sizes("c2d")):
         connection.deliver(C2D + "n=%d" % n, b"c" * size, 20 + n)
         client.serve(0)
@@ -65,6 +59,18 @@ def test_every_kind_and_size_class_reaches_its_handler_when_the_heap_holds_it():
     for n, size in enumerate(_sizes("method")):
         connection.deliver(METHOD % n, _method_payload(size))
         client.serve(0)
+
+
+def test_every_kind_and_size_class_reaches_its_handler_when_the_heap_holds_it():
+    set_free_heap(1 << 20)
+    events = record_log()
+    client, gw, network = _client()
+    got = _app(client)
+    gw.connect()
+    client.serve(0)
+    assert got["desired"] == [(0, 5)]  # the twin's desired section (mode=eco, no blob)
+    connection = network.connection
+    _deliver_every_kind_and_size(client, connection)
     assert got["c2d"] == [(size, str(n)) for n, size in enumerate(_sizes("c2d"))]
     assert connection.acks == [20, 21, 22]
     assert [version for length, version in got["desired"][1:]] == [6, 7, 8]
@@ -86,15 +92,7 @@ def test_what_the_heap_cannot_hold_is_read_past_acknowledged_answered_or_skipped
     gw.connect()
     client.serve(0)
     connection = network.connection
-    for n, size in enumerate(_sizes("c2d")):
-        connection.deliver(C2D + "n=%d" % n, b"c" * size, 20 + n)
-        client.serve(0)
-    for n, size in enumerate(_sizes("desired")):
-        connection.deliver(DESIRED % (6 + n), _patch(size, 6 + n))
-        client.serve(0)
-    for n, size in enumerate(_sizes("method")):
-        connection.deliver(METHOD % n, _method_payload(size))
-        client.serve(0)
+    _deliver_every_kind_and_size(client, connection)
     # Only the small ones reach the handlers.
     assert got["c2d"] == [(SMALL, "0")]
     assert got["desired"] == [(0, 5), (SMALL - 40, 6)]
