@@ -32,7 +32,7 @@ RUNTIMES_DIR := build/runtimes
 MPY_CROSS_BIN := $(RUNTIMES_DIR)/mpy-cross
 UNIX_RUNTIMES := unix64 unix64-frozen unix32 unix32-frozen
 RUNTIME_BINS := $(foreach r,$(UNIX_RUNTIMES),$(RUNTIMES_DIR)/$(r)/micropython)
-FROZEN_INPUTS := boards/unix/manifest.py $(shell find firmware/azprov -name '*.py' 2>/dev/null)
+FROZEN_INPUTS := boards/unix/manifest.py boards/unix/manifest_stock.py $(shell find firmware/azprov -name '*.py' 2>/dev/null)
 # Byte-identical binaries from build to build: every embedded date is the pinned commit's (2026-08-19).
 export SOURCE_DATE_EPOCH := 1787097600
 MPY_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -42,7 +42,7 @@ MPY_GIT_ENV := GIT_CEILING_DIRECTORIES=$(abspath build)
 # Unix-only ffi off in every variant: no libffi to install (none for i386), and an ESP32 has no ffi either.
 UNIX_MAKE = $(MPY_GIT_ENV) $(MAKE) -s -C $(MPY_SRC)/ports/unix -j$(MPY_JOBS) MICROPY_PY_FFI=0 BUILD=$(abspath $(RUNTIMES_DIR)/$(1)) \
 	$(if $(findstring 32,$(1)),CFLAGS_EXTRA=-m32 LDFLAGS_EXTRA=-m32) \
-	$(if $(findstring frozen,$(1)),FROZEN_MANIFEST=$(abspath boards/unix/manifest.py))
+	FROZEN_MANIFEST=$(abspath boards/unix/$(if $(findstring frozen,$(1)),manifest.py,manifest_stock.py))
 
 .PHONY: help setup system-deps build run lint test reliability bench soak mutants flash deploy monitor clean distclean runtimes need-port
 
@@ -99,7 +99,7 @@ $(RUNTIMES_DIR)/%-frozen/micropython: $(MPY_CROSS_BIN) $(FROZEN_INPUTS)
 	$(call UNIX_MAKE,$*-frozen) >/dev/null
 	@touch $@
 
-$(RUNTIMES_DIR)/unix32/micropython $(RUNTIMES_DIR)/unix64/micropython: $(RUNTIMES_DIR)/%/micropython: $(MPY_CROSS_BIN)
+$(RUNTIMES_DIR)/unix32/micropython $(RUNTIMES_DIR)/unix64/micropython: $(RUNTIMES_DIR)/%/micropython: $(MPY_CROSS_BIN) boards/unix/manifest_stock.py
 	@echo "building the Unix port: $*"
 	$(call UNIX_MAKE,$*) >/dev/null
 	@touch $@

@@ -5,11 +5,8 @@
 # The same shape as boards/esp32/manifest.py. Frozen modules run from the binary's read-only data: their bytecode and
 # constants take no heap, as on a board's flash. Relative paths are relative to this file.
 
-# Everything the Unix port's standard variant freezes (its ssl wrapper, asyncio).
-include("$(PORT_DIR)/variants/standard/manifest.py")
+# What the stock ESP32 image freezes (ssl, umqtt.simple) on top of the Unix port's standard variant.
+include("manifest_stock.py")
 
 # The firmware package, from this repository's firmware/ folder (main.py stays on the filesystem, as on a board).
 package("azprov", base_path="../../firmware")
-
-# The MQTT client the firmware uses, from the micropython-lib inside the MicroPython source tree.
-require("umqtt.simple")

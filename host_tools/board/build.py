@@ -35,7 +35,12 @@ BOOT_SOURCE_FILES = frozenset({"main.py", "boot.py"})
 # The .mpy format this build produces and the boards accept (MicroPython >= 1.23).
 MPY_FORMAT_VERSION = 6
 
-# target -> extra mpy-cross flags. Only native code uses the architecture; no -O: umqtt's protocol checks are asserts.
+# target -> extra mpy-cross flags. Only native code uses the architecture.
+# The firmware's own modules are compiled with -O3: no line-number tables in the bytecode, which a board without
+# frozen modules holds in RAM (3.7 KB less heap for the whole firmware, measured on the 32-bit Unix port); a
+# traceback then names the function, not the line. The firmware has no assert. umqtt keeps -O0: its protocol checks
+# are asserts.
+FIRMWARE_FLAGS = ["-O3"]
 TARGET_FLAGS: dict[str, list[str]] = {
     "unix": [],
     "esp32": ["-march=xtensawin"],
@@ -145,6 +150,7 @@ def build_firmware(
             jobs.append((source, out / rel, rel.as_posix(), False))
         else:
             jobs.append((source, out / rel.with_suffix(".mpy"), rel.as_posix(), True))
+    firmware_jobs = len(jobs)
     if umqtt_source is not None:
         umqtt_source = Path(umqtt_source)
         if not umqtt_source.is_file() and umqtt_source.with_suffix(".mpy").is_file():
@@ -157,16 +163,16 @@ def build_firmware(
             (umqtt_source, out / "lib" / "umqtt" / "simple.mpy", "umqtt/simple.py", umqtt_source.suffix == ".py")
         )
 
-    def run(job: tuple[Path, Path, str, bool]) -> None:
-        source, output, name, compiled = job
+    def run(index: int) -> None:
+        source, output, name, compiled = jobs[index]
         if compiled:
-            _compile(mpy_cross, flags, source, output, name)
+            _compile(mpy_cross, flags + FIRMWARE_FLAGS if index < firmware_jobs else flags, source, output, name)
         else:
             output.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, output)
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        list(pool.map(run, jobs))  # list() re-raises the first BuildError
+        list(pool.map(run, range(len(jobs))))  # list() re-raises the first BuildError
 
     produced = {output for _, output, _, _ in jobs}
     managed = sorted(out / d.name for d in firmware_dir.iterdir() if d.is_dir() and d.name != "__pycache__")

@@ -2,8 +2,10 @@
 source (`make runtimes`, into build/runtimes/<name>/micropython).
 
 A frozen runtime carries the firmware package and umqtt.simple in its binary (boards/unix/manifest.py), as a custom
-ESP32 image does: the device folder then holds only main.py, the provisioning file and certificates. The 32-bit
-frozen build is the closest thing to an ESP32 that runs on this machine (see docs/performance.md).
+ESP32 image does: the device folder then holds only main.py, the provisioning file and certificates. A plain
+source-built runtime freezes what the stock ESP32 image does and the firmware uses (ssl, umqtt.simple:
+boards/unix/manifest_stock.py), so its `.mpy` heap figures are a stock board's. The 32-bit frozen build is the closest
+thing to an ESP32 that runs on this machine (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES_DIR = REPO / "build" / "runtimes"
 BUILD_LOCK = REPO / "build" / ".runtimes.lock"
-FROZEN_INPUTS = (REPO / "boards" / "unix" / "manifest.py", REPO / "firmware" / "azprov")
+FROZEN_INPUTS = (
+    REPO / "boards" / "unix" / "manifest.py",
+    REPO / "boards" / "unix" / "manifest_stock.py",
+    REPO / "firmware" / "azprov",
+)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -100,9 +106,9 @@ RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (
         Runtime("wheel", False, 64, False, "PyPI wheel (64-bit Unix port), .mpy files"),
-        Runtime("unix64", False, 64, True, "source, 64-bit Unix port, .mpy files"),
+        Runtime("unix64", False, 64, True, "source, 64-bit Unix port, .mpy files (umqtt.simple frozen, as stock)"),
         Runtime("unix64-frozen", True, 64, True, "source, 64-bit Unix port, firmware frozen"),
-        Runtime("unix32", False, 32, True, "source, 32-bit Unix port, .mpy files"),
+        Runtime("unix32", False, 32, True, "source, 32-bit Unix port, .mpy files (umqtt.simple frozen, as stock)"),
         Runtime("unix32-frozen", True, 32, True, "source, 32-bit Unix port, firmware frozen (ESP32 proxy)"),
     )
 }
