@@ -84,10 +84,6 @@ class Client:
         return self.supervisor.config
 
     @property
-    def store(self):
-        return self.supervisor.store
-
-    @property
     def device_id(self):
         gateway = self.supervisor.gateway
         return gateway.device_id if gateway is not None else None

@@ -81,9 +81,13 @@ class Gateway:
             # A stored bundle the TLS stack refuses is damaged storage (register again for a fresh one); the
             # provisioning file's CA file is the user's configuration.
             kind = errors.STORAGE if self._trust_source == "trust_bundle.pem" else errors.CONFIGURATION
-            self._ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
+            ctx, count = transport.tls_context(self._ca_pem_texts, self._trust_source, kind)
             if self._identity is not None:
-                transport.use_client_certificate(self._ctx, self._identity[0], self._identity[1])
+                transport.use_client_certificate(ctx, self._identity[0], self._identity[1])
+            self._ctx = ctx
+            # The context holds its own copies now: the trust source (a PemFile would keep azprov.pem's code alive)
+            # and the certificate and key are let go, and every reconnect reuses the context.
+            self._ca_pem_texts = self._identity = None
             log.debug("gateway_trust_loaded", ("certificates", count))
         return self._ctx
 

@@ -151,7 +151,9 @@ class Supervisor:
         self.machine = machine if machine is not None else _machine()
         self._loaded = config  # a provisioning file main() has already read
         self.config = None
-        self.store = None
+        self.store = None  # azprov.store.Store while the device provisions (see _provisioned)
+        self.pem_path = None  # the stored trust bundle, for the gateway's TLS context
+        self.flash_writes = 0  # files written by the stores of this run: how tests and the bench see "no write"
         self.link = None
         self.state = None  # the stored assignment and trust bundle (azprov.store)
         self.fresh = False  # the assignment came from DPS and no gateway has refused it yet
@@ -374,7 +376,6 @@ class Supervisor:
     def _config(self):
         from azprov import config
         from azprov.link import Link
-        from azprov.store import Store
 
         cfg = self._loaded or config.load(self.path)
         self._loaded = config = None
@@ -393,7 +394,6 @@ class Supervisor:
             identity = None
             release("identity", "der")
         self.config = cfg
-        self.store = Store(cfg["storage_dir"])
         self.link = Link(cfg)
         if cfg["force_reprovision"]:
             log.info("reprovision_requested")
@@ -406,11 +406,29 @@ class Supervisor:
         self.link.sync_clock()
         self.clock.require_set()
 
+    def _storage(self):
+        if self.store is None:
+            from azprov.store import Store
+
+            self.store = Store(self.config["storage_dir"])
+        return self.store
+
+    def _provisioned(self):
+        """Leaves the provision step: the store and the DPS leg's code are let go (a board without frozen modules
+        holds every imported module's bytecode in RAM, and the hub's code comes next). A Store instance would keep
+        its module's code alive, so only the plain values the gateway and the run's summary need are kept."""
+        store = self.store
+        if store is not None:
+            self.pem_path = store.pem_path
+            self.flash_writes += store.writes
+            self.store = None
+        release("store", "provision", "dps", "bundle")
+
     def _provision(self):
         if self.state is None and not self.reregister:
             from azprov.provision import cached_state
 
-            state = cached_state(self.config, self.store)
+            state = cached_state(self.config, self._storage())
             if state is not None:
                 log.info(
                     "using_cached_assignment",
@@ -419,14 +437,16 @@ class Supervisor:
                 )
                 self.state = state
                 if not self._renewal_due():
+                    self._provisioned()
                     return
                 self.reregister = True  # no issued certificate yet, or one due for renewal: a new CSR
         if self.state is not None and not self.reregister:
+            self._provisioned()
             return
         if self.provisioner is None:
             from azprov.provision import Provisioner
 
-            self.provisioner = Provisioner(self.config, self.store, self.clock)
+            self.provisioner = Provisioner(self.config, self._storage(), self.clock)
         provisioner = self.provisioner
         self._close_gateway()
         try:
@@ -438,7 +458,7 @@ class Supervisor:
         self.fresh = True
         self.reregister = False
         self.provisioner = provisioner = None
-        release("provision", "dps", "bundle")
+        self._provisioned()
 
     # --- the operational certificate DPS issued (certificate_issuance)
 
@@ -480,6 +500,7 @@ class Supervisor:
             self._feed_watchdog()
             self.gateway.connect()  # the client subscribes and reads the twin (Client.after_connect)
             self._feed_watchdog()
+            release("pem")  # the trust bundle is in the gateway's TLS context now
 
     def _open_gateway(self):
         """The Gateway for the state, trusting the stored bundle, or without one the provisioning file's CA file."""
@@ -490,7 +511,7 @@ class Supervisor:
             from azprov.pem import PemFile
 
             # Read line by line while the TLS context loads it: one certificate in heap at a time.
-            trust, source = (PemFile(self.store.pem_path),), "trust_bundle.pem"
+            trust, source = (PemFile(self.pem_path or self._storage().pem_path),), "trust_bundle.pem"
         else:
             if cfg["gateway_host"]:
                 log.warning("no_trust_bundle_for_gateway", ("host", cfg["gateway_host"]))
@@ -544,7 +565,7 @@ class Supervisor:
             ("dps_connections", self.dps_connections),
             ("gateway_connections", self.gateway.connections),
             ("renewals", self.gateway.renewals),
-            ("flash_writes", self.store.writes),
+            ("flash_writes", self.flash_writes),
         )
         self.close()
         return 0
