@@ -65,8 +65,10 @@ class Floor:
 
 # The next lever for a missed floor target (issue 19; what stands in the way is measured by each run).
 MPY_LEVER = (
-    "the firmware's bytecode is in RAM (.mpy): load only the running phase's code (split the supervisor, about "
-    "11 KB from .mpy, by phase; release link and clock code between checks), or freeze azprov into the image"
+    "the firmware's bytecode is in RAM (.mpy) and each phase holds about 55 KB of it with the names it interns (the "
+    "live heap by phase, above; the provision code is released before the hub code loads, and interned names are "
+    "never freed): less code per phase (the hub and client modules, the supervisor's own loop), or a firmware "
+    "image that runs .mpy in place (azprov frozen in, or a ROMFS partition)"
 )
 FROZEN_LEVER = (
     "heap fragmentation while the DPS answer streams (much more heap free than the block that fails): decode each "
@@ -175,7 +177,35 @@ def measure_floor(image: dev.DeviceImage, floor: Floor, step_bytes: int, on_prob
     }
     if runner is not None:  # what the device did with each message at its floor (handled, or read past)
         entry["message_fates_at_floor"] = runner.fates.get(found.floor_bytes)
+    else:
+        entry["live_bytes_by_phase"] = live_by_phase(image, floor.flow)
     return entry
+
+
+# The events that open each phase of the flow: the heap live then is what the phase starts from (code, names and
+# state it holds before its own data arrives).
+PHASE_EVENTS = ("config_loaded", "dps_connected", "registered", "gateway_verified", "hub_ready", "done")
+
+
+def live_by_phase(image: dev.DeviceImage, flow: Flow) -> dict[str, int]:
+    """Live heap (right after a collection) at each phase's first event, from one debug-logging run of the flow at
+    the runtime's default heap, and the interned-name pool at the end (never freed: see docs/performance.md)."""
+    root = image.fresh_device(f"phases-{image.runtime}", with_bench_scripts=True, log_level="debug")
+    status, output = dev.run_in_device(root, "bench_flow.py", ("provisioning.json", "steps"), runtime=image.runtime)
+    shutil.rmtree(root, ignore_errors=True)
+    events = dev.device_events(output)
+    report = (dev.bench_lines(output).get("heap") or [None])[-1]
+    if status != 0 or report is None:
+        return {}
+    total = int(report["heap_total"])
+    live = {}
+    for _, event, fields in events:
+        if event in PHASE_EVENTS and event not in live and "heap_free" in fields:
+            live[event] = total - int(fields["heap_free"])
+    pool = next((line for line in output.splitlines() if line.startswith("qstr pool")), "")
+    if "n_total_bytes=" in pool:
+        live["qstr_pool"] = int(pool.split("n_total_bytes=")[1].split()[0])
+    return live
 
 
 def import_costs(image: dev.DeviceImage, module_names: list[str]) -> dict[str, int]:

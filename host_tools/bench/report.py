@@ -253,6 +253,7 @@ def obstacles(results: dict) -> list[dict]:
                 "over_bytes": value - f.target_bytes,
                 "stopped": f"after step {step}: {stopped}" if step else stopped,
                 "code_in_heap_bytes": imported.get(f.runtime),
+                "live_bytes_by_phase": entry.get("live_bytes_by_phase") or {},
                 "next_lever": f.next_lever or "-",
             }
         )
@@ -268,5 +269,10 @@ def obstacles_table(results: dict) -> Table:
     for item in results.get("target_obstacles") or obstacles(results):
         code = item.get("code_in_heap_bytes")
         stopped = item["stopped"] + (f" (all modules imported keep {code:,} B)" if code else "")
+        live = item.get("live_bytes_by_phase") or {}
+        if live:
+            phases = ", ".join(f"{event} {value:,}" for event, value in live.items() if event != "qstr_pool")
+            pool = f"; interned names {live['qstr_pool']:,} B" if "qstr_pool" in live else ""
+            stopped += f"; live heap (B) at {phases}{pool}"
         table.add_row(escape(item["key"]), f"{item['over_bytes']:,} B", escape(stopped), escape(item["next_lever"]))
     return table
