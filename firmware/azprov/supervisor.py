@@ -422,6 +422,11 @@ class Supervisor:
             self.pem_path = store.pem_path
             self.flash_writes += store.writes
             self.store = None
+        bundle = self.state["trust_bundle"]
+        if bundle is not None and "certificates" in bundle:
+            # The gateway and the application need only the bundle's id and etag; each certificate's metadata (7
+            # strings a root: 4 KB for 10 roots) stays in state.json.
+            self.state["trust_bundle"] = {"id": bundle["id"], "etag": bundle["etag"]}
         release("store", "provision", "dps", "bundle")
 
     def _provision(self):
