@@ -105,12 +105,14 @@ IMPORT_RUNTIMES = ("unix32-frozen", "unix32", "wheel")
 
 
 class FlowEmulators:
-    """One emulator per (PKI profile, bundle size), started on first use, all stopped with the stack."""
+    """One emulator per (PKI profile, bundle size), started on first use, all stopped with the stack. `label` tells
+    apart the sets of emulators a bench run makes to measure each floor with more than one PKI."""
 
-    def __init__(self, stack: ExitStack, workdir: Path, key: str):
+    def __init__(self, stack: ExitStack, workdir: Path, key: str, label: str = ""):
         self._stack = stack
         self._workdir = workdir
         self._key = key
+        self._label = label
         self._started: dict[tuple[str, int], dict] = {}
 
     def info(self, flow: Flow) -> dict:
@@ -119,7 +121,7 @@ class FlowEmulators:
 
         group = (flow.pki_profile, flow.bundle_roots)
         if group not in self._started:
-            state = self._workdir / f"floor-emulator-{flow.pki_profile}-{flow.bundle_roots}"
+            state = self._workdir / f"floor-emulator{self._label}-{flow.pki_profile}-{flow.bundle_roots}"
             shutil.rmtree(state, ignore_errors=True)
             state.mkdir(parents=True)
             profile = pki.PROFILES[flow.pki_profile]
