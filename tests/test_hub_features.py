@@ -302,7 +302,7 @@ def test_hub_modules_load_only_when_used(emulator, device):
 
 _RELEASE = """import gc
 import azprov.transport
-from azprov.supervisor import release
+from azprov import release
 gc.collect()
 before = gc.mem_alloc()
 import azprov.provision

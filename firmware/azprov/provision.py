@@ -114,19 +114,23 @@ class Provisioner:
         Every registration gets a new key: renewal never reuses one. All the key arithmetic happens here, before the
         DPS connection is set up, and only bytes are kept: the bignum temporaries would fragment the heap the DPS
         answer needs."""
-        import sys
-
-        from azprov import csr
+        from azprov import csr, release
         from azprov.encoding import b64encode
 
         d = csr.new_key()
         request = csr.csr_der(d, self.config["registration_id"])
-        self._key = (csr.private_key_der(d), csr.public_key_bytes(d))
+        key = (csr.private_key_der(d), csr.public_key_bytes(d))
         d = csr = None
-        sys.modules.pop("azprov.csr", None)
+        release("csr")
+        # The results were made among thousands of big-integer temporaries and sit scattered through the heap: copies
+        # made after the collection take the lowest free blocks, and the originals' blocks rejoin the free space
+        # above, which the DPS answer needs in pieces of a few KB.
+        self._key = (key[0][:], key[1][:])
+        key = None
+        request = b64encode(request)
         gc.collect()
         log.info("csr_created", ("curve", "P-384"), ("bytes", len(request)))
-        return b64encode(request)
+        return request
 
     def _issued_identity(self, registration):
         """The operational identity for state.json from the registration result: the key this registration's CSR

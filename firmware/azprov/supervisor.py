@@ -15,7 +15,7 @@ import sys
 
 from micropython import const
 
-from azprov import errors, log, watchdog
+from azprov import errors, log, release, watchdog
 from azprov.errors import ProvisioningError
 
 STEPS = ("config", "link", "clock", "provision", "connect", "serve")
@@ -38,17 +38,6 @@ _RESET_CAUSES = (
     ("DEEPSLEEP_RESET", "deep_sleep"),
     ("SOFT_RESET", "soft"),
 )
-
-
-def release(*names):
-    """Drops modules a finished phase no longer needs, so their bytecode goes back to the heap. A device without
-    frozen modules holds every imported module's code in RAM: the DPS leg's code is dead weight at the gateway."""
-    package = sys.modules["azprov"]
-    for name in names:
-        sys.modules.pop("azprov." + name, None)
-        if name in package.__dict__:
-            delattr(package, name)
-    gc.collect()
 
 
 def _machine():
