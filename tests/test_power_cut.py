@@ -26,6 +26,7 @@ The figures go to build/reliability/power_cut.json (power_cut_sample.json in `ma
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -34,14 +35,19 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from host_tools.board.harness import parse_device_line
 from host_tools.board.unix_port import REPO, micropython_binary, stage_device_root
 from host_tools.board.virtual_board import FlashImage
 from host_tools.provisioning import pki
+from host_tools.provisioning.issuance_ca import ensure_issuance_ca
 from tests.helpers import enrollment_doc, individual, new_key, provisioning_for
 from tests.host_helpers import FULL_RUNS
 
@@ -62,6 +68,14 @@ RUN_TIMEOUT_S = 60
 REPROVISION_FILE = "provisioning-reprovision.json"
 STATE, PEM, STAGED, TMP = "state.json", "trust_bundle.pem", "trust_bundle.pem.new", "state.json.tmp"
 INCOMING = "trust_bundle.pem.in"  # certificates streamed from the DPS answer before Store.save stages them
+# The issuance device (test_power_cut_during_issued_identity_commit): every cut boot makes a key and a CSR, so
+# `make test` cuts the boundaries of only the last COMMIT_OPS program operations (state.json.tmp's last pages, its
+# close and the renames that commit it) plus a grid over the whole write.
+ISSUANCE_ID = "pc-iss"
+COMMIT_OPS = 8
+ISSUANCE_GRID_POINTS = 300 if FULL_RUNS else 12
+ISSUANCE_MIN_KILL_POINTS = 200 if FULL_RUNS else 30
+ISSUANCE_ROLL_FORWARD_POINTS = 24 if FULL_RUNS else 4
 
 
 # --- running the power-cut board ---------------------------------------------------------------------------------
@@ -314,9 +328,11 @@ def _restart_and_check(image: Path, known: Expected, record: dict, cut_output: s
     cross_linked = raw == "new state with a stale staged PEM"
     if problems and fs == "fat" and (boot.broken["PRE"] or cross_linked) and not raw.startswith("torn"):
         # The cut damaged a FAT directory entry itself (listed, but the file system cannot open it): nothing the
-        # firmware writes can repair that. It must still end in a classified error, never a crash or a torn state.
+        # firmware writes can repair that. It must still end in a classified error, never a crash or a torn state,
+        # or (when the damaged file could be dropped) in a new registration that stored a complete new state.
         record["volume_damaged"] = boot.broken["PRE"] or ["cross-linked " + STAGED]
-        if "failed" in boot.events and "PC-EXCEPTION" not in boot.output:
+        recovered = "registered" in boot.events and after == "new" and record["telemetry"] and boot.status == 0
+        if ("failed" in boot.events or recovered) and "PC-EXCEPTION" not in boot.output:
             problems = []
     if problems:
         record["failure"] = "; ".join(problems)
@@ -324,6 +340,13 @@ def _restart_and_check(image: Path, known: Expected, record: dict, cut_output: s
 
 
 # --- the set-up and the runs both tests share ------------------------------------------------------------------------
+
+
+def _issued_records(emu) -> list[dict]:
+    """What the emulator's issuance policy recorded for the issuance device (one line per certificate)."""
+    path = emu.state_dir / "issued-certificates.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, filter(None, lines)) if r["registration_id"] == ISSUANCE_ID]
 
 
 def _bundles(tmp_path: Path) -> tuple[Path, Path]:
@@ -454,7 +477,8 @@ def _report_and_check(name: str, fs: str, started: float, ops, lo, hi, records, 
     for record in records:
         if record.get("raw") in counts:
             counts[record["raw"]] += 1
-    damaged = sum(1 for r in records + roll_records if r.get("volume_damaged"))
+    damaged = sum(1 for r in records + roll_records if r.get("volume_damaged") and not r.get("telemetry"))
+    recovered = sum(1 for r in records + roll_records if r.get("volume_damaged") and r.get("telemetry"))
     summary = {
         "kill_points": len(records) + len(roll_records),
         "commit_kill_points": len(records),
@@ -468,6 +492,7 @@ def _report_and_check(name: str, fs: str, started: float, ops, lo, hi, records, 
         "state_json_lost": counts["lost"],
         "pem_lost": counts["pem-lost"],
         "volume_damaged_classified_error": damaged,
+        "volume_damaged_registered_again": recovered,
         "restarts_leaving_8_3_orphans": sum(1 for r in records + roll_records if r.get("orphans")),
         "roll_forward_kill_points": len(roll_records),
         "roll_forward_outcomes": sorted({r.get("raw") or "failure" for r in roll_records}),
@@ -502,7 +527,7 @@ def _report_and_check(name: str, fs: str, started: float, ops, lo, hi, records, 
     assert counts["old"] and counts["new"] + counts["new-staged"], counts  # the cuts straddle the commit point
     assert roll_records, "no cut left the new state with its PEM staged: the roll-forward was not exercised"
     # First boot + measuring boot + roll-forward probe + one message per restart, as the gateway recorded them.
-    # FAT volumes the cut damaged end in a classified error, without telemetry.
+    # FAT volumes the cut damaged end in a classified error, without telemetry (or registered again, with it).
     assert len(telemetry) == 3 + len(records) + len(roll_records) - damaged
     return summary
 
@@ -567,3 +592,169 @@ def test_power_cut_during_trust_bundle_commit(emulator, tmp_path, fs):
     telemetry = [r for r in emu.telemetry() if r["device_id"] == "pc-dev"]
     records = [results[p] for p in points]
     _report_and_check("power_cut", fs, started, ops, lo, hi, records, roll_records, telemetry, {})
+
+
+# --- an issued identity (certificate_issuance) -----------------------------------------------------------------------
+
+
+def _issued_state_problem(data: bytes, new: dict, old: dict, ca: x509.Certificate) -> str | None:
+    """None when `data` is a complete new state.json of the issuance device: the new assignment and bundle B's
+    metadata (as the measuring boot stored them) with an identity of its own, whose key is its leaf certificate's
+    key and whose leaf the policy CA issued for this device; else what is wrong (never any key material)."""
+    try:
+        state = json.loads(data)
+    except ValueError:
+        return "state.json is not JSON"
+    if not isinstance(state, dict):
+        return "state.json is not an object"
+    if {k: v for k, v in state.items() if k != "identity"} != {k: v for k, v in new.items() if k != "identity"}:
+        return "an assignment or trust bundle other than the new one"
+    identity = state.get("identity")
+    if not isinstance(identity, dict) or not isinstance(identity.get("chain"), list) or not identity["chain"]:
+        return "no issued identity"
+    if identity == old["identity"]:
+        return "the old identity with the new assignment"
+    if identity.get("key") == old["identity"]["key"] or identity["chain"][0] == old["identity"]["chain"][0]:
+        return "the old key or the old certificate in a new identity"
+    try:
+        private = serialization.load_der_private_key(base64.b64decode(identity["key"], validate=True), None)
+        leaf = x509.load_der_x509_certificate(base64.b64decode(identity["chain"][0], validate=True))
+    except (ValueError, TypeError):
+        return "the identity's key or certificate cannot be read"
+    if private.public_key().public_numbers() != leaf.public_key().public_numbers():
+        return "the identity's key is not its certificate's key"
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "the identity's certificate was not issued by the policy CA"
+    cn = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if [a.value for a in cn] != [new["assignment"]["registration_id"]]:
+        return "the identity's certificate is for another device"
+    if identity["chain"][1:] != new["identity"]["chain"][1:]:
+        return "the identity's chain has other CA certificates"
+    if (identity.get("not_before"), identity.get("not_after")) != (
+        int(leaf.not_valid_before_utc.timestamp()),
+        int(leaf.not_valid_after_utc.timestamp()),
+    ):
+        return "the identity's validity is not its certificate's"
+    return None
+
+
+@pytest.mark.parametrize("fs", FILE_SYSTEMS)
+def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
+    """The same cuts for a device whose certificate DPS issues (certificate_issuance): state.json holds the issued
+    identity (key and chain) with the assignment and the bundle metadata. Old state: identity A, bundle A, payload A;
+    the re-registration makes a new key, gets chain B, bundle B and payload B. Every registration makes a new key, so
+    a new state is recognised by its content: assignment and bundle metadata as the measuring boot stored them and an
+    identity whose key is its leaf's key, issued by the policy CA, not A's. The restarted device must boot from what
+    is stored (no DPS connection, no CSR), authenticate at the gateway with the stored certificate (no password: the
+    emulator's record) and get its telemetry acknowledged. `make test` cuts the commit's last COMMIT_OPS program
+    operations (the end of state.json.tmp and the renames) at their boundaries plus a grid over the whole write;
+    `make reliability` every operation and the full grid."""
+    started = time.monotonic()
+    policy_ca = ensure_issuance_ca(tmp_path / "issuance-ca")
+    ca = x509.load_pem_x509_certificate(policy_ca.certificate.read_bytes())
+    key = new_key()
+    bundle_a, bundle_b = _bundles(tmp_path)
+
+    def enrollment(bundle: str, payload: dict) -> dict:
+        entry = individual(ISSUANCE_ID, key, trust_bundle=bundle, payload=payload)
+        entry["certificate_issuance"] = {"policy": "lab"}
+        doc = enrollment_doc(
+            [entry],
+            bundle=("pki:trust-root",),
+            **{"bundle-a": (str(bundle_a), "pki:trust-root"), "bundle-b": (str(bundle_b), "pki:trust-root")},
+        )
+        doc["issuance_policies"] = {"lab": policy_ca.policy(validity_days=30)}
+        return doc
+
+    emu = emulator(enrollment("bundle-a", {"config": "A"}), "--fault", "retry_after=0", "--record-credentials")
+    trust_root = Path(emu.info["pki"]["trust_root"])
+    pem_a = _sha(_bundle_pem(bundle_a, trust_root).encode())
+    pem_b = _sha(_bundle_pem(bundle_b, trust_root).encode())
+    snapshot = _device_image(tmp_path, emu, provisioning_for(emu, ISSUANCE_ID, key, certificate_issuance=True), fs)
+
+    # 1. Old state: identity A, bundle A.
+    first = power_on(snapshot, fs=fs)
+    assert first.status == 0 and "telemetry_acknowledged" in first.events, first.output
+    assert first.event("certificate_issued") and first.files["POST"].get(PEM) == pem_a, first.output
+    old_raw = read_file(snapshot, f"azprov_state/{STATE}", fs)
+    assert _sha(old_raw) == first.files["POST"][STATE]
+    old_state = json.loads(old_raw)
+    assert isinstance(old_state.get("identity"), dict), "state.json holds no issued identity"
+    assert old_state["assignment"]["payload"] == {"config": "A"}
+    assert old_state["trust_bundle"]["pem_sha256"] == pem_a
+
+    # 2. Bundle B and payload B; one uncut re-registration (a new key, chain B) measures what Store.save programs.
+    emu.update_enrollments(enrollment("bundle-b", {"config": "B"}))
+    measure_image = tmp_path / "measure.img"
+    shutil.copy2(snapshot, measure_image)
+    measured = power_on(measure_image, provisioning=REPROVISION_FILE, trace=True, fs=fs)
+    assert measured.status == 0 and "telemetry_acknowledged" in measured.events, measured.output
+    assert measured.event("csr_created") and measured.event("certificate_issued"), measured.output
+    assert measured.event("trust_bundle_stored")["written"] == "True"
+    assert measured.files["POST"].get(PEM) == pem_b, measured.output
+    new_raw = read_file(measure_image, f"azprov_state/{STATE}", fs)
+    assert _sha(new_raw) == measured.files["POST"][STATE]
+    new_state = json.loads(new_raw)
+    assert new_state["assignment"]["payload"] == {"config": "B"}
+    assert new_state["trust_bundle"]["pem_sha256"] == pem_b
+
+    def problem(data: bytes) -> str | None:
+        return _issued_state_problem(data, new_state, old_state, ca)
+
+    # The check knows a new state, and a mix of old and new for what it is.
+    assert problem(old_raw) is not None and problem(new_raw) is None
+    mixes = {
+        "old identity, new assignment and bundle": dict(new_state, identity=old_state["identity"]),
+        "new identity, old assignment and bundle": dict(old_state, identity=new_state["identity"]),
+        "old key, new chain": dict(new_state, identity=dict(new_state["identity"], key=old_state["identity"]["key"])),
+        "new key, old chain": dict(new_state, identity=dict(old_state["identity"], key=new_state["identity"]["key"])),
+        "no identity": {k: v for k, v in new_state.items() if k != "identity"},
+    }
+    for name, mix in mixes.items():
+        assert problem(json.dumps(mix).encode()) is not None, name
+    assert problem(new_raw[: len(new_raw) // 2]) is not None
+    known = Expected(pem_a, pem_b, _sha(old_raw), _sha(new_raw), problem)
+
+    ops = _store_program_operations(measured)
+    lo, hi = ops[0][0], ops[-1][0] + ops[-1][1]
+    points = _cut_points(ops if FULL_RUNS else ops[-COMMIT_OPS:], lo, hi, ISSUANCE_GRID_POINTS)
+    assert len(points) >= ISSUANCE_MIN_KILL_POINTS
+    issued_before = len(_issued_records(emu))
+
+    # 3. Cut, kill, power on again. 4. The roll-forward, cut too.
+    results, staged_images = _cut_all(snapshot, points, known, fs, tmp_path)
+    roll_records = _cut_roll_forward(staged_images, known, fs, tmp_path, ISSUANCE_ROLL_FORWARD_POINTS)
+
+    records = [results[p] for p in points]
+    registered_again = sum(1 for r in records + roll_records if r.get("registered_again"))
+    issued = len(_issued_records(emu)) - issued_before
+    gateway = [r for r in emu.credentials_received() if r["endpoint"] == "gateway"]
+    issued_logins = (
+        (emu.state_dir / "emulator.log").read_text().count(f"{ISSUANCE_ID} authenticated with an issued certificate")
+    )
+    telemetry = [r for r in emu.telemetry() if r["device_id"] == ISSUANCE_ID]
+    summary = _report_and_check(
+        "power_cut_issuance",
+        fs,
+        started,
+        ops,
+        lo,
+        hi,
+        records,
+        roll_records,
+        telemetry,
+        {
+            "new_states_checked_key_matches_leaf": known.checked,
+            "states_refused_by_content": dict(Counter(known.rejected.values())),
+            "certificates_issued_during_cuts": issued,
+            "gateway_connections": len(gateway),
+            "gateway_connections_with_issued_certificate": issued_logins,
+        },
+    )
+    # Each cut boot registered once (a new key and certificate); a restart only when FAT lost its state.
+    assert issued == len(points) + registered_again, summary
+    # Every gateway connection authenticated with an issued certificate, never a SAS token.
+    assert gateway and all(r["password"] is None for r in gateway)
+    assert issued_logins == len(gateway), summary
