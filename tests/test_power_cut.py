@@ -22,6 +22,15 @@ the test then SIGKILLs the process in the middle of the write.
    the next boot (which renames the staged PEM into place) is cut at every few bytes it programs (about 25 points;
    9 in `make test`), then the device boots once more and must come up with the complete new state.
 The figures go to build/reliability/power_cut.json (power_cut_sample.json in `make test`).
+
+test_power_cut_during_issued_identity_commit runs the same steps for a device with certificate_issuance, whose
+state.json also holds the identity DPS issued (key and chain): old state identity A + bundle A, new state a new key
+with chain B + bundle B + another returned payload. Every registration makes a new key, so a new state is recognised
+by its content (Expected.problem: new assignment and bundle metadata, a key that is its leaf certificate's, issued by
+the policy CA, not A's); the restarted device must also authenticate at the gateway with the stored certificate (no
+password, the emulator's record) without a new CSR. `make test` cuts the last COMMIT_OPS program operations at their
+boundaries plus a grid of 12 (about 40 points); `make reliability` every operation and a grid of 300. Figures in
+build/reliability/power_cut_issuance[_fat][_sample].json.
 """
 
 from __future__ import annotations
