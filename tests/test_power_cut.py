@@ -29,7 +29,7 @@ with chain B + bundle B + another returned payload. Every registration makes a n
 by its content (Expected.problem: new assignment and bundle metadata, a key that is its leaf certificate's, issued by
 the policy CA, not A's); the restarted device must also authenticate at the gateway with the stored certificate (no
 password, the emulator's record) without a new CSR. `make test` cuts the last COMMIT_OPS program operations at their
-boundaries plus a grid of 12 (about 40 points); `make reliability` every operation and a grid of 300. Figures in
+boundaries plus a grid of 8 (about 35 points); `make reliability` every operation and a grid of 300. Figures in
 build/reliability/power_cut_issuance[_fat][_sample].json.
 """
 
@@ -82,9 +82,9 @@ INCOMING = "trust_bundle.pem.in"  # certificates streamed from the DPS answer be
 # close and the renames that commit it) plus a grid over the whole write.
 ISSUANCE_ID = "pc-iss"
 COMMIT_OPS = 8
-ISSUANCE_GRID_POINTS = 300 if FULL_RUNS else 12
-ISSUANCE_MIN_KILL_POINTS = 200 if FULL_RUNS else 30
-ISSUANCE_ROLL_FORWARD_POINTS = 24 if FULL_RUNS else 4
+ISSUANCE_GRID_POINTS = 300 if FULL_RUNS else 8
+ISSUANCE_MIN_KILL_POINTS = 200 if FULL_RUNS else 28
+ISSUANCE_ROLL_FORWARD_POINTS = 24 if FULL_RUNS else 3
 
 
 # --- running the power-cut board ---------------------------------------------------------------------------------
@@ -231,7 +231,9 @@ class Expected:
             if self.problem is None:
                 continue
             data = read_file(image, f"azprov_state/{name}", fs)
-            assert _sha(data) == sha, "the image changed under the listing of " + name
+            # No assertion shows the bytes: an issued identity's state.json holds its private key.
+            if _sha(data) != sha:
+                raise AssertionError("the image changed under the listing of " + name)
             self.is_new(data)
         return self.state_new
 
@@ -444,9 +446,8 @@ def _cut_all(snapshot: Path, points: list[int], known: Expected, fs: str, tmp_pa
         state = read_file(image, f"azprov_state/{STATE}", fs)
         pem = _sha(read_file(image, f"azprov_state/{PEM}", fs))
         old = _sha(state) == known.state_old and pem == known.pem_a
-        assert old or (known.is_new(state) and pem == known.pem_b), (
-            f"worker {index}: the last flash holds neither state"
-        )
+        new = known.is_new(state) and pem == known.pem_b
+        assert old or new, f"worker {index}: the last flash holds neither state"
     return results, staged_images
 
 
@@ -687,10 +688,14 @@ def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
     first = power_on(snapshot, fs=fs)
     assert first.status == 0 and "telemetry_acknowledged" in first.events, first.output
     assert first.event("certificate_issued") and first.files["POST"].get(PEM) == pem_a, first.output
+    # state.json holds the private key: the assertions below never have it (or a call on it) in their expression,
+    # whose values pytest would show.
     old_raw = read_file(snapshot, f"azprov_state/{STATE}", fs)
-    assert _sha(old_raw) == first.files["POST"][STATE]
+    old_sha = _sha(old_raw)
+    assert old_sha == first.files["POST"][STATE]
     old_state = json.loads(old_raw)
-    assert isinstance(old_state.get("identity"), dict), "state.json holds no issued identity"
+    has_identity = isinstance(old_state.get("identity"), dict)
+    assert has_identity, "state.json holds no issued identity"
     assert old_state["assignment"]["payload"] == {"config": "A"}
     assert old_state["trust_bundle"]["pem_sha256"] == pem_a
 
@@ -704,7 +709,8 @@ def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
     assert measured.event("trust_bundle_stored")["written"] == "True"
     assert measured.files["POST"].get(PEM) == pem_b, measured.output
     new_raw = read_file(measure_image, f"azprov_state/{STATE}", fs)
-    assert _sha(new_raw) == measured.files["POST"][STATE]
+    new_sha = _sha(new_raw)
+    assert new_sha == measured.files["POST"][STATE]
     new_state = json.loads(new_raw)
     assert new_state["assignment"]["payload"] == {"config": "B"}
     assert new_state["trust_bundle"]["pem_sha256"] == pem_b
@@ -713,7 +719,8 @@ def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
         return _issued_state_problem(data, new_state, old_state, ca)
 
     # The check knows a new state, and a mix of old and new for what it is.
-    assert problem(old_raw) is not None and problem(new_raw) is None
+    why_old, why_new = problem(old_raw), problem(new_raw)
+    assert why_old is not None and why_new is None, (why_old, why_new)
     mixes = {
         "old identity, new assignment and bundle": dict(new_state, identity=old_state["identity"]),
         "new identity, old assignment and bundle": dict(old_state, identity=new_state["identity"]),
@@ -722,9 +729,11 @@ def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
         "no identity": {k: v for k, v in new_state.items() if k != "identity"},
     }
     for name, mix in mixes.items():
-        assert problem(json.dumps(mix).encode()) is not None, name
-    assert problem(new_raw[: len(new_raw) // 2]) is not None
-    known = Expected(pem_a, pem_b, _sha(old_raw), _sha(new_raw), problem)
+        why = problem(json.dumps(mix).encode())
+        assert why is not None, name
+    why = problem(new_raw[: len(new_raw) // 2])
+    assert why is not None, "a truncated state.json"
+    known = Expected(pem_a, pem_b, old_sha, new_sha, problem)
 
     ops = _store_program_operations(measured)
     lo, hi = ops[0][0], ops[-1][0] + ops[-1][1]
@@ -765,5 +774,6 @@ def test_power_cut_during_issued_identity_commit(emulator, tmp_path, fs):
     # Each cut boot registered once (a new key and certificate); a restart only when FAT lost its state.
     assert issued == len(points) + registered_again, summary
     # Every gateway connection authenticated with an issued certificate, never a SAS token.
-    assert gateway and all(r["password"] is None for r in gateway)
+    with_password = sum(1 for r in gateway if r["password"] is not None)  # never shown: they are live tokens
+    assert gateway and not with_password, "%d of %d gateway connections sent a password" % (with_password, len(gateway))
     assert issued_logins == len(gateway), summary
