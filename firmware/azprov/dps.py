@@ -91,15 +91,18 @@ def parse_topic(topic):
 
 
 def _json_object(body, what):
-    if not body:
+    if not isinstance(body, (bytes, bytearray, str)):
+        value = body  # parsed as it streamed in (azprov.bundle.Extractor)
+    elif not body:
         return None
-    try:
-        # json.loads takes the received bytes as they are: decoding to str first would hold the body twice.
-        if not isinstance(body, str):
-            check_utf8(body)
-        value = json.loads(body)
-    except (ValueError, UnicodeError):
-        raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not valid JSON")
+    else:
+        try:
+            # json.loads takes the received bytes as they are: decoding to str first would hold the body twice.
+            if not isinstance(body, str):
+                check_utf8(body)
+            value = json.loads(body)
+        except (ValueError, UnicodeError):
+            raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not valid JSON")
     if not isinstance(value, dict):
         raise ProvisioningError(errors.MALFORMED_RESPONSE, what + " is not a JSON object")
     return value
@@ -154,7 +157,7 @@ class Registration:
 
     def __init__(self, registration_id, payload=None, max_polls=DEFAULT_MAX_POLLS, bundle_sink=None, csr=None):
         self.registration_id = registration_id
-        # Given a sink (azprov.store.Incoming), a 200 answer's trust bundle certificates are streamed into it before
+        # Given a sink (azprov.store.Incoming), a 200 answer's trust bundle certificates are streamed into it while
         # the body is parsed (azprov.bundle.extract); `streamed` then holds their sha256 values.
         self.bundle_sink = bundle_sink
         self.streamed = []
@@ -188,8 +191,8 @@ class Registration:
         return self._request(0, self.operation_id)
 
     def on_message(self, topic, body, streamed=None):
-        """`streamed`: the certificates' sha256 list when the shell already took them out of `body` as it arrived
-        (azprov.bundle.Extractor; the body is then the rest)."""
+        """`streamed`: the certificates' sha256 list when the shell already parsed `body` as it arrived
+        (azprov.bundle.Extractor: `body` is then the parsed answer, its certificates streamed to the sink)."""
         parsed = parse_topic(topic)
         if parsed is None or self.done:
             return None
@@ -200,7 +203,7 @@ class Registration:
             raise service_error(status, body, retry_after)
         if status not in (200, 202):
             raise ProvisioningError(errors.MALFORMED_RESPONSE, "unexpected status %d" % status, status=status)
-        if self.bundle_sink is not None and status == 200:
+        if self.bundle_sink is not None and status == 200 and body:
             if streamed is None:
                 from azprov.bundle import extract
 

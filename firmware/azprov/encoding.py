@@ -2,7 +2,7 @@
 # (b"!!!!" decodes to b""), so a corrupt key or certificate would pass unnoticed without this check.
 import binascii
 
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
 _HEX = b"0123456789ABCDEF"
 
@@ -12,7 +12,7 @@ def b64decode(text):
     data = text.encode() if isinstance(text, str) else bytes(text)
     data = data.rstrip(b"=")
     for byte in data:
-        if byte not in _B64_ALPHABET:
+        if byte not in B64_ALPHABET:
             raise ValueError("invalid base64 character")
     if len(data) % 4 == 1:
         raise ValueError("invalid base64 length")

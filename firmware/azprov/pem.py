@@ -7,6 +7,9 @@ from azprov.encoding import b64decode
 
 _BEGIN = "-----BEGIN CERTIFICATE-----"
 _END = "-----END CERTIFICATE-----"
+# The same armour lines as bytes, for text read as bytes (azprov.bundle), with the line ending PEM is stored with.
+BEGIN_LINE = b"-----BEGIN CERTIFICATE-----\n"
+END_LINE = b"-----END CERTIFICATE-----\n"
 # The largest CA file (dps_ca_file) the device takes. A PEM file is read line by line while the TLS context loads it
 # (one certificate in heap at a time), so the file's size costs no heap; what each certificate keeps is what limits
 # it: the figure is measured on the 32-bit frozen build at the 100 KB heap an ESP32 has (boards/esp32/README.md).
@@ -57,8 +60,7 @@ def split(text):
                 der = b64decode("".join(body))
             except ValueError:
                 raise PemError("certificate %d is not valid base64" % count)
-            # A DER certificate is an ASN.1 SEQUENCE with a multi-byte length.
-            if len(der) < 64 or der[0] != 0x30 or der[1] not in (0x81, 0x82, 0x83):
+            if not is_der_certificate(der):
                 raise PemError("certificate %d is not a DER certificate" % count)
             yield "\n".join(lines) + "\n", der
             lines = None
@@ -70,6 +72,12 @@ def split(text):
         raise PemError("certificate %d has no END line" % (count + 1))
     if count == 0:
         raise PemError("no certificate found")
+
+
+def is_der_certificate(der):
+    """True when `der` (bytes or a buffer) has a DER certificate's shape: an ASN.1 SEQUENCE with a multi-byte length,
+    at least 64 bytes long."""
+    return len(der) >= 64 and is_der(der)
 
 
 def is_der(head):

@@ -17,11 +17,14 @@ from azprov.pem import open_ca_file
 
 _IO_TIMEOUT_MS = const(15000)
 _KEEPALIVE_S = const(60)
-# DPS payloads at least this large are read from the socket in _CHUNK pieces (a trust bundle's certificates go
-# to flash one at a time and the whole answer is never in heap); smaller ones are read whole.
+# DPS payloads at least this large are parsed as they are read from the socket, a receive buffer at a time (a trust
+# bundle's certificates go to flash one at a time and the answer's text is never in heap); smaller ones are read
+# whole.
 _STREAM_OVER = const(2048)
-_CHUNK = const(512)
-_REST_MAX = const(4096)
+# Room for what the Extractor keeps of a streamed answer's text at a time, made before the DPS connection (measured
+# at its peak: 1.0 KB of a 3-root answer, 1.1 KB of a 10-root one, 1.6 KB with an issued chain, 1.7 KB with the
+# x509 section).
+_REST_ROOM = const(2048)
 
 
 class Provisioner:
@@ -39,6 +42,7 @@ class Provisioner:
         self._ctx = None
         self._inbox = []
         self._sink = None
+        self._rest = None  # the Extractor's room for an answer's text (see _REST_ROOM), while an attempt runs
         # Issuance: the DER private key and public point of the CSR the registration in progress carries.
         self._key = None
 
@@ -53,8 +57,9 @@ class Provisioner:
         self._inbox.append((topic, body, streamed))
 
     def _take(self, topic, stream):
-        """Consumes a payload still in the socket: a 200 answer through the bundle Extractor (certificates to the
-        sink as they arrive), anything else read whole. Returns (body, streamed sha256 list or None)."""
+        """Consumes a payload still in the socket: a 200 answer parsed by the bundle Extractor as it arrives
+        (certificates to the sink), anything else read whole. Returns (body or parsed answer, streamed sha256 list or
+        None)."""
         parsed = dps.parse_topic(topic)
         if parsed is None or parsed[0] != 200:
             return stream.read_all(), None
@@ -62,15 +67,12 @@ class Provisioner:
 
         self._sink.start()
         try:
-            # The rest (the answer without its certificates) is about half of it (1.9 KB of a 4.6 KB lab answer).
-            extractor = Extractor(self._sink, min(_REST_MAX, max(_CHUNK, stream.size // 2)))
-            buf = bytearray(_CHUNK)
-            view = memoryview(buf)
+            extractor = Extractor(self._sink, self._rest)
+            view = stream.scratch  # the connection's receive buffer: free while a payload streams
             while stream.remaining:
                 extractor.feed(view[: stream.readinto(view)])
-            buf = view = None
             return extractor.finish(), extractor.found
-        except MemoryError:  # the rest of the answer or one of its certificates: not the whole answer at once
+        except MemoryError:  # the parsed answer, or a long string of it: not the whole answer at once
             raise transport.too_large(stream.size, streamed=True)
 
     def _connect(self, deadline):
@@ -294,25 +296,25 @@ class Provisioner:
     def attempt(self, budget_ms):
         """Registers (or continues the registration) within `budget_ms` and commits the assignment and trust bundle
         to the store; returns the stored state. Raises a classified ProvisioningError."""
-        from azprov.bundle import _TlsCheck, parse
+        from azprov import bundle
 
-        _TlsCheck.prepare()  # the bundle check's TLS context, made before the DPS connection fragments the heap
         store = self.store
         self._sink = store.incoming()  # the bundle's certificates go straight from the DPS answer to flash
+        self._rest = bytearray(_REST_ROOM)
         try:
             registration = self._register(budget_ms)
             streamed = self.registration.streamed
             pem_sha256 = self._sink.finish() if streamed else None
+            pem_path = self._sink.path
             identity = self._issued_identity(registration) if self.config["certificate_issuance"] else None
         except BaseException as exc:
-            _TlsCheck.release()
             self._sink.close()
             store.discard_incoming()
             if isinstance(exc, ProvisioningError) and exc.status is not None and exc.kind not in errors.TRANSIENT:
                 self.registration = None  # a final answer: a later attempt registers anew
             raise
         finally:
-            self._sink = None
+            self._sink = self._rest = None
         self.registration = None
         self._key = None
         log.info(
@@ -323,7 +325,9 @@ class Provisioner:
         )
         gc.collect()
         try:
-            parsed = parse(registration.get("trustBundle"), streamed, pem_sha256)
+            parsed = bundle.parse(registration.get("trustBundle"), streamed, pem_sha256)
+            if streamed:
+                bundle.check_streamed(pem_path)  # the connection is closed: its heap is free for the TLS stack
         except BaseException:
             store.discard_incoming()
             raise

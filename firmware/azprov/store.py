@@ -21,6 +21,7 @@ _STAGED = ".new"
 _INCOMING = ".in"  # certificates streamed from a DPS response, before save() stages them
 _TMP = ".tmp"
 _CHUNK = const(512)
+_PIECE = const(128)  # bytes of the stored PEM compared or copied at a time: a PEM line is 65
 _MAX_STATE_BYTES = const(16384)
 FORMAT_VERSION = const(1)
 
@@ -138,73 +139,87 @@ def _serialise(state):
 
 
 class Incoming:
-    """The sink azprov.bundle.extract() streams certificates into: trust_bundle.pem.in, written only from the first
-    certificate that differs from the stored trust_bundle.pem (a bundle DPS sends again unchanged costs no flash
-    write). Nothing reads the .in file but save(); a leftover one is removed by the next save() or clear()."""
+    """The sink azprov.bundle.Extractor streams the bundle's PEM text into, a piece at a time (write()):
+    trust_bundle.pem.in, written only from the first byte that differs from the stored trust_bundle.pem (each piece
+    is compared with the stored file at the same offset, read a piece at a time: a bundle DPS sends again unchanged
+    costs no flash write). Nothing reads the .in file but save(); a leftover one is removed by the next save() or
+    clear()."""
 
     def __init__(self, store):
         self._store = store
+        self._file = None
+        self._stored = None
+        self.path = None
+        self._scratch = memoryview(bytearray(_PIECE))  # made with the sink, before the DPS answer fragments the heap
         self.start()
 
     def start(self):
         self.close()
         self._hash = hashlib.sha256()
-        self._file = None
-        self._same = 0  # leading certificates identical to the stored file's, not yet copied
-        self._stored = None
-        self.count = 0
+        self._same = 0  # leading bytes identical to the stored file's, not yet copied
+        try:
+            self._stored = open(self._store.pem_path, "rb")
+        except OSError:
+            self._stored = None
 
-    def _stored_blocks(self):
-        if self._stored is None:
-            from azprov.pem import PemError, PemFile, split
-
-            def blocks():
-                try:
-                    for block, _ in split(PemFile(self._store.pem_path)):
-                        yield block
-                except (OSError, PemError, UnicodeError):
-                    return
-
-            self._stored = blocks()
-        return self._stored
-
-    def add(self, block):
-        self._hash.update(block.encode())
-        self.count += 1
+    def write(self, piece):
+        self._hash.update(piece)
         if self._file is None:
-            if next(self._stored_blocks(), None) == block:
-                self._same += 1
+            if self._stored_continues_with(piece):
+                self._same += len(piece)
                 return
             self._open_with_copy()
-        self._file.write(block)
+        self._file.write(piece)
+
+    def _stored_continues_with(self, piece):
+        stored = self._stored
+        if stored is None:
+            return False
+        piece = memoryview(piece)
+        scratch = self._scratch
+        done = 0
+        while done < len(piece):
+            size = min(len(piece) - done, len(scratch))
+            if stored.readinto(scratch[:size]) != size or scratch[:size] != piece[done : done + size]:
+                return False
+            done += size
+        return True
 
     def _open_with_copy(self):
-        from azprov.pem import PemFile, split
-
-        self._stored = None
+        # The first difference: the stored file's matching start is copied into the new file, which goes on from there.
         makedirs(self._store.directory)
-        self._file = open(self._store.pem_path + _INCOMING, "w")
-        if self._same:
-            for block, _ in split(PemFile(self._store.pem_path)):
-                self._file.write(block)
-                self._same -= 1
-                if not self._same:
+        self._file = open(self._store.pem_path + _INCOMING, "wb")
+        stored = self._stored
+        self._stored = None
+        if stored is None:
+            return
+        with stored:
+            stored.seek(0)
+            scratch = self._scratch
+            while self._same:
+                size = stored.readinto(scratch[: min(self._same, len(scratch))])
+                if not size:
                     break
+                self._file.write(scratch[:size])
+                self._same -= size
 
     def finish(self):
-        """The sha256 (hex) of everything added; the .in file is complete (unless all matched the stored file)."""
-        if self._file is None and next(self._stored_blocks(), None) is not None:
+        """The sha256 (hex) of everything written, which is now all in the file at `path`: the .in file, or the stored
+        trust_bundle.pem when all of it matched."""
+        if self._file is None and self._stored is not None and self._stored.readinto(self._scratch[:1]):
             self._open_with_copy()  # a shorter bundle that starts like the stored one
+        self.path = self._store.pem_path if self._file is None else self._store.pem_path + _INCOMING
         self.close()
         return binascii.hexlify(self._hash.digest()).decode()
 
     def close(self):
-        f = getattr(self, "_file", None)
-        if f is not None:
-            f.close()
+        if self._stored is not None:
+            self._stored.close()
+            self._stored = None
+        if self._file is not None:
+            self._file.close()
             self._file = None
             self._store.writes += 1
-        self._stored = None
 
 
 class Store:
@@ -290,7 +305,7 @@ class Store:
             raise _corrupt("trust_bundle.pem holds other certificates than state.json lists")
 
     def incoming(self):
-        """A sink for azprov.bundle.extract() (see Incoming)."""
+        """A sink for azprov.bundle.Extractor (see Incoming)."""
         _remove(self.pem_path + _INCOMING)
         self._streaming = True
         return Incoming(self)

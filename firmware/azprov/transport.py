@@ -284,13 +284,14 @@ class DeadlineSocket:
 class PayloadStream:
     """An MQTT payload still in the socket (Connection.stream_over): whoever receives it must consume all
     `size` bytes before returning (readinto() pieces, read_all(), take(), or skip()), since the next packet follows
-    it. `scratch` is the connection's reusable receive buffer (a memoryview), used to read past a payload."""
+    it. `scratch` is the connection's reusable receive buffer (a memoryview), free while the payload streams: used
+    to read past it, and by a receiver that reads it in pieces."""
 
     def __init__(self, sock, size, scratch=None):
         self._sock = sock
         self.size = size
         self.remaining = size
-        self._scratch = scratch
+        self.scratch = scratch
 
     def readinto(self, view):
         n = min(len(view), self.remaining)
@@ -300,7 +301,7 @@ class PayloadStream:
 
     def skip(self):
         """Reads past what is left, a piece at a time, without holding it."""
-        view = self._scratch
+        view = self.scratch
         if view is None:
             view = memoryview(bytearray(min(self.remaining, 256)))
         while self.remaining:

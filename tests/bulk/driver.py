@@ -235,7 +235,7 @@ class ScriptedConnection:
         if len(topic) >= 1024:
             _fits(len(topic))
         if self.stream_over is not None and len(body) >= self.stream_over:
-            stream = transport.PayloadStream(_Rest(body), len(body))
+            stream = transport.PayloadStream(_Rest(body), len(body), memoryview(bytearray(512)))
             self.on_message(topic, stream, None)
             if stream.remaining:
                 stream.skip()

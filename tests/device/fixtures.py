@@ -3,6 +3,21 @@
 from azprov.errors import ProvisioningError
 
 
+class PemSink:
+    """A trust bundle sink with store.Incoming's interface that keeps what is written in memory."""
+
+    def __init__(self):
+        self.started = 0
+        self.pem = b""
+
+    def start(self):
+        self.started += 1
+        self.pem = b""
+
+    def write(self, piece):
+        self.pem += bytes(piece)
+
+
 def raises(kind, fn, *args):
     """Calls fn(*args); asserts it raises a ProvisioningError of `kind` and returns that error."""
     try:

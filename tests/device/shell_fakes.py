@@ -215,7 +215,7 @@ class FakeConnection:
             topic = topic.encode() if isinstance(topic, str) else topic
             body = bytearray(body.encode() if isinstance(body, str) else body)
             if self.stream_over is not None and len(body) >= self.stream_over:
-                stream = transport.PayloadStream(_Bytes(body), len(body))
+                stream = transport.PayloadStream(_Bytes(body), len(body), memoryview(bytearray(512)))
                 self.on_message(topic, stream, pid)
                 assert not stream.remaining, "the receiver left part of a streamed payload in the socket"
             else:

@@ -4,7 +4,7 @@ import binascii
 import hashlib
 import json
 
-from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256
+from fixtures import CERT_A, CERT_A_SHA256, CERT_B, CERT_B_SHA256, PemSink
 
 from azprov import bundle, errors
 from azprov.errors import ProvisioningError
@@ -18,17 +18,6 @@ META = {
     "notBeforeUtc": "2019-08-24T14:15:22Z",
     "notAfterUtc": "2039-08-24T14:15:22Z",
 }
-
-
-class _Sink:
-    def __init__(self):
-        self.blocks = []
-
-    def start(self):
-        pass
-
-    def add(self, block):
-        self.blocks.append(block)
 
 
 def _tb(*entries, **fields):
@@ -128,45 +117,88 @@ def test_extractor_takes_only_the_bundle_certificates():
         "trustBundle": {"id": "TB", "etag": "e", "certificates": [{"certificate": CERT_A, "certificateX": "q"}]},
         "certificate": "top",
     }
-    sink = _Sink()
-    rest, found = bundle.extract(bytearray(_answer(state)), sink)
-    assert found == [CERT_A_SHA256] and sink.blocks == [block for block, _ in split(CERT_A)]
-    kept = json.loads(rest)["registrationState"]
+    sink = PemSink()
+    value, found = bundle.extract(bytearray(_answer(state)), sink)
+    assert found == [CERT_A_SHA256] and sink.pem == CERT_A.encode()
+    kept = value["registrationState"]
     assert kept["payload"] == state["payload"] and kept["certificate"] == "top"
     assert kept["trustBundle"]["certificates"] == [{"certificate": 0, "certificateX": "q"}]
     # A key longer than any of the path's is not mistaken for one of them.
     long_key = "registrationState" + "x" * 40
-    rest, found = bundle.extract(bytearray(json.dumps({long_key: {"trustBundle": {}}}).encode()), _Sink())
-    assert found == [] and json.loads(rest) == {long_key: {"trustBundle": {}}}
+    value, found = bundle.extract(bytearray(json.dumps({long_key: {"trustBundle": {}}}).encode()), PemSink())
+    assert found == [] and value == {long_key: {"trustBundle": {}}}
 
 
 def test_extractor_refusals_name_the_certificate():
     entries = [{"certificate": CERT_A}, {"certificate": CERT_A + CERT_B}]
     body = _answer({"trustBundle": _tb(*entries)})
-    assert _message(bundle.extract, bytearray(body), _Sink()) == (
+    assert _message(bundle.extract, bytearray(body), PemSink()) == (
         "trustBundle: certificates[1].certificate holds 2 certificates, expected 1"
     )
     # A certificate string without a PEM block.
     body = b'{"registrationState": {"trustBundle": {"certificates": [{"certificate": "x"}]}}}'
     assert (
-        _message(bundle.extract, bytearray(body), _Sink())
+        _message(bundle.extract, bytearray(body), PemSink())
         == "trustBundle: certificates[0].certificate: no certificate found"
     )
 
 
-def test_extractor_ends_a_cut_certificate_so_the_rest_is_refused():
-    body = _answer({"trustBundle": _tb({"certificate": CERT_A})})
-    cut = body[: body.index(b"MII") + 10]
-    extractor = bundle.Extractor(_Sink())
-    extractor.feed(cut)
-    rest = extractor.finish()
-    assert rest.endswith(b'"') and extractor.found == []
-    try:
-        json.loads(rest)
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("a cut answer parsed")
+def test_an_answer_cut_anywhere_is_refused():
+    # Inside a certificate, a key, a string, a number, between members: never a partial answer taken as whole.
+    body = _answer({"trustBundle": _tb({"certificate": CERT_A}), "payload": {"n": 12345}})
+    for end in (body.index(b"MII") + 10, body.index(b"trustB") + 3, body.index(b"TB-1") + 2, body.index(b"123") + 2):
+        extractor = bundle.Extractor(PemSink())
+        extractor.feed(body[:end])
+        assert _message(extractor.finish) == "response body is not valid JSON", end
+    for end in range(len(body)):
+        try:
+            bundle.extract(body[:end], PemSink())
+        except ProvisioningError as exc:
+            assert exc.kind == errors.MALFORMED_RESPONSE
+        else:
+            raise AssertionError("a cut answer parsed: %r" % body[:end])
+
+
+def test_the_answer_parsed_in_pieces_is_what_json_loads_gives():
+    # The certificate entries and the issued chain are parsed one element at a time; spaces anywhere, empty arrays.
+    body = (
+        b' { "registrationState" : { "issuedCertificateChain" : [ "bGVhZg==" , "Y2E=" ] , "trustBundle" : {'
+        b' "certificates" : [ { "certificate" : 0 , "metadata" : { "n" : [ 1 , 2 ] } } , 5 , [ ] , null ] ,'
+        b' "id" : [ ] } , "payload" : { "certificates" : [ 1 , 2 ] } } , "status" : "assigned" } '
+    )
+    assert bundle.extract(body, PemSink()) == (json.loads(body), [])
+    assert bundle.extract(b"[]", PemSink())[0] == [] and bundle.extract(b" 7 ", PemSink())[0] == 7
+    assert bundle.extract(b'"text"', PemSink())[0] == "text"
+    deep = b'{"a":' * 400 + b"[" * 400 + b"]" * 400 + b"}" * 400  # one byte a level while it streams
+    assert bundle.extract(deep, PemSink())[0] == json.loads(deep)
+    chain = b'{"registrationState": {"issuedCertificateChain": %s}}'
+    entries = b'{"registrationState": {"trustBundle": {"certificates": %s}}}'
+    for bad in (
+        b"",
+        b"{",
+        b'{"a": [1}',
+        b'{"a": tru}',
+        b'{"a": 1}x',
+        b'{"a": 1} {}',
+        b'{"a": "\xc0\xaf"}',  # an overlong "/": MicroPython's decoder would take it
+        chain % b'["a",]',
+        chain % b'[,"a"]',
+        chain % b'["a",,"b"]',
+        chain % b'["a" "b"]',
+        entries % b"[{},]",
+        entries % b"[{} {}]",
+        entries % b"[{}}",
+        b'{"a": [1}}',  # MicroPython's json.loads would take it
+        b"{}}",
+    ):
+        assert _message(bundle.extract, bad, PemSink()) == "response body is not valid JSON", bad
+    # A repeated key above an array parsed in pieces: which one is meant?
+    repeated = "response body holds registrationState.issuedCertificateChain more than once"
+    for bad in (
+        b'{"registrationState": {"issuedCertificateChain": ["a"], "issuedCertificateChain": ["b"]}}',
+        b'{"registrationState": {"issuedCertificateChain": ["a"]}, "registrationState": {}}',
+    ):
+        assert _message(bundle.extract, bad, PemSink()) == repeated, bad
 
 
 def _pem_of(der):
@@ -182,21 +214,27 @@ def test_a_certificate_the_tls_stack_refuses_is_named():
     bad = _pem_of(bytes(der))
     expected = "trustBundle: certificates[1] is not a certificate the TLS stack can load"
     assert _message(bundle.parse, _tb({"certificate": CERT_B}, {"certificate": bad})) == expected
+    # Streamed: the extractor takes it (its PEM and DER shape are right), and the check of what the sink wrote, once
+    # the DPS connection is closed, refuses it.
     body = _answer({"trustBundle": _tb({"certificate": CERT_B}, {"certificate": bad})})
-    assert _message(bundle.extract, bytearray(body), _Sink()) == expected
+    sink = PemSink()
+    bundle.extract(bytearray(body), sink)
+    with open("streamed.pem", "wb") as f:
+        f.write(sink.pem)
+    assert _message(bundle.check_streamed, "streamed.pem") == expected
     # The same context still judges the next bundle: a good certificate after a refused one is taken.
     assert bundle.parse(_tb({"certificate": CERT_A}))["certificates"][0]["sha256"] == CERT_A_SHA256
 
 
 def test_extractor_names_a_certificate_missing_before_a_present_one():
     body = _answer({"trustBundle": _tb({"certificate": 5}, {"certificate": CERT_A})})
-    assert _message(bundle.extract, bytearray(body), _Sink()) == "trustBundle: certificates[0].certificate is missing"
+    assert _message(bundle.extract, bytearray(body), PemSink()) == "trustBundle: certificates[0].certificate is missing"
 
 
 def test_extractor_refuses_a_certificate_string_json_cannot_read():
     body = b'{"registrationState": {"trustBundle": {"certificates": [{"certificate": "\\q"}]}}}'
     # CPython's json refuses the escape; MicroPython's reads it as text, which holds no certificate.
-    assert _message(bundle.extract, bytearray(body), _Sink()) in (
+    assert _message(bundle.extract, bytearray(body), PemSink()) in (
         "trustBundle: certificates[0].certificate is not a valid JSON string",
         "trustBundle: certificates[0].certificate: no certificate found",
     )

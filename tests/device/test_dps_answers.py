@@ -193,33 +193,21 @@ def test_poll_limit_message_names_the_limit():
     assert (exc.kind, exc.message) == (errors.TIMEOUT, "still assigning after 1 polls")
 
 
-class _Sink:
-    def __init__(self):
-        self.started = 0
-        self.blocks = []
-
-    def start(self):
-        self.started += 1
-
-    def add(self, block):
-        self.blocks.append(block)
-
-
 def test_trust_bundle_certificates_go_to_the_sink_before_parsing():
-    from fixtures import CERT_A, CERT_A_SHA256
+    from fixtures import CERT_A, CERT_A_SHA256, PemSink
 
     state = dict(STATE, trustBundle={"id": "TB", "etag": "e", "certificates": [{"certificate": CERT_A}]})
     body = json.dumps({"status": "assigned", "registrationState": state}).encode()
-    sink = _Sink()
+    sink = PemSink()
     reg = _started(bundle_sink=sink)
     # A 202 carries no bundle: nothing goes to the sink.
     reg.on_message(_topic(202, "1"), ASSIGNING)
     assert sink.started == 0
     assert reg.on_message(_topic(200, "2"), bytearray(body)) is None
-    assert sink.started == 1 and len(sink.blocks) == 1 and reg.streamed == [CERT_A_SHA256]
+    assert sink.started == 1 and sink.pem == CERT_A.encode() and reg.streamed == [CERT_A_SHA256]
     assert reg.result["trustBundle"]["certificates"] == [{"certificate": 0}]
     # When the shell already streamed the certificates out, the body is the rest and its list is taken as given.
-    sink = _Sink()
+    sink = PemSink()
     reg = _started(bundle_sink=sink)
     rest = json.dumps({"status": "assigned", "registrationState": dict(STATE, trustBundle=None)})
     assert reg.on_message(_topic(200, "1"), rest, ["AB" * 32]) is None

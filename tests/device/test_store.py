@@ -339,3 +339,54 @@ def test_a_power_cut_anywhere_in_a_new_identity_keeps_the_old_one_or_the_new_one
         at += 1
     assert seen == {"old", "new"} and at > 2, (seen, at)
     _clean()
+
+
+# --- a streamed bundle: written only from its first byte that differs from the stored one (store.Incoming) --------
+
+
+def _stream(s, pem, piece):
+    """Writes `pem` into a new Incoming sink of `s`, `piece` bytes at a time; returns (sha256 hex, file it is in)."""
+    sink = s.incoming()
+    sink.start()
+    data = pem.encode()
+    for start in range(0, len(data), piece):
+        sink.write(memoryview(data)[start : start + piece])
+    return sink.finish(), sink.path
+
+
+def _sha256(text):
+    import binascii
+    import hashlib
+
+    return binascii.hexlify(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def test_a_streamed_bundle_is_written_only_from_its_first_difference():
+    incoming = _DIR + "/trust_bundle.pem.in"
+    stored = CERT_A + CERT_B
+    for piece in (1, 65, 200):
+        # No stored bundle: all of it is written. The same bundle again: nothing is.
+        s = _clean()
+        assert _stream(s, stored, piece) == (_sha256(stored), incoming) and _read(incoming) == stored
+        assert s.writes == 1
+        s.save(_assignment(), _parsed("e1", CERT_A, CERT_B))
+        s = store.Store(_DIR)
+        assert _stream(s, stored, piece) == (_sha256(stored), _DIR + "/trust_bundle.pem"), piece
+        assert s.writes == 0 and not _exists(incoming), piece
+        # A change in the second certificate, one that drops it (a shorter bundle starting like the stored one),
+        # one that adds a certificate: the whole new bundle is in the .in file, the stored one untouched.
+        for new in (CERT_A + CERT_C, CERT_A, CERT_A + CERT_B + CERT_C, CERT_B):
+            s = store.Store(_DIR)
+            assert _stream(s, new, piece) == (_sha256(new), incoming), (piece, new)
+            assert _read(incoming) == new and s.writes == 1, (piece, new)
+            assert _read(_DIR + "/trust_bundle.pem") == stored
+            s.discard_incoming()
+    _clean()
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
