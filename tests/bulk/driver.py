@@ -270,7 +270,8 @@ def _register(sup):
     while True:
         try:
             sup._provision()
-            return sup.state
+            # What was committed, read back (once provisioned, the supervisor keeps only what the gateway needs).
+            return store.Store(sup.config["storage_dir"]).load()
         except ProvisioningError as exc:
             sup.failed(exc, "provision")  # raises when the stop rule says so
             sup._wait_for_retry(None)
