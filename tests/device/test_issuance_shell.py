@@ -3,12 +3,14 @@
 # that key and committed with the assignment inside state.json, and an answer without a chain (an enrollment with no
 # certificate policy) or with someone else's certificate is a classified error that stores nothing.
 import json
+import sys
 
 from csr_fixtures import CERT_DER, COMMON_NAME, RFC6979_D
 from fixtures import raises
 from shell_fakes import STORAGE, FakeClock, Network, install, provisioning
 from test_provision_shell import CA_FILE, _nothing_stored, assigned, dps, setup, teardown  # noqa: F401
 
+import azprov
 from azprov import csr, errors
 from azprov.encoding import b64decode
 from azprov.provision import Provisioner
@@ -32,6 +34,9 @@ def _issuing(answers, key=RFC6979_D):
 
     network = install(Network(clock, recording))
     cfg = provisioning(dps_ca_file=CA_FILE, certificate_issuance=True)
+    # The provisioner lets go of azprov.csr after each key (azprov.release): put back the module patched here, so
+    # the next import finds it and not a fresh copy.
+    sys.modules["azprov.csr"] = azprov.csr = csr
     saved = csr.new_key
     csr.new_key = lambda random_bytes=None: key
     return Provisioner(cfg, Store(STORAGE), clock), network, saved
