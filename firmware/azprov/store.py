@@ -58,11 +58,46 @@ def read_bounded(path, limit):
         return f.read()
 
 
-def write_atomic(path, data):
+def write_atomic(path, pieces):
+    """Writes the byte strings `pieces`, one after the other, to `path` through a temporary file renamed into
+    place. They reach the file _CHUNK bytes (a FAT sector) at a time, gathered in one small buffer: the text is
+    never in heap whole."""
     tmp = path + _TMP
-    with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-        f.write(data)
+    buf = bytearray(_CHUNK)
+    held = 0
+    with open(tmp, "wb") as f:
+        for piece in pieces:
+            done = 0
+            while done < len(piece):
+                size = min(_CHUNK - held, len(piece) - done)
+                buf[held : held + size] = piece[done : done + size]
+                held += size
+                done += size
+                if held == _CHUNK:
+                    f.write(buf)
+                    held = 0
+        f.write(memoryview(buf)[:held])
     os.rename(tmp, path)
+
+
+def _read_json(path):
+    """The JSON value in `path`, parsed as the file is read (a 10-root or issued-identity state.json is 3.5-4.5 KB,
+    never in heap as one block). Checked a piece at a time first for forms only a lax UTF-8 decoder accepts. Raises
+    the STORAGE error for a file over _MAX_STATE_BYTES, else OSError, ValueError or UnicodeError."""
+    if os.stat(path)[6] > _MAX_STATE_BYTES:
+        raise _corrupt("state.json is too large")
+    # window[0] is the last byte of the previous piece: a lead byte there is checked with the byte after it
+    window = bytearray(b" " * (_CHUNK + 1))
+    with open(path, "rb") as f:
+        view = memoryview(window)[1:]
+        while True:
+            size = f.readinto(view)
+            check_utf8(window, size + 1, size == _CHUNK)
+            if size < _CHUNK:
+                break
+            window[0] = window[_CHUNK]
+        f.seek(0)
+        return json.load(f)
 
 
 def file_sha256(path):
@@ -118,24 +153,50 @@ def _check_state(state):
             raise _corrupt("the issued identity is incomplete")
 
 
+def _dump(value, pieces, depth):
+    # The containers of state.json's first levels piece by piece; below them each value is one json.dumps, read
+    # back the way load() will (not compared: float text need not round-trip bit for bit).
+    if depth and isinstance(value, (dict, list)):
+        is_dict = isinstance(value, dict)
+        pieces.append(b"{" if is_dict else b"[")
+        first = True
+        for item in value:
+            if not first:
+                pieces.append(b", ")
+            first = False
+            if is_dict:
+                pieces.append(json.dumps(item).encode() + b": ")
+                item = value[item]
+            _dump(item, pieces, depth - 1)
+        pieces.append(b"}" if is_dict else b"]")
+    else:
+        piece = json.dumps(value).encode()
+        json.loads(piece)
+        pieces.append(piece)
+
+
 def _serialise(state):
-    """state.json's text, checked before anything is written: a state the next boot could not read back (too
-    large, too deeply nested, numbers JSON cannot hold) is refused here, while the old state is still intact."""
+    """state.json's bytes as a list of pieces (a chain certificate, a bundle certificate's metadata ...), checked
+    before anything is written: a state the next boot could not read back (too large, too deeply nested, numbers
+    JSON cannot hold) is refused here, while the old state is still intact. In pieces, not one text: with an issued
+    identity or 10 roots the text is 3.5-4.5 KB, and json.dumps grows it through larger and larger blocks."""
+    pieces = []
     try:
-        text = json.dumps(state)
-        # Reading it back the way load() will is the check (not equality: float text need not round-trip bit for
-        # bit). A "\ud800" escape in the service's JSON becomes a lone surrogate that load() would refuse.
-        data = text.encode()
-        check_utf8(data)
+        _dump(state, pieces, 3)
+        size = 0
+        for piece in pieces:
+            # A "\ud800" escape in the service's JSON becomes a lone surrogate that load() would refuse.
+            check_utf8(piece)
+            size += len(piece)
         # In bytes, as load() bounds it: "é" is one character but two bytes.
-        ok = len(data) <= _MAX_STATE_BYTES and json.loads(text) is not None
+        ok = size <= _MAX_STATE_BYTES
     except (ValueError, TypeError, RuntimeError):  # RuntimeError: nesting deeper than the stack allows
         ok = False
     if not ok:
         raise ProvisioningError(
             errors.MALFORMED_RESPONSE, "the registration result cannot be stored (payload too large or not plain JSON)"
         )
-    return text
+    return pieces
 
 
 class Incoming:
@@ -236,20 +297,15 @@ class Store:
         the check of each certificate against the list (the file's sha256 is still checked)."""
         renamed = False  # state.json to be renamed into place once every check passed (a rejected load changes nothing)
         try:
-            text = read_bounded(self.state_path, _MAX_STATE_BYTES)
+            state = _read_json(self.state_path)
         except OSError:
             state = self._complete_tmp_state()
             if state is None:
                 return None
             renamed = True
+        except (ValueError, UnicodeError):
+            raise _corrupt("state.json is not valid JSON")
         else:
-            if text is None:
-                raise _corrupt("state.json is too large")
-            try:
-                check_utf8(text)
-                state = json.loads(text)
-            except (ValueError, UnicodeError):
-                raise _corrupt("state.json is not valid JSON")
             _check_state(state)
         if not self._streaming:
             _remove(self.pem_path + _INCOMING)  # a power cut while a DPS answer streamed in
@@ -278,11 +334,7 @@ class Store:
         # The caller renames it into place once the bundle it names checks out.
         tmp = self.state_path + _TMP
         try:
-            text = read_bounded(tmp, _MAX_STATE_BYTES)
-            if text is None:
-                return None
-            check_utf8(text)
-            state = json.loads(text)
+            state = _read_json(tmp)
             _check_state(state)
         except (OSError, ValueError, UnicodeError, ProvisioningError):
             return None
@@ -332,7 +384,7 @@ class Store:
         state = {"version": FORMAT_VERSION, "assignment": assignment, "trust_bundle": meta}
         if identity is not None:
             state["identity"] = identity
-        text = _serialise(state)
+        pieces = _serialise(state)
         try:
             # The PEM file's sha256 matching the recorded one stands for its certificates here: they are not decoded
             # again (on the 32-bit build that is the largest block a 10-root bundle's provisioning asks for).
@@ -355,7 +407,7 @@ class Store:
                         f.write(bundle["pem"])
                     self.writes += 1
                 staged = True
-            write_atomic(self.state_path, text)
+            write_atomic(self.state_path, pieces)
             self.writes += 1
             if meta is None:
                 _remove(self.pem_path)
