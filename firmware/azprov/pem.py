@@ -36,11 +36,13 @@ class PemFile:
                 yield line
 
 
-def split(text):
+def split(text, blocks=True):
     """Yields (pem_block, der) for every certificate in `text` (a str, or lines such as a PemFile); pem_block has
-    "\n" line endings and a final newline whatever the input used. Raises PemError naming the problem."""
-    lines = None
-    body = None
+    "\n" line endings and a final newline whatever the input used. Raises PemError naming the problem. With
+    blocks=False pem_block is None and no line is kept. Each base64 line is decoded as it comes and the DER joined
+    once: the body as one text, and its copies in b64decode(), are blocks of 1-2 KB a fragmented heap may not have."""
+    lines = None  # the block's lines (blocks=True), or [] while inside a block
+    der = None
     count = 0
     for raw in text.split("\n") if isinstance(text, str) else text:
         line = raw.strip()
@@ -49,29 +51,67 @@ def split(text):
         if line == _BEGIN:
             if lines is not None:
                 raise PemError("certificate %d has no END line" % (count + 1))
-            lines = [line]
-            body = []
+            lines = [line] if blocks else []
+            der = _Der()
         elif line == _END:
             if lines is None:
                 raise PemError("END line without BEGIN")
-            lines.append(line)
             count += 1
             try:
-                der = b64decode("".join(body))
+                data = der.finish()
             except ValueError:
                 raise PemError("certificate %d is not valid base64" % count)
-            if not is_der_certificate(der):
+            der = None
+            if not is_der_certificate(data):
                 raise PemError("certificate %d is not a DER certificate" % count)
-            yield "\n".join(lines) + "\n", der
+            if blocks:
+                lines.append(line)
+                yield "\n".join(lines) + "\n", data
+            else:
+                yield None, data
             lines = None
-            body = None
         elif lines is not None:
-            lines.append(line)
-            body.append(line)
+            if blocks:
+                lines.append(line)
+            der.add(line)
     if lines is not None:
         raise PemError("certificate %d has no END line" % (count + 1))
     if count == 0:
         raise PemError("no certificate found")
+
+
+class _Der:
+    """One certificate's base64 body decoded a line at a time, with b64decode()'s rules for the body as one text:
+    padding only at its very end, unpadded allowed, no other character. A fault is kept for finish() to raise: the
+    END line names the certificate. The DER is joined once, from pieces of a line's size."""
+
+    def __init__(self):
+        self.pieces = []
+        self.carry = ""  # digits of an incomplete group, decoded with the next line
+        self.padded = False
+        self.bad = False
+
+    def add(self, line):
+        if self.bad:
+            return
+        digits = line.rstrip("=")
+        self.bad = self.padded and len(digits) > 0  # digits after padding
+        self.padded = self.padded or len(digits) != len(line)
+        digits = self.carry + digits
+        whole = len(digits) // 4 * 4
+        self.carry = digits[whole:]
+        try:
+            if whole:
+                self.pieces.append(b64decode(digits[:whole]))
+        except ValueError:
+            self.bad = True
+
+    def finish(self):
+        if self.bad:
+            raise ValueError
+        if self.carry:
+            self.pieces.append(b64decode(self.carry))
+        return b"".join(self.pieces)
 
 
 def is_der_certificate(der):
@@ -103,7 +143,7 @@ def der_certificates(source):
     if isinstance(source, (bytes, bytearray)):
         yield _single_der(source)
         return
-    for _, der in split(source):
+    for _, der in split(source, blocks=False):
         yield der
 
 

@@ -349,7 +349,7 @@ class Store:
             # Line by line: one certificate in heap at a time, not the whole file.
             found = [
                 binascii.hexlify(hashlib.sha256(der).digest()).decode().upper()
-                for _, der in split(PemFile(self.pem_path))
+                for _, der in split(PemFile(self.pem_path), blocks=False)
             ]
         except (PemError, OSError, UnicodeError) as exc:
             raise _corrupt("trust_bundle.pem: %s" % exc)
