@@ -4,6 +4,7 @@ then used to verify the gateway; a bundle the free heap cannot take is a classif
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,16 @@ def p256_decoys(tmp_path_factory) -> Path:
     return pki.write_bundle(path, pki.make_decoy_roots(MANY_ROOTS, label="public p256 root"))
 
 
-def _azure_emulator(emulator, tmp_path, doc):
-    pki.ensure_emulator_pki(tmp_path / "emulator" / "pki", profile="azure")
+@pytest.fixture(scope="module")
+def azure_pki(tmp_path_factory) -> Path:
+    """One Azure-shaped emulator PKI (RSA-4096 roots) for the module: each test's emulator starts from a copy."""
+    folder = tmp_path_factory.mktemp("azure") / "pki"
+    pki.ensure_emulator_pki(folder, profile="azure")
+    return folder
+
+
+def _azure_emulator(emulator, tmp_path, doc, azure_pki: Path):
+    shutil.copytree(azure_pki, tmp_path / "emulator" / "pki")  # reused by the emulator as it is (same profile)
     return emulator(doc)
 
 
@@ -70,15 +79,21 @@ def _smallest_heap(
     dev, flash: dict[str, bytes], enough: tuple[str, ...], low: int, high: int = 512 * 1024, seen=None
 ) -> int:
     """The smallest -X heapsize (a multiple of HEAP_STEP, above `low`) whose run's outcome is in `enough`, by
-    bisection; every run starts from the stored files `flash`. Each probe's outcome goes into `seen` (heap ->
-    outcome)."""
+    bisection; every run starts from the stored files `flash`. `seen` (heap -> outcome) holds every probe's outcome:
+    a heap already in it is not run again, and the search starts from the smallest heap in it above `low` whose
+    outcome is in `enough` (an earlier search's probe), when that is below `high`."""
     seen = {} if seen is None else seen
-    seen[high] = _outcome(dev, high, flash)
-    assert seen[high] in enough
+
+    def probe(heap: int) -> str:
+        if heap not in seen:
+            seen[heap] = _outcome(dev, heap, flash)
+        return seen[heap]
+
+    assert probe(high) in enough
+    high = min([high] + [h for h, outcome in seen.items() if low < h and outcome in enough])
     while high - low > HEAP_STEP:
         middle = (low + high) // 2 // HEAP_STEP * HEAP_STEP
-        seen[middle] = _outcome(dev, middle, flash)
-        if seen[middle] in enough:
+        if probe(middle) in enough:
             high = middle
         else:
             low = middle
@@ -99,10 +114,10 @@ def _link_bundle(emu, doc: dict, bundle: str) -> None:
     emu.update_enrollments(doc)
 
 
-def test_ten_rsa4096_roots_provision_end_to_end(emulator, device, tmp_path, rsa_decoys):
+def test_ten_rsa4096_roots_provision_end_to_end(emulator, device, tmp_path, rsa_decoys, azure_pki):
     key = new_key()
     doc = enrollment_doc([individual("big-bundle", key)], bundle=(str(rsa_decoys), "pki:trust-root"))
-    emu = _azure_emulator(emulator, tmp_path, doc)
+    emu = _azure_emulator(emulator, tmp_path, doc, azure_pki)
     dev = device(emu, "big-bundle", key, log_level="debug")
 
     result = dev.run()
@@ -124,7 +139,7 @@ def test_ten_rsa4096_roots_provision_end_to_end(emulator, device, tmp_path, rsa_
 
 
 def test_bundle_the_heap_cannot_take_is_classified_and_changes_nothing(
-    emulator, device, tmp_path, rsa_decoys, p256_decoys
+    emulator, device, tmp_path, rsa_decoys, p256_decoys, azure_pki
 ):
     """A heap that holds everything the flow needs up to the DPS answer, but not a 31-root answer (the 10 RSA-4096
     roots, 20 P-256 ones and the trust root: about 55 KB in one MQTT packet), gives a classified out_of_memory error
@@ -136,7 +151,7 @@ def test_bundle_the_heap_cannot_take_is_classified_and_changes_nothing(
     How the heap is chosen: from the firmware's own measured need, in the test (the firmware changes), never from
     whether whole runs succeed: that search counted a run that timed out on a loaded machine as "too little heap",
     and it measured the whole flow (the default application needs more heap after the DPS answer than the answer
-    itself), so it ended at heaps where the answer fits. Two 1 KB-step bisections, with the enrollment linking the
+    itself), so it ended at heaps where the answer fits. Two 1 KB-step bisections (the second reuses the first's probes), with the enrollment linking the
     31-root bundle and every run starting from this device's stored one-root state: `reach`, the smallest heap at
     which the device gets as far as the answer (stores it, or refuses it as too big), and `fit`, the smallest at
     which it stores it. Runs that end for a reason other than memory are repeated, never counted (`_outcome`), so
@@ -150,7 +165,7 @@ def test_bundle_the_heap_cannot_take_is_classified_and_changes_nothing(
     key = new_key()
     doc = enrollment_doc([individual("tight-heap", key, trust_bundle="small")], small=("pki:trust-root",))
     doc["trust_bundles"]["big"] = {"certificates": [str(rsa_decoys), str(p256_decoys), "pki:trust-root"]}
-    emu = _azure_emulator(emulator, tmp_path, doc)
+    emu = _azure_emulator(emulator, tmp_path, doc, azure_pki)
     dev = device(emu, "tight-heap", key)
     first = dev.run()
     assert first.status == 0, first.output
@@ -159,8 +174,8 @@ def test_bundle_the_heap_cannot_take_is_classified_and_changes_nothing(
     # The enrollment now links the 31-root bundle; the device registers again with the bundle it stored.
     _link_bundle(emu, doc, "big")
     dev.write_provisioning(force_reprovision=True)
-    seen = {}
-    reach = _smallest_heap(dev, before, (STORED, TOO_BIG), low=8 * 1024)
+    seen = {}  # both searches' probes: the second one does not run a heap the first one ran
+    reach = _smallest_heap(dev, before, (STORED, TOO_BIG), low=8 * 1024, seen=seen)
     fit = _smallest_heap(dev, before, (STORED,), low=reach - HEAP_STEP, seen=seen)
     _restore(dev.storage, before)  # the measuring runs stored the 31 roots: back to the one-root state
     # The largest heap a probe saw refusing the answer: with the answer streamed, whether it fits is not monotonic in
