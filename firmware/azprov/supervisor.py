@@ -619,6 +619,22 @@ def selected(config, platform):
     return (platform != "linux") if choice is None else choice
 
 
+def default_app(supervisor):
+    """The default application on a provisioned supervisor. Its code (client, hub, default_app) is loaded only now,
+    and loading it is the start of the connect step: a heap too small for it is that step's fault (backoff, and on a
+    board the policy's reset), not a traceback that ends main.py."""
+    while True:
+        supervisor.ready(until=_CONNECT)
+        try:
+            from azprov.client import Client
+            from azprov.default_app import DefaultApp
+
+            return DefaultApp(Client(supervisor))
+        except MemoryError as exc:
+            supervisor.failed(exc, "connect")
+            supervisor._wait_for_retry(None)  # ready() stops short of the connect step, before its wait
+
+
 def main(path="provisioning.json", hub_features=True):
     """main.py's entry: the default application (or with hub_features=False the telemetry-only one). On a board it
     never returns; a one-shot run returns 0 after `telemetry_count` messages, or 1 after logging the failure that
@@ -636,11 +652,7 @@ def main(path="provisioning.json", hub_features=True):
         if hub_features:
             # Provisioned first: on a board without frozen modules the hub code (client, hub, default_app: about
             # 16 KB of bytecode in RAM) is not in the heap while the DPS answer streams in.
-            supervisor.ready(until=_CONNECT)
-            from azprov.client import Client
-            from azprov.default_app import DefaultApp
-
-            app = DefaultApp(Client(supervisor))
+            app = default_app(supervisor)
         else:
             app = TelemetryApp(supervisor)
         return supervisor.run(app)

@@ -221,6 +221,7 @@ def _variants():
     yield "\n".join([begin, body[0] + " " + body[1]] + body[2:] + [end])
     yield "\n".join([begin, body[0][:10] + "!" + body[0][10:]] + body[1:] + [end])
     yield "\n".join([begin, body[0][:10] + "=" + body[0][10:]] + body[1:] + [end])
+    yield "\n".join([begin, body[0][:-2] + "=="] + body[1:] + [end])  # padding, then more digits on the next lines
     yield "\n".join([begin, flat.rstrip("=") + "AAA"] + [end])  # 4k + 1 digits
     yield "\n".join([begin, flat.rstrip("=")[:-1] + "=A"] + [end])
     yield "\n".join([begin, flat.replace("+", "-").replace("/", "_")] + [end])  # URL-safe alphabet

@@ -390,3 +390,30 @@ def _exists(path):
         return True
     except OSError:
         return False
+
+
+def test_a_lax_utf8_form_is_refused_wherever_the_file_read_cuts_it():
+    # load() checks state.json a 512-byte piece at a time before parsing it: an encoded surrogate (ED A0 80, which
+    # MicroPython's own decoder lets through) must be refused inside a piece and across two (511: its lead byte
+    # ends the first piece).
+    import json
+
+    assignment = _assignment()
+    assignment["payload"] = {"pad": "x" * 1200}
+    good = json.dumps({"version": 1, "assignment": assignment, "trust_bundle": None}).encode()
+    at = good.index(b"x")
+    for cut in (at + 5, 510, 511, 512, 1023):
+        bad = good[:cut] + b"\xed\xa0\x80" + good[cut + 3 :]
+        assert len(bad) == len(good) and good[cut : cut + 3] == b"xxx", cut
+        for data, refused in ((good, False), (bad, True)):
+            s = _clean()
+            os.mkdir(_DIR)
+            with open(_DIR + "/state.json", "wb") as f:
+                f.write(data)
+            try:
+                state = s.load()
+            except ProvisioningError as exc:
+                assert refused and exc.kind == errors.STORAGE and "not valid JSON" in str(exc), (cut, exc)
+            else:
+                assert not refused and state["assignment"]["payload"]["pad"] == "x" * 1200, (cut, state)
+    _clean()

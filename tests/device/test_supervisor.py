@@ -386,6 +386,47 @@ def test_a_bug_or_a_full_heap_is_retried_like_any_failure():
     assert sup.ready() and sup.ran.count("clock") == len(failures) + 1
 
 
+class _HubCode:
+    """Stands in for azprov.client and azprov.default_app in sys.modules: the first `failures` imports of Client find
+    a heap too small for it (MemoryError), the next ones get a class that only records what it was made with."""
+
+    def __init__(self, failures):
+        self.failures = failures
+
+    def __getattr__(self, name):
+        if self.failures:
+            self.failures -= 1
+            raise MemoryError()
+        return lambda arg: (name, arg)
+
+
+def test_a_heap_too_small_for_the_hub_code_is_a_fault_of_the_connect_step():
+    import gc
+    import sys
+
+    if not hasattr(gc, "mem_free"):
+        return  # MicroPython's (the classified error names the free heap): runs in tests/test_device_suite.py
+
+    names = ("azprov.client", "azprov.default_app")
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules["azprov.client"] = _HubCode(2)
+    sys.modules["azprov.default_app"] = _HubCode(0)
+    try:
+        sup = Scripted({})
+        started = sup.clock.now
+        app = supervisor.default_app(sup)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    assert app == ("DefaultApp", ("Client", sup))
+    # Judged by the policy as failures of the connect step, each waited out (a backoff), without registering again.
+    assert sup.failures == 2 and sup.index == supervisor.STEPS.index("connect"), (sup.failures, sup.index)
+    assert sup.clock.now - started >= CONFIG["retry_base_ms"] and sup.registrations == 1, (sup.clock.sleeps, sup.ran)
+
+
 def test_poll_budget_does_not_wait_past_it():
     sup = Scripted({"connect": [_network()]})
     assert not sup.ready(100)  # the retry is due in 750 ms
