@@ -278,6 +278,10 @@ def _classify_raw(files: dict[str, str], known: Expected, new: set[str], fs: str
             return "old state.json with a trust_bundle.pem that is not bundle A"
         return "old"
     if state in new:
+        if pem == known.pem_b and staged == known.pem_b and fs == "fat":
+            # A cut inside FatFs's rename of the staged PEM (it writes the new entry before removing the old one):
+            # both names on one cluster chain. The boot copies the PEM to clusters of its own before removing either.
+            return "new-twin"
         if pem == known.pem_b:
             return "new" if staged is None else "new state with a stale staged PEM"
         if pem in (known.pem_a, None) and staged == known.pem_b:
@@ -293,7 +297,7 @@ def _classify_raw(files: dict[str, str], known: Expected, new: set[str], fs: str
     return "torn"  # state.json is neither the old nor the new one
 
 
-NEW_KINDS = ("new", "new-staged", "new-tmp")
+NEW_KINDS = ("new", "new-staged", "new-tmp", "new-twin")
 LOST_KINDS = ("lost", "pem-lost")
 
 
@@ -321,7 +325,8 @@ def _restart_and_check(image: Path, known: Expected, record: dict, cut_output: s
     lost = raw in LOST_KINDS
     if raw not in NEW_KINDS + ("old",) and not lost:
         problems.append("after the cut: " + raw)
-    expected = {"old": "old", "new": "new", "new-staged": "new", "new-tmp": "new", "lost": "new", "pem-lost": "new"}
+    expected = dict.fromkeys(NEW_KINDS + LOST_KINDS, "new")
+    expected["old"] = "old"
     if after != expected.get(raw, "?"):
         problems.append("after the restart: " + after)
     if raw in NEW_KINDS:
@@ -343,14 +348,11 @@ def _restart_and_check(image: Path, known: Expected, record: dict, cut_output: s
                 problems.append("the restarted device logged " + bad)
     if boot.status != 0 or not record["telemetry"] or "gateway_verified" not in boot.events:
         problems.append("no acknowledged telemetry after the restart (status %s)" % boot.status)
-    # FAT renames by writing the new directory entry, then removing the old one: a cut in between leaves two names
-    # on one cluster chain (here the PEM and its staged copy); removing either frees clusters the other still uses.
-    cross_linked = raw == "new state with a stale staged PEM"
-    if problems and fs == "fat" and (boot.broken["PRE"] or cross_linked) and not raw.startswith("torn"):
+    if problems and fs == "fat" and boot.broken["PRE"] and not raw.startswith("torn"):
         # The cut damaged a FAT directory entry itself (listed, but the file system cannot open it): nothing the
         # firmware writes can repair that. It must still end in a classified error, never a crash or a torn state,
         # or (when the damaged file could be dropped) in a new registration that stored a complete new state.
-        record["volume_damaged"] = boot.broken["PRE"] or ["cross-linked " + STAGED]
+        record["volume_damaged"] = boot.broken["PRE"]
         recovered = "registered" in boot.events and after == "new" and record["telemetry"] and boot.status == 0
         if ("failed" in boot.events or recovered) and "PC-EXCEPTION" not in boot.output:
             problems = []
@@ -504,9 +506,10 @@ def _report_and_check(name: str, fs: str, started: float, ops, lo, hi, records, 
         "store_write_range_bytes": [lo, hi],
         "store_program_operations": len(ops),
         "old_state": counts["old"],
-        "new_state": counts["new"] + counts["new-staged"] + counts["new-tmp"],
+        "new_state": counts["new"] + counts["new-staged"] + counts["new-tmp"] + counts["new-twin"],
         "new_state_rolled_forward_at_boot": counts["new-staged"],
         "new_state_json_renamed_at_boot": counts["new-tmp"],
+        "new_state_staged_pem_on_the_pems_clusters": counts["new-twin"],
         "state_lost_registered_again": counts["lost"] + counts["pem-lost"],
         "state_json_lost": counts["lost"],
         "pem_lost": counts["pem-lost"],

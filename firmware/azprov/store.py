@@ -20,6 +20,7 @@ PEM = "trust_bundle.pem"
 _STAGED = ".new"
 _INCOMING = ".in"  # certificates streamed from a DPS response, before save() stages them
 _TMP = ".tmp"
+_SPARE = ".cp"  # a copy of trust_bundle.pem on clusters of its own (Store._rehome, FAT)
 _CHUNK = const(512)
 _PIECE = const(128)  # bytes of the stored PEM compared or copied at a time: a PEM line is 65
 _MAX_STATE_BYTES = const(16384)
@@ -301,24 +302,38 @@ class Store:
         except OSError:
             state = self._complete_tmp_state()
             if state is None:
+                # On FAT a power cut can leave state.json's entry on clusters already freed (unreadable). Removed now,
+                # before this boot allocates a cluster, it frees nothing; removed by the next commit, it would free
+                # the clusters a new file took meanwhile.
+                _remove(self.state_path)
                 return None
             renamed = True
         except (ValueError, UnicodeError):
             raise _corrupt("state.json is not valid JSON")
         else:
             _check_state(state)
-        if not self._streaming:
-            _remove(self.pem_path + _INCOMING)  # a power cut while a DPS answer streamed in
-        staged = self.pem_path + _STAGED
+        pem = self.pem_path
+        staged = pem + _STAGED
+        spare = pem + _SPARE
+        # .in: a power cut while a DPS answer streamed in (unless this instance streams one now)
+        leftovers = [staged] if self._streaming else [staged, pem + _INCOMING]
         bundle = state["trust_bundle"]
         if bundle is None:
-            _remove(self.pem_path)
-            _remove(staged)
+            for path in leftovers + [pem, spare]:
+                _remove(path)
         else:
-            if file_sha256(self.pem_path) == bundle["pem_sha256"]:
-                _remove(staged)
-            elif file_sha256(staged) == bundle["pem_sha256"]:
-                os.rename(staged, self.pem_path)
+            digest = bundle["pem_sha256"]
+            found = file_sha256(pem)
+            if file_sha256(spare) == digest or found == digest and digest in [file_sha256(p) for p in leftovers]:
+                self._rehome(digest, leftovers)
+            elif found == digest:
+                for path in leftovers + [spare]:
+                    _remove(path)
+            elif file_sha256(staged) == digest:
+                leftovers.remove(staged)
+                for path in leftovers + [spare]:
+                    _remove(path)
+                os.rename(staged, pem)
             else:
                 raise _corrupt("trust_bundle.pem does not match state.json")
             if certificates:
@@ -326,6 +341,28 @@ class Store:
         if renamed:
             os.rename(self.state_path + _TMP, self.state_path)
         return state
+
+    def _rehome(self, digest, leftovers):
+        # On FAT a leftover byte-identical to trust_bundle.pem may be on the PEM's own clusters: a power cut inside a
+        # directory sector write can leave a new entry (the .in file's, a rename's) with its name written but the first
+        # cluster and size of the deleted entry it reuses, which a rename left pointing at the PEM; a cut inside a
+        # rename leaves both names on one chain. Removing such a file frees the PEM's clusters. So the PEM is first
+        # copied to clusters of its own (.cp, complete before anything is removed), then the leftovers are removed and
+        # the copy renamed over the PEM, whose removal frees nothing more (no cluster was allocated in between).
+        pem = self.pem_path
+        spare = pem + _SPARE
+        if file_sha256(spare) != digest:  # none yet, or a copy a power cut interrupted
+            buf = bytearray(_CHUNK)
+            with open(pem, "rb") as fin, open(spare, "wb") as fout:
+                while True:
+                    n = fin.readinto(buf)
+                    if not n:
+                        break
+                    fout.write(memoryview(buf)[:n])
+            self.writes += 1
+        for path in leftovers:
+            _remove(path)
+        os.rename(spare, pem)
 
     def _complete_tmp_state(self):
         # On FAT, renaming onto an existing file is "remove it, then rename" (MicroPython's VfsFat): a power cut in
@@ -421,5 +458,5 @@ class Store:
         return True
 
     def clear(self):
-        for name in (STATE + _TMP, STATE, PEM, PEM + _STAGED, PEM + _INCOMING):
+        for name in (STATE + _TMP, STATE, PEM, PEM + _STAGED, PEM + _INCOMING, PEM + _SPARE):
             _remove(self.directory + "/" + name)
