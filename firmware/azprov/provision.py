@@ -75,13 +75,19 @@ class Provisioner:
         except MemoryError:  # the parsed answer, or a long string of it: not the whole answer at once
             raise transport.too_large(stream.size, streamed=True)
 
+    def _tls_context(self):
+        # Made once, at the start of the first attempt: before the answer's room and the sink take their blocks, the
+        # CA file's certificates are decoded in the heap the previous steps left.
+        cfg = self.config
+        if self._ctx is None:
+            self._ctx, _ = transport.tls_context((open_ca_file(cfg["dps_ca_file"]),))
+            if cfg["attestation"] == "x509":
+                transport.use_client_certificate(self._ctx, cfg["client_certificates"], cfg["client_key"])
+
     def _connect(self, deadline):
         cfg = self.config
         x509 = cfg["attestation"] == "x509"
-        if self._ctx is None:
-            self._ctx, _ = transport.tls_context((open_ca_file(cfg["dps_ca_file"]),))
-            if x509:
-                transport.use_client_certificate(self._ctx, cfg["client_certificates"], cfg["client_key"])
+        self._tls_context()
         if x509:
             password = None  # the certificate in the TLS handshake is the credential
         else:
@@ -299,6 +305,7 @@ class Provisioner:
         from azprov import bundle
 
         store = self.store
+        self._tls_context()
         self._sink = store.incoming()  # the bundle's certificates go straight from the DPS answer to flash
         self._rest = bytearray(_REST_ROOM)
         try:

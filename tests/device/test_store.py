@@ -417,3 +417,28 @@ def test_a_lax_utf8_form_is_refused_wherever_the_file_read_cuts_it():
             else:
                 assert not refused and state["assignment"]["payload"]["pad"] == "x" * 1200, (cut, state)
     _clean()
+
+
+def test_a_leftover_identical_to_the_pem_is_removed_only_after_the_pem_is_copied():
+    # On FAT a torn directory write can leave trust_bundle.pem.in (or .new) on the PEM's own clusters: removing it
+    # first would free them (tests/test_power_cut.py, FAT). Here the file systems keep them apart, so what shows is
+    # the order: the PEM copied to trust_bundle.pem.cp (a write), the leftovers removed, the copy renamed over it.
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A, CERT_B))
+    pem = _read(_DIR + "/trust_bundle.pem")
+    for leftover in (".in", ".new"):
+        with open(_DIR + "/trust_bundle.pem" + leftover, "w") as f:
+            f.write(pem)
+        fresh = store.Store(_DIR)
+        assert fresh.load()["trust_bundle"]["etag"] == "e1"
+        assert fresh.writes == 1, leftover
+        assert sorted(os.listdir(_DIR)) == ["state.json", "trust_bundle.pem"], os.listdir(_DIR)
+        assert _read(_DIR + "/trust_bundle.pem") == pem
+    # A copy a power cut left complete finishes the job at the next boot, without copying again.
+    with open(_DIR + "/trust_bundle.pem.cp", "w") as f:
+        f.write(pem)
+    os.remove(_DIR + "/trust_bundle.pem")
+    fresh = store.Store(_DIR)
+    assert fresh.load() is not None and fresh.writes == 0
+    assert sorted(os.listdir(_DIR)) == ["state.json", "trust_bundle.pem"] and _read(_DIR + "/trust_bundle.pem") == pem
+    _clean()
