@@ -71,12 +71,14 @@ MPY_LEVER = (
     "image that runs .mpy in place (azprov frozen in, or a ROMFS partition)"
 )
 FROZEN_LEVER = (
-    "heap fragmentation while the DPS answer streams (much more heap free than the block that fails): decode each "
-    "certificate into one reused buffer instead of a JSON string, a PEM text and DER copies"
+    "heap fragmentation before the DPS connection: just below the floor the DPS TLS context cannot place one 537-byte "
+    "CA certificate with about 12 KB free, the live heap (about 26 KB at DPS connected) being small objects in every "
+    "region: fewer resident functions, classes and module globals before provisioning, a smaller configuration object"
 )
 BUNDLE_LEVER = (
-    "fragmentation while 10 RSA-4096 certificates stream (about 2.7 KB of JSON and 1.9 KB of DER each): one reused "
-    "certificate buffer, and the answer's rest sized from its metadata"
+    "heap fragmentation after provisioning: just below the floor the gateway's TLS context cannot join one 1,454-byte "
+    "RSA-4096 root from the stored PEM with about 23 KB free: one DER buffer made before the connection and reused for "
+    "every root (MicroPython's load_verify_locations takes bytes only, so it costs a copy per root today)"
 )
 
 FLOORS = (
