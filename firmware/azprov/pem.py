@@ -41,20 +41,20 @@ def split(text, blocks=True):
     "\n" line endings and a final newline whatever the input used. Raises PemError naming the problem. With
     blocks=False pem_block is None and no line is kept. Each base64 line is decoded as it comes and the DER joined
     once: the body as one text, and its copies in b64decode(), are blocks of 1-2 KB a fragmented heap may not have."""
-    lines = None  # the block's lines (blocks=True), or [] while inside a block
-    der = None
+    der = None  # the certificate being read, from its BEGIN line to its END line
+    lines = None  # its lines (blocks=True)
     count = 0
     for raw in text.split("\n") if isinstance(text, str) else text:
         line = raw.strip()
         if not line:
             continue
         if line == _BEGIN:
-            if lines is not None:
+            if der is not None:
                 raise PemError("certificate %d has no END line" % (count + 1))
-            lines = [line] if blocks else []
             der = _Der()
+            lines = [line] if blocks else None
         elif line == _END:
-            if lines is None:
+            if der is None:
                 raise PemError("END line without BEGIN")
             count += 1
             try:
@@ -70,11 +70,11 @@ def split(text, blocks=True):
             else:
                 yield None, data
             lines = None
-        elif lines is not None:
+        elif der is not None:
             if blocks:
                 lines.append(line)
             der.add(line)
-    if lines is not None:
+    if der is not None:
         raise PemError("certificate %d has no END line" % (count + 1))
     if count == 0:
         raise PemError("no certificate found")

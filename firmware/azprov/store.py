@@ -87,8 +87,8 @@ def _read_json(path):
     the STORAGE error for a file over _MAX_STATE_BYTES, else OSError, ValueError or UnicodeError."""
     if os.stat(path)[6] > _MAX_STATE_BYTES:
         raise _corrupt("state.json is too large")
-    # window[0] is the last byte of the previous piece: a lead byte there is checked with the byte after it
-    window = bytearray(b" " * (_CHUNK + 1))
+    # window[0] is the last byte of the previous piece (0 before the first: no lead byte), checked with the byte after
+    window = bytearray(_CHUNK + 1)
     with open(path, "rb") as f:
         view = memoryview(window)[1:]
         while True:
