@@ -64,20 +64,24 @@ def write_atomic(path, pieces):
     place. They reach the file _CHUNK bytes (a FAT sector) at a time, gathered in one small buffer: the text is
     never in heap whole."""
     tmp = path + _TMP
-    buf = bytearray(_CHUNK)
-    held = 0
-    with open(tmp, "wb") as f:
-        for piece in pieces:
-            done = 0
-            while done < len(piece):
-                size = min(_CHUNK - held, len(piece) - done)
-                buf[held : held + size] = piece[done : done + size]
-                held += size
-                done += size
-                if held == _CHUNK:
-                    f.write(buf)
-                    held = 0
-        f.write(memoryview(buf)[:held])
+    try:
+        buf = bytearray(_CHUNK)
+        held = 0
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                done = 0
+                while done < len(piece):
+                    size = min(_CHUNK - held, len(piece) - done)
+                    buf[held : held + size] = piece[done : done + size]
+                    held += size
+                    done += size
+                    if held == _CHUNK:
+                        f.write(buf)
+                        held = 0
+            f.write(memoryview(buf)[:held])
+    except BaseException:  # a full heap or a full flash half-way: no partial file is left behind
+        _remove(tmp)
+        raise
     os.rename(tmp, path)
 
 
@@ -444,7 +448,15 @@ class Store:
                         f.write(bundle["pem"])
                     self.writes += 1
                 staged = True
-            write_atomic(self.state_path, pieces)
+            try:
+                write_atomic(self.state_path, pieces)
+            except BaseException:
+                # The commit never began (write_atomic removed its temporary file): nothing points at the PEM staged
+                # above. A temporary file still there is a rename that failed half-way, which the next boot finishes
+                # and whose state names the staged PEM.
+                if staged and not _exists(self.state_path + _TMP):
+                    _remove(self.pem_path + _STAGED)
+                raise
             self.writes += 1
             if meta is None:
                 _remove(self.pem_path)

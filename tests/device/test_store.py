@@ -442,3 +442,43 @@ def test_a_leftover_identical_to_the_pem_is_removed_only_after_the_pem_is_copied
     assert fresh.load() is not None and fresh.writes == 0
     assert sorted(os.listdir(_DIR)) == ["state.json", "trust_bundle.pem"] and _read(_DIR + "/trust_bundle.pem") == pem
     _clean()
+
+
+class _WritesFail:
+    """A file whose writes run out of heap: a MemoryError half-way through a commit."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        raise MemoryError()
+
+
+def test_a_commit_that_runs_out_of_heap_while_writing_leaves_the_stored_files_as_they_were():
+    # state.json is written a piece at a time: a MemoryError can come after the PEM was staged and state.json.tmp
+    # opened. Neither may be left: the stored state, byte for byte, is all there is.
+    s = _clean()
+    s.save(_assignment(), _parsed("e1", CERT_A))
+    before = {name: _read(_DIR + "/" + name) for name in os.listdir(_DIR)}
+
+    def failing_open(path, mode="r", *args):
+        f = open(path, mode, *args)
+        return _WritesFail(f) if path.endswith(".tmp") else f
+
+    store.open = failing_open
+    try:
+        s.save(_assignment("other-hub.azure-devices.net"), _parsed("e2", CERT_B))
+        raise AssertionError("save() went through a failing write")
+    except MemoryError:
+        pass
+    finally:
+        del store.open
+    assert {name: _read(_DIR + "/" + name) for name in os.listdir(_DIR)} == before
+    assert store.Store(_DIR).load()["trust_bundle"]["etag"] == "e1"
+    _clean()
