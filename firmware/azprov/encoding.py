@@ -50,20 +50,20 @@ _NEVER_IN_UTF8 = b"\xc0\xc1\xf5\xf6\xf7\xf8\xf9\xfa\xfb\xfc\xfd\xfe\xff"
 _NARROW_LEADS = ((0xE0, 0xA0, 0xBF), (0xED, 0x80, 0x9F), (0xF0, 0x90, 0xBF), (0xF4, 0x80, 0x8F))
 
 
-def check_utf8(data, end=None, more=False):
-    """Raises UnicodeError when `data` (bytes or bytearray; its first `end` bytes) holds a form only a lax decoder
-    accepts. The byte structure itself is left to whoever decodes next (bytes.decode, json.loads): no copy of `data`
+def check_utf8(data, end=None, more=False, start=0):
+    """Raises UnicodeError when `data` (bytes or bytearray; its bytes from `start` to `end`) holds a form only a lax
+    decoder accepts. The byte structure itself is left to whoever decodes next (bytes.decode, json.loads): no copy of `data`
     is made. `more`: the text goes on past `end` (a file checked a piece at a time), so a lead byte in the last
     place is checked with the next piece, which the caller starts with it."""
     if end is None:
         end = len(data)
     for byte in _NEVER_IN_UTF8:
-        if data.find(bytes((byte,)), 0, end) >= 0:
+        if data.find(bytes((byte,)), start, end) >= 0:
             raise UnicodeError  # every caller reports its own message
     last = end - 1
     for lead, low, high in _NARROW_LEADS:
         marker = bytes((lead,))
-        i = data.find(marker, 0, end)
+        i = data.find(marker, start, end)
         while i >= 0:
             if (i == last and not more) or (i < last and not low <= data[i + 1] <= high):
                 raise UnicodeError  # every caller reports its own message

@@ -23,8 +23,9 @@ _KEEPALIVE_S = const(60)
 _STREAM_OVER = const(2048)
 # Room for what the Extractor keeps of a streamed answer's text at a time, made before the DPS connection (measured
 # at its peak: 1.0 KB of a 3-root answer, 1.1 KB of a 10-root one, 1.6 KB with an issued chain, 1.7 KB with the
-# x509 section).
-_REST_ROOM = const(2048)
+# x509 section). A longer text (a large custom allocation payload) grows it, if the heap has the room then.
+_REST_ROOM = const(1280)
+_REST_ROOM_CERTIFICATES = const(2048)  # the answer carries an x509 section or an issued chain
 
 
 class Provisioner:
@@ -73,6 +74,7 @@ class Provisioner:
                 extractor.feed(view[: stream.readinto(view)])
             return extractor.finish(), extractor.found
         except MemoryError:  # the parsed answer, or a long string of it: not the whole answer at once
+            extractor = None  # what it parsed goes before the error's message is made, in a heap it just filled
             raise transport.too_large(stream.size, streamed=True)
 
     def _tls_context(self):
@@ -307,7 +309,9 @@ class Provisioner:
         store = self.store
         self._tls_context()
         self._sink = store.incoming()  # the bundle's certificates go straight from the DPS answer to flash
-        self._rest = bytearray(_REST_ROOM)
+        cfg = self.config
+        certificates = cfg["attestation"] == "x509" or cfg["certificate_issuance"]
+        self._rest = bytearray(_REST_ROOM_CERTIFICATES if certificates else _REST_ROOM)
         try:
             registration = self._register(budget_ms)
             streamed = self.registration.streamed
@@ -330,6 +334,10 @@ class Provisioner:
             ("device_id", registration["deviceId"]),
             ("substatus", registration.get("substatus") or "-"),
         )
+        # The DPS leg is over: the bundle's TLS check loads the certificates into its context (bundle.check_with). No
+        # connection uses it again: a later attempt makes a new one.
+        bundle.check_with(self._ctx)
+        self._ctx = None
         gc.collect()
         try:
             parsed = bundle.parse(registration.get("trustBundle"), streamed, pem_sha256)
@@ -338,6 +346,8 @@ class Provisioner:
         except BaseException:
             store.discard_incoming()
             raise
+        finally:
+            bundle.check_with(None)
         assignment = {
             "registration_id": self.config["registration_id"],
             "assigned_hub": registration["assignedHub"],

@@ -487,9 +487,19 @@ class Supervisor:
             budget = max(1, budget - clock.ticks_diff(clock.ticks_ms(), self.since))
         return budget
 
+    def trust_gateway(self):
+        """Opens the gateway and loads its trust into its TLS context ahead of the connect step. main() calls it
+        before it loads the hub code: the heap the DPS leg left still has holes the size of the largest root (an
+        RSA-4096 root is one 1.4-1.9 KB block of DER), which the hub code's objects would otherwise take."""
+        if self.gateway is None:
+            self.gateway = self._open_gateway()
+        self.gateway.tls_context()
+        release("pem")  # the trust bundle is in the gateway's TLS context now
+
     def _connect(self):
         if self.gateway is None:
             self.gateway = self._open_gateway()
+        self.gateway.listener = self.listener  # the application may have attached it after trust_gateway()
         if not self.gateway.connected:
             self._feed_watchdog()
             self.gateway.connect()  # the client subscribes and reads the twin (Client.after_connect)
@@ -518,9 +528,7 @@ class Supervisor:
             from azprov.encoding import b64decode
 
             identity = ([b64decode(c) for c in issued["chain"]], b64decode(issued["key"]))
-        gateway = Gateway(cfg, state["assignment"], trust, source, self.clock, identity)
-        gateway.listener = self.listener
-        return gateway
+        return Gateway(cfg, state["assignment"], trust, source, self.clock, identity)
 
     def _serve(self):
         pass  # the connection is up: what runs on it is the application's (run(), or the device API)
@@ -626,11 +634,12 @@ def default_app(supervisor):
     while True:
         supervisor.ready(until=_CONNECT)
         try:
+            supervisor.trust_gateway()  # first: its roots are the largest blocks the device makes
             from azprov.client import Client
             from azprov.default_app import DefaultApp
 
             return DefaultApp(Client(supervisor))
-        except MemoryError as exc:
+        except Exception as exc:  # no heap for the hub code, a stored bundle the TLS stack refuses: the connect step's
             supervisor.failed(exc, "connect")
             supervisor._wait_for_retry(None)  # ready() stops short of the connect step, before its wait
 

@@ -2,6 +2,7 @@
 # only when someone sleeps or waits for data, and a Connection with transport.Connection's methods that answers what
 # the shells publish from a script, installed in place of transport.connect (and transport.tls_context) for one test.
 import json
+import ssl
 
 from azprov import config, log, transport
 from azprov.store import Store
@@ -124,6 +125,7 @@ class Network:
                 "port": port,
                 "user": user,
                 "password": password,
+                "ctx": ctx,
                 "timeout_ms": timeout_ms,
             }
         )
@@ -237,12 +239,13 @@ _saved = {}
 
 def install(network):
     """Puts `network` in place of transport.connect and a stub in place of transport.tls_context (the CA file is
-    never read); uninstall() puts them back."""
+    never read: the context trusts nothing, and the bundle's TLS check loads into it once DPS has answered);
+    uninstall() puts them back."""
     if "connect" not in _saved:
         _saved["connect"] = transport.connect
         _saved["tls_context"] = transport.tls_context
     transport.connect = network.connect
-    transport.tls_context = lambda *args: (object(), 1)
+    transport.tls_context = lambda *args: (ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), 1)
     return network
 
 

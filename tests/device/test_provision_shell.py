@@ -256,6 +256,19 @@ def test_an_answer_refused_after_its_bundle_streamed_leaves_nothing_in_flash():
     _nothing_stored()
 
 
+def test_the_dps_context_the_bundle_check_loaded_roots_into_never_serves_dps_again():
+    # The bundle's TLS check loads the answer's certificates into the DPS leg's context (its heap block is already
+    # there). When the attempt then fails (here the certificate's sha256Thumbprint is wrong), the next one connects
+    # with a new context: DPS is never trusted on the strength of a root its own answer brought.
+    wrong = {"id": "bundle-1", "etag": "etag-1", "certificates": [{"certificate": CERT_A, "metadata": {}}]}
+    wrong["certificates"][0]["metadata"]["sha256Thumbprint"] = "00" * 32
+    prov, clock, network = _provisioner([(200, None, assigned(wrong)), (200, None, assigned(BUNDLE))])
+    raises(errors.MALFORMED_RESPONSE, prov.attempt, 60000)
+    prov.attempt(60000)
+    first, second = network.opened[0]["ctx"], network.opened[1]["ctx"]
+    assert first is not second
+
+
 def test_the_dps_token_expires_after_sas_ttl_s():
     prov, clock, network = _provisioner([(200, None, assigned())], sas_ttl_s=600)
     clock.now = 42000

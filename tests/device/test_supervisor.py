@@ -161,6 +161,10 @@ class Scripted(supervisor.Supervisor):
         self.reregister = False
         self._close_gateway()
 
+    def trust_gateway(self):
+        if self.gateway is None:
+            self.gateway = self.gateway_class()
+
     def _connect(self):
         if self.gateway is None:
             self.gateway = self.gateway_class()
@@ -400,31 +404,79 @@ class _HubCode:
         return lambda arg: (name, arg)
 
 
-def test_a_heap_too_small_for_the_hub_code_is_a_fault_of_the_connect_step():
-    import gc
+def _default_app_with(sup, client, default_app):
+    """supervisor.default_app(sup) with `client` and `default_app` standing in for the hub code's modules."""
     import sys
-
-    if not hasattr(gc, "mem_free"):
-        return  # MicroPython's (the classified error names the free heap): runs in tests/test_device_suite.py
 
     names = ("azprov.client", "azprov.default_app")
     saved = {name: sys.modules.get(name) for name in names}
-    sys.modules["azprov.client"] = _HubCode(2)
-    sys.modules["azprov.default_app"] = _HubCode(0)
+    sys.modules["azprov.client"] = client
+    sys.modules["azprov.default_app"] = default_app
     try:
-        sup = Scripted({})
-        started = sup.clock.now
-        app = supervisor.default_app(sup)
+        return supervisor.default_app(sup)
     finally:
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+
+
+def test_a_heap_too_small_for_the_hub_code_is_a_fault_of_the_connect_step():
+    import gc
+
+    if not hasattr(gc, "mem_free"):
+        return  # MicroPython's (the classified error names the free heap): runs in tests/test_device_suite.py
+
+    sup = Scripted({})
+    started = sup.clock.now
+    app = _default_app_with(sup, _HubCode(2), _HubCode(0))
     assert app == ("DefaultApp", ("Client", sup))
     # Judged by the policy as failures of the connect step, each waited out (a backoff), without registering again.
     assert sup.failures == 2 and sup.index == supervisor.STEPS.index("connect"), (sup.failures, sup.index)
     assert sup.clock.now - started >= CONFIG["retry_base_ms"] and sup.registrations == 1, (sup.clock.sleeps, sup.ran)
+
+
+class _Recorded(_HubCode):
+    """Hub code that notes in `order` when it is loaded."""
+
+    def __init__(self, order):
+        _HubCode.__init__(self, 0)
+        self.order = order
+
+    def __getattr__(self, name):
+        self.order.append(name)
+        return _HubCode.__getattr__(self, name)
+
+
+class _TrustRefusedOnce(Scripted):
+    """The gateway's trust is loaded into its TLS context ahead of the connect step; the first time the TLS stack
+    refuses the stored bundle."""
+
+    def __init__(self, order):
+        self.order = order
+        self.refusals = 1
+        Scripted.__init__(self, {})
+
+    def trust_gateway(self):
+        self.order.append("trust")
+        if self.refusals:
+            self.refusals -= 1
+            raise ProvisioningError(errors.STORAGE, "trust_bundle.pem: certificate 1 cannot be loaded: invalid cert")
+        Scripted.trust_gateway(self)
+
+
+def test_the_gateway_trust_is_loaded_before_the_hub_code_and_a_refusal_is_a_fault_of_the_connect_step():
+    # Its roots are the largest blocks the device makes: loaded while the heap the DPS leg left still has holes that
+    # size, before the hub code's objects take them. A bundle the TLS stack refuses there is judged as the connect
+    # step's fault would be (by the policy, with its backoff), not a traceback that ends main.py.
+    order = []
+    sup = _TrustRefusedOnce(order)
+    app = _default_app_with(sup, _Recorded(order), _Recorded(order))
+    assert app == ("DefaultApp", ("Client", sup))
+    loaded = [name for name in order if name in ("trust", "Client", "DefaultApp")]  # CPython's import asks for more
+    assert loaded[:2] == ["trust", "trust"] and set(loaded[2:]) == {"Client", "DefaultApp"}, order
+    assert sup.failures == 1 and sup.clock.sleeps, (sup.failures, sup.clock.sleeps)
 
 
 def test_poll_budget_does_not_wait_past_it():
